@@ -1,0 +1,90 @@
+"""How well feedback aligns with the forward weights, and rule gradients with true gradients.
+
+angle(W, B) = arccos(⟨vec W, vec B⟩ / (‖W‖ ‖B‖)), in degrees, computed in float64; NaN where
+either is all zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from biograd.convert import feedback_layers
+from biograd.rules import get_rule
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], Tensor]
+
+
+def angle(a: Tensor, b: Tensor) -> float:
+    """The angle between two tensors of the same shape, flattened, in degrees."""
+    a, b = a.detach().reshape(-1).double(), b.detach().reshape(-1).double()
+    norms = a.norm() * b.norm()
+    if norms == 0:
+        return math.nan
+    return math.degrees(math.acos(max(-1.0, min(1.0, (a @ b / norms).item()))))
+
+
+def weight_angles(model: nn.Module) -> dict[str, float]:
+    """{layer name: angle between W and the B its backward uses}, in network order.
+
+    For frsf and brsf this is the effective |M|∘sign(W) (brsf: the latest step's draw), not M.
+    Layers on bp give 0.
+    """
+    return {name: angle(layer.weight, layer.feedback_weight()) for name, layer in
+            feedback_layers(model)}
+
+
+def cross_entropy_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """The default loss of `gradient_angles`: batch = (inputs, class targets)."""
+    inputs, targets = batch
+    return F.cross_entropy(model(inputs), targets)
+
+
+def gradient_angles(
+    model: nn.Module, batch: Batch, loss_fn: LossFn = cross_entropy_loss
+) -> dict[str, float]:
+    """{layer name: angle between the rule's weight gradient and true backprop's}, degrees.
+
+    Both gradients come from the same batch, the same random draws (dropout) and the same
+    starting state; afterwards the model is as it was: buffers (BatchNorm statistics), rule
+    counters, train/eval mode, random streams and any accumulated .grad are untouched. Only
+    layers whose rule is not bp are listed; trainable weights only.
+
+    loss_fn(model, batch) -> scalar loss; the default is cross-entropy on (inputs, targets).
+    """
+    layers = [(n, m) for n, m in feedback_layers(model)
+              if not m.learning_rule.transports_weights and m.weight.requires_grad]
+    if not layers:
+        return {}
+    weights = [m.weight for _, m in layers]
+    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    saved_steps = [(m, m.feedback_step) for _, m in layers]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+
+    def grads() -> tuple[Tensor, ...]:
+        with torch.random.fork_rng(devices=devices):
+            loss = loss_fn(model, batch)
+            out = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            for buffer, value in saved_buffers:
+                buffer.copy_(value)
+        for m, step in saved_steps:
+            m.feedback_step = step
+        return out
+
+    rule_grads = grads()
+    bp, rules = get_rule("bp"), [m.learning_rule for _, m in layers]
+    try:
+        for _, m in layers:
+            m.learning_rule = bp
+        true_grads = grads()
+    finally:
+        for (_, m), r in zip(layers, rules, strict=True):
+            m.learning_rule = r
+    return {n: angle(g, t) for (n, _), g, t in zip(layers, rule_grads, true_grads, strict=True)}

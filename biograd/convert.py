@@ -1,0 +1,200 @@
+"""Model surgery: put any torchvision or timm model on a learning rule, and report what changed.
+
+`convert` swaps every nn.Linear and nn.Conv1d/2d/3d (and subclasses that keep torch's forward)
+for its biograd drop-in, reusing the existing weight tensors. `report` says, for any model,
+which layers follow which rule and which parameters still learn through weight transport.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from biograd._seed import mix
+from biograd.nn.layers import DROP_INS, FeedbackLayer
+from biograd.rules.base import Rule, get_rule
+
+log = logging.getLogger("biograd")
+
+Patterns = str | Sequence[str] | None
+
+#: Modules whose forward reads their children's weights directly (F.linear(x, child.weight)),
+#: so converting those children would change nothing: they are left alone and reported.
+OPAQUE = {
+    "torch.nn.modules.activation.MultiheadAttention": "reads its projections' weights directly",
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": "reads qkv and proj weights "
+    "directly",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "reads qkv and proj weights "
+    "directly",
+}
+
+
+def _type_name(module: nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _drop_in(module: nn.Module) -> type[FeedbackLayer] | None:
+    """The biograd class for `module`, if its forward is torch's own."""
+    for base, cls in DROP_INS.items():
+        if isinstance(module, base):
+            same = type(module).forward is base.forward
+            if same and hasattr(base, "_conv_forward"):
+                same = type(module)._conv_forward is base._conv_forward
+            return cls if same else None
+    return None
+
+
+def _matches(name: str, patterns: Patterns) -> bool:
+    """True if `name` or one of its ancestors ("layer1" for "layer1.0.conv1") matches."""
+    if patterns is None:
+        return False
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    parts = name.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(p, pat) for p in prefixes for pat in patterns)
+
+
+def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module, str | None]]:
+    """(name, module, why it cannot be converted or None), not descending into opaque parents."""
+    why = OPAQUE.get(_type_name(module))
+    yield prefix, module, why
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if why is not None:
+            for sub_name, sub in child.named_modules(prefix=full):
+                yield sub_name, sub, f"inside {type(module).__name__}, which {why}"
+        else:
+            yield from _walk(child, full)
+
+
+def convert(
+    model: nn.Module,
+    rule: str | Rule,
+    *,
+    rules: Mapping[str, str | Rule] | None = None,
+    last: str | Rule | None = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    seed: int = 0,
+    **options: object,
+) -> nn.Module:
+    """Put `model`'s Linear and Conv layers on a learning rule, in place; returns the model.
+
+    Args:
+        model: any nn.Module (a bare Linear or Conv comes back as a new module).
+        rule: the rule for every layer (a name from `list_rules()` or a Rule instance).
+        rules: per-layer choices, {pattern: rule}; the first matching pattern wins.
+        last: the rule of the last convertible layer in registration order, the classifier of
+            torchvision and timm models; "bp" keeps it on backprop, as the seed's code did.
+        include, exclude: fnmatch patterns on qualified module names; a pattern matching a
+            module matches everything inside it ("layer4", "*.downsample.*").
+        seed: the run's seed; each layer's feedback is drawn from (seed, its name), so every
+            DDP rank, and every conversion of the same model, gets the same feedback.
+        **options: options of `rule` when it is a name, e.g. convert(m, "wm", samples=128).
+
+    Converting again is a no-op for layers already on the asked rule (their feedback is kept);
+    layers on another rule switch. The existing Parameter objects are reused, but rules add
+    state (kp a Parameter): build the optimiser after converting. The report of what changed
+    is logged at INFO on the "biograd" logger; `report(model)` gives it at any time.
+    """
+    default = get_rule(rule, **options)
+    choices = {pat: get_rule(r) for pat, r in (rules or {}).items()}
+    last_rule = None if last is None else get_rule(last)
+    candidates = [
+        (name, module, cls)
+        for name, module, why in _walk(model)
+        if why is None
+        and (cls := type(module) if isinstance(module, FeedbackLayer) else _drop_in(module))
+        and (include is None or _matches(name, include))
+        and not _matches(name, exclude)
+    ]
+    for i, (name, module, cls) in enumerate(candidates):
+        chosen = next((r for pat, r in choices.items() if _matches(name, pat)), None)
+        if chosen is None:
+            chosen = last_rule if last_rule is not None and i == len(candidates) - 1 else default
+        layer_seed = mix(seed, name)
+        if isinstance(module, FeedbackLayer):
+            if module.learning_rule != chosen:
+                module.set_rule(chosen, layer_seed)
+            continue
+        new = cls.from_torch(module, chosen, layer_seed)
+        if not name:
+            model = new
+        else:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, new)
+    log.info("%s", report(model))
+    return model
+
+
+@dataclass
+class Report:
+    """What follows which rule in a model, and what still learns through weight transport.
+
+    layers: (name, class, rule) for every biograd layer.
+    transport: (owner, class, parameter count, why) for every module whose own parameters
+        learn by backprop: BatchNorm, LayerNorm, embeddings, layers on bp, layers that could
+        not be converted.
+    """
+
+    layers: list[tuple[str, str, str]] = field(default_factory=list)
+    transport: list[tuple[str, str, int, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rules: dict[str, int] = {}
+        for _, _, r in self.layers:
+            rules[r] = rules.get(r, 0) + 1
+        on = ", ".join(f"{n} on {r}" for r, n in rules.items()) or "none"
+        groups: dict[tuple[str, str], list[int]] = {}
+        for _, kind, n, why in self.transport:
+            count = groups.setdefault((kind, why), [0, 0])
+            count[0], count[1] = count[0] + 1, count[1] + n
+        total = sum(n for _, _, n, _ in self.transport)
+        lines = [
+            f"biograd: {len(self.layers)} layers converted ({on}); still learning through "
+            f"weight transport: {total:,} parameters in {len(self.transport)} modules"
+        ]
+        lines += [f"  {m} x {kind} ({n:,} params): {why}" for (kind, why), (m, n) in
+                  groups.items()]
+        return "\n".join(lines)
+
+
+def feedback_layers(model: nn.Module) -> Iterator[tuple[str, FeedbackLayer]]:
+    """(qualified name, layer) for every biograd layer of `model`, in registration order."""
+    for name, module in model.named_modules():
+        if isinstance(module, FeedbackLayer):
+            yield name, module
+
+
+def report(model: nn.Module) -> Report:
+    """The conversion report of `model`, computed from the model as it is now."""
+    out = Report()
+    for name, module, why in _walk(model):
+        own = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
+        kind = type(module).__name__
+        if isinstance(module, FeedbackLayer):
+            out.layers.append((name, kind, str(module.learning_rule)))
+            if module.learning_rule.transports_weights and own:
+                out.transport.append((name, kind, own, "on bp"))
+        elif own:
+            if why is None:
+                why = "custom forward, not converted" if isinstance(
+                    module, tuple(DROP_INS)) else "not a Linear or Conv: learns by backprop"
+            out.transport.append((name, kind, own, why))
+    return out
+
+
+def after_step(model: nn.Module) -> None:
+    """Run what each layer's rule needs between optimiser steps; call once after each step.
+
+    wm: one mirror pass; sign_fixed: clamp W to its fixed signs; every other rule: nothing.
+    """
+    for _, layer in feedback_layers(model):
+        if type(layer.learning_rule).after_step is not Rule.after_step:
+            layer.after_step()

@@ -1,0 +1,15 @@
+"""Small tensor helpers shared by rules and optimisers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def keep_sign_(weight: Tensor, reference: Tensor, eps: float = 1e-10) -> Tensor:
+    """In place: where W's sign is opposite to `reference`'s, or W is 0 and the reference is
+    not, set W to ±eps with the reference's sign. Returns W."""
+    flipped = (weight * reference < 0) | ((weight == 0) & (reference != 0))
+    weight.copy_(torch.where(flipped, torch.copysign(weight.new_full((), eps), reference), weight))
+    return weight

@@ -1,0 +1,7 @@
+"""Drop-in layers and the autograd functions behind them."""
+
+from biograd.nn.functional import feedback_conv, feedback_linear
+from biograd.nn.layers import Conv1d, Conv2d, Conv3d, FeedbackLayer, Linear
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "FeedbackLayer", "Linear", "feedback_conv",
+           "feedback_linear"]

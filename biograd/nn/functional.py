@@ -1,0 +1,131 @@
+"""Linear and convolution whose backward sends the input gradient through a feedback matrix B.
+
+Forward: torch's own op, so outputs are bit for bit the torch layer's. Backward: the weight
+and bias gradients are the true local ones; only the input gradient uses B,
+
+    linear:       δx = δy B             (δy: (..., out), B: (out, in))
+    convolution:  δx = conv_transpose(δy, B)
+
+computed for convolutions in ONE aten.convolution_backward call with B in W's place (the
+weight gradient does not read the weight's values). B is made in the backward, and only when
+the input needs a gradient (a network's stem does not), by the rule's `make`.
+
+Under torch.autocast the inputs are cast as torch's own conv/linear would cast them, and the
+gradients come back in each input's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from biograd.rules.base import Feedback
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype torch's conv/linear would compute in under autocast, or None."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.is_floating_point():
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    return t if t is None or dtype is None else t.to(dtype)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, learned, make):
+        dtype = _autocast_dtype(x)
+        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
+        ctx.save_for_backward(xc, weight)
+        ctx.make, ctx.x_dtype = make, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return torch.nn.functional.linear(xc, wc, bc)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # grad: (..., out)
+        x, weight = ctx.saved_tensors  # x: (..., in), weight: (out, in)
+        need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = (grad @ ctx.make(weight).to(grad.dtype)).to(ctx.x_dtype)
+        if need_w or need_learned:
+            g2 = grad.reshape(-1, grad.shape[-1])  # (n, out)
+            grad_w = (g2.T @ x.reshape(-1, x.shape[-1])).to(weight.dtype)  # (out, in)
+        if need_b:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None, None
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, learned, make, stride, padding, dilation, groups):
+        dtype = _autocast_dtype(x)
+        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
+        ctx.save_for_backward(xc, weight)
+        ctx.make, ctx.x_dtype = make, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.args = (stride, padding, dilation, groups)
+        return torch.convolution(xc, wc, bc, stride, padding, dilation, False, [0], groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # grad: (N, C_out, *spatial)
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
+        stride, padding, dilation, groups = ctx.args
+        # The weight gradient reads only the weight's shape, so B can stand in W's place.
+        b = ctx.make(weight) if need_x else weight
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            b.to(grad.dtype),
+            [grad.shape[1]] if need_b else None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            groups,
+            [need_x, need_w or need_learned, need_b],
+        )
+        grad_x = None if grad_x is None else grad_x.to(ctx.x_dtype)
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        grad_b = None if grad_b is None else grad_b.to(ctx.bias_dtype)
+        return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
+                None, None, None, None, None)
+
+
+def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback) -> Tensor:
+    """y = x Wᵀ + b, with δx = δy B for B = feedback.make(W).
+
+    x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
+    """
+    return _Linear.apply(x, weight, bias, feedback.learned, feedback.make)
+
+
+def feedback_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    feedback: Feedback,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> Tensor:
+    """An N-d convolution (zero padding given as ints), with δx = conv_transpose(δy, B).
+
+    x: (N, C_in, *spatial), weight: (C_out, C_in / groups, *kernel).
+    """
+    return _Conv.apply(
+        x, weight, bias, feedback.learned, feedback.make,
+        list(stride), list(padding), list(dilation), groups,
+    )
+

@@ -1,0 +1,16 @@
+"""The learning rules, one per file, each registered by name on import.
+
+Adding a rule is adding one file here: the registry feeds the converter, the CLI choices, the
+contract tests and the docs table.
+"""
+
+import importlib
+import pkgutil
+
+from biograd.rules.base import Feedback, Rule, get_rule, list_rules, register, rule_class
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class"]

@@ -1,0 +1,163 @@
+"""The learning-rule interface, the registry, and the feedback initialisers the rules share.
+
+A rule decides one thing: the matrix B that a layer's backward sends errors through,
+δx = Bᵀ δy, and how B's state is kept and updated. The forward pass and the weight and bias
+gradients are always torch's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from biograd.nn.layers import FeedbackLayer
+
+
+class Feedback(NamedTuple):
+    """What one forward pass hands to the backward.
+
+    make: W -> B, called in the backward, only when the input gradient is needed, so a rule
+        that derives B from W (ss) keeps no tensor between forward and backward.
+    learned: a Parameter that must receive exactly W's gradient (kp), or None.
+    """
+
+    make: Callable[[Tensor], Tensor]
+    learned: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Base class of the learning rules; subclasses are small frozen dataclasses.
+
+    Class attributes:
+        name: the registry name; aliases: other accepted names; summary: one line for docs.
+        state: names of the buffers and parameters the rule registers on a layer.
+        transports_weights: True only for bp, whose layers run torch's own op unchanged.
+        order: position in `list_rules()`.
+    """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    state: ClassVar[tuple[str, ...]] = ()
+    transports_weights: ClassVar[bool] = False
+    order: ClassVar[int] = 100
+
+    def __str__(self) -> str:
+        """The name, with the options that differ from their defaults: "wm(samples=128)"."""
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        ]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+    def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
+        """Register this rule's state on `layer`; random draws come from `generator` (CPU)."""
+
+    def bind(self, layer: FeedbackLayer) -> Feedback:
+        """Called at every forward pass: how the backward will get its B."""
+        raise NotImplementedError
+
+    def after_step(self, layer: FeedbackLayer) -> None:
+        """Called once after each optimiser step (see `biograd.after_step`)."""
+
+    def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
+        """The B the backward uses (for per-step rules, the one of the latest forward pass)."""
+        with torch.no_grad():
+            return self.bind_current(layer).make(layer.weight).detach()
+
+    def bind_current(self, layer: FeedbackLayer) -> Feedback:
+        """Like `bind`, but without advancing any per-step state."""
+        return self.bind(layer)
+
+
+def sign_scale(shape: torch.Size | tuple[int, ...]) -> float:
+    """The seed's feedback magnitude s for a weight of this shape.
+
+    Convolution (C_out, C_in/g, *k): s = sqrt(2 / (prod(k) * C_out)) (He, fan-out).
+    Linear (out, in): s = 1 / sqrt(in).
+    """
+    if len(shape) == 2:
+        return 1.0 / math.sqrt(shape[1])
+    return math.sqrt(2.0 / (math.prod(shape[2:]) * shape[0]))
+
+
+def random_feedback(
+    weight: Tensor,
+    generator: torch.Generator,
+    scale: str = "seed",
+    size: tuple[int, ...] | None = None,
+) -> Tensor:
+    """A random B for `weight` (of `size`, default W's shape) on `generator`'s device.
+
+    The result has W's dtype and lives on W's device.
+    scale="seed": the seed's FA initialisation: convolution N(0, s²), linear U(-s, s), with s
+        from `sign_scale` of W's shape.
+    scale="weight": N(0, std(W)²), the standard deviation of W as it is now (what kept a
+        RetinaNet under FA from diverging, see REFERENCE.md).
+    """
+    size = tuple(weight.shape) if size is None else size
+    kw = {"generator": generator, "device": generator.device}
+    if scale == "seed":
+        s = sign_scale(weight.shape)
+        if weight.dim() == 2:
+            b = torch.rand(size, **kw).mul_(2 * s).sub_(s)
+        else:
+            b = torch.randn(size, **kw).mul_(s)
+    elif scale == "weight":
+        std = weight.detach().float().std().item() if weight.numel() > 1 else 0.0
+        b = torch.randn(size, **kw).mul_(std or sign_scale(weight.shape))
+    else:
+        raise ValueError(f"unknown feedback scale {scale!r}: use 'seed' or 'weight'")
+    return b.to(device=weight.device, dtype=weight.dtype)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+_RULES: dict[str, type[Rule]] = {}
+_NAMES: dict[str, str] = {}
+
+
+def register(cls: type[Rule]) -> type[Rule]:
+    """Class decorator: make a rule available by its name and aliases."""
+    for key in (cls.name, *cls.aliases):
+        if key in _NAMES and _NAMES[key] != cls.name:
+            raise ValueError(f"rule name {key!r} is already taken by {_NAMES[key]!r}")
+        _NAMES[key] = cls.name
+    _RULES[cls.name] = cls
+    return cls
+
+
+def list_rules() -> list[str]:
+    """The registered rule names, in the order of the docs table."""
+    return sorted(_RULES, key=lambda n: (_RULES[n].order, n))
+
+
+def rule_class(name: str) -> type[Rule]:
+    """The rule class registered under `name` or one of its aliases."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in _NAMES:
+        raise ValueError(f"unknown rule {name!r}: choose one of {', '.join(list_rules())}")
+    return _RULES[_NAMES[key]]
+
+
+def get_rule(spec: str | Rule, **options: object) -> Rule:
+    """A rule instance from a name (with options) or an instance (returned as is)."""
+    if isinstance(spec, Rule):
+        if options:
+            raise ValueError("options go with a rule name, not with a rule instance")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"a rule is a name or a biograd Rule, not {type(spec).__name__}")
+    cls = rule_class(spec)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for rule {cls.name!r}: {err}") from None

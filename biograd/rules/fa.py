@@ -1,0 +1,35 @@
+"""Feedback alignment (Lillicrap et al. 2016): B fixed and random, drawn once.
+
+δx = Bᵀ δy. B is a persistent buffer, drawn from the layer's own seeded generator so that
+every DDP rank draws the same B.
+"""
+
+from dataclasses import dataclass
+
+from biograd.rules.base import Feedback, Rule, random_feedback, register
+
+
+@register
+@dataclass(frozen=True)
+class FA(Rule):
+    """Fixed random feedback.
+
+    Args:
+        scale: "seed" (default): conv B ~ N(0, s²) with s = sqrt(2 / (k_h k_w C_out)), linear
+            B ~ U(-s, s) with s = 1/sqrt(fan_in), as the seed's code; "weight": N(0, std(W)²).
+    """
+
+    scale: str = "seed"
+
+    name = "fa"
+    aliases = ("feedback_alignment",)
+    summary = "B fixed random, drawn once (Lillicrap et al. 2016)"
+    state = ("feedback",)
+    order = 10
+
+    def setup(self, layer, generator) -> None:
+        layer.register_buffer("feedback", random_feedback(layer.weight, generator, self.scale))
+
+    def bind(self, layer) -> Feedback:
+        b = layer.feedback
+        return Feedback(make=lambda w: b)

@@ -1,0 +1,37 @@
+"""Fixed random-magnitude sign feedback, frSF (Moskovitz et al. 2018; biotorch's naming).
+
+B = |M| ∘ sign(W): W's current signs with fixed random magnitudes M, drawn once like FA's B.
+Only |M| is stored; B is formed in the backward in one pass (copysign).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from biograd.rules.base import Feedback, Rule, random_feedback, register
+
+
+@register
+@dataclass(frozen=True)
+class FRSF(Rule):
+    """δx = (|M| ∘ sign(W))ᵀ δy, M fixed.
+
+    Args:
+        scale: how M is drawn, as FA's B ("seed" or "weight").
+    """
+
+    scale: str = "seed"
+
+    name = "frsf"
+    aliases = ("fixed_random_sign_feedback",)
+    summary = "B = |M|∘sign(W), M random, drawn once"
+    state = ("feedback_magnitude",)
+    order = 30
+
+    def setup(self, layer, generator) -> None:
+        m = random_feedback(layer.weight, generator, self.scale).abs_()
+        layer.register_buffer("feedback_magnitude", m)
+
+    def bind(self, layer) -> Feedback:
+        m = layer.feedback_magnitude
+        return Feedback(make=lambda w: torch.copysign(m, w))

@@ -1,0 +1,46 @@
+"""Sign-fixed feedback (Moskovitz et al. 2018; the direction the seed names in its conclusion).
+
+B = s · sign(W₀), the signs of W at conversion, fixed; and after every optimiser step the
+forward weights are held to those same signs (a weight that would flip is clamped at ±1e-10 of
+its sign), so feedback never needs to learn W's signs: no weight transport, not even of signs.
+Where W₀ is exactly 0, the sign is drawn at random.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from biograd.functional import keep_sign_
+from biograd.rules.base import Feedback, Rule, register, sign_scale
+
+
+@register
+@dataclass(frozen=True)
+class SignFixed(Rule):
+    """δx = (s · sign(W₀))ᵀ δy, and sign(W) = sign(W₀) for ever.
+
+    Args:
+        eps: the magnitude a weight that would change sign is clamped at.
+    """
+
+    eps: float = 1e-10
+
+    name = "sign_fixed"
+    aliases = ("sign_fixed_fa", "signfixed")
+    summary = "B = s·sign(W₀) fixed; W kept to the signs of W₀"
+    state = ("feedback",)
+    order = 50
+
+    def setup(self, layer, generator) -> None:
+        w = layer.weight.detach()
+        coin = torch.rand(w.shape, generator=generator, device=generator.device) < 0.5
+        sign = torch.where(w == 0, coin.to(w.device).to(w.dtype).mul_(2).sub_(1), w.sign())
+        layer.register_buffer("feedback", sign.mul_(sign_scale(w.shape)))
+        self.after_step(layer)
+
+    def bind(self, layer) -> Feedback:
+        b = layer.feedback
+        return Feedback(make=lambda w: b)
+
+    def after_step(self, layer) -> None:
+        keep_sign_(layer.weight, layer.feedback, self.eps)

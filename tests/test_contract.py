@@ -1,0 +1,179 @@
+"""The contract every rule keeps, for Linear and each Conv, parametrised over the registry.
+
+Identities, not numbers: the forward is torch's; with B = W the gradients are backprop's
+bit for bit; the input gradient is the transposed op applied with the rule's B; weight and
+bias gradients are the true local ones (gradcheck, float64).
+"""
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import biograd
+from biograd.nn.layers import DROP_INS
+from biograd.rules import Feedback
+
+RULES = biograd.list_rules()
+
+# (id, torch layer factory, input shape)
+LAYERS = [
+    ("linear", lambda: nn.Linear(6, 5), (3, 6)),
+    ("linear_3d_input", lambda: nn.Linear(6, 5), (2, 3, 6)),
+    ("linear_4d_nobias", lambda: nn.Linear(6, 5, bias=False), (2, 2, 3, 6)),
+    ("conv1d_stride", lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1), (2, 4, 9)),
+    ("conv2d", lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 7, 7)),
+    ("conv2d_groups_dilation", lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2),
+     (2, 4, 8, 8)),
+    ("conv2d_same_even", lambda: nn.Conv2d(3, 4, (4, 3), padding="same", bias=False),
+     (2, 3, 7, 6)),
+    ("conv2d_valid_stride", lambda: nn.Conv2d(3, 4, 3, stride=2, padding="valid"), (2, 3, 9, 9)),
+    ("conv2d_reflect", lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+     (2, 3, 6, 6)),
+    ("conv2d_circular", lambda: nn.Conv2d(3, 4, 3, padding=2, padding_mode="circular"),
+     (2, 3, 6, 6)),
+    ("conv2d_replicate_same", lambda: nn.Conv2d(3, 4, 2, padding="same",
+                                                padding_mode="replicate"), (2, 3, 5, 5)),
+    ("conv3d", lambda: nn.Conv3d(2, 4, 3, padding=1), (2, 2, 4, 5, 5)),
+]
+LAYER_IDS = [name for name, _, _ in LAYERS]
+
+
+def make(factory, rule, dtype=torch.float32):
+    """A torch layer and its biograd twin sharing nothing but equal values."""
+    reference = factory().to(dtype)
+    layer = DROP_INS[type(reference)].from_torch(copy.deepcopy(reference), rule, seed=7)
+    return reference, layer
+
+
+def run(layer, x, grad_out, **autocast):
+    """Forward and backward; returns (output, x.grad, {param name: grad})."""
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", **autocast) if autocast else torch.autocast("cpu", enabled=False):
+        y = layer(x)
+    y.backward(grad_out.to(y.dtype))
+    grads = {n: p.grad for n, p in layer.named_parameters()}
+    return y, x.grad, grads
+
+
+@pytest.fixture(params=LAYERS, ids=LAYER_IDS)
+def case(request):
+    return request.param
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_forward_is_torch_bit_for_bit(case, rule):
+    _, factory, shape = case
+    reference, layer = make(factory, rule)
+    x = torch.randn(shape)
+    assert torch.equal(layer(x), reference(x))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_with_feedback_equal_to_weight_gradients_are_backprop(case, rule, monkeypatch):
+    _, factory, shape = case
+    reference, layer = make(factory, rule)
+    bind = layer.learning_rule.bind
+    # Keep the rule's plumbing (kp's learned B, brsf's counter), swap only B for W.
+    monkeypatch.setattr(type(layer.learning_rule), "bind",
+                        lambda self, lay: Feedback(lambda w: w, bind(lay).learned))
+    x = torch.randn(shape)
+    grad_out = torch.randn(reference(x).shape)
+    y_ref, gx_ref, g_ref = run(reference, x, grad_out)
+    y, gx, g = run(layer, x, grad_out)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(gx, gx_ref)
+    for name, grad in g_ref.items():
+        assert torch.equal(g[name], grad), name
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_input_gradient_is_transposed_op_with_rule_feedback(case, rule):
+    _, factory, shape = case
+    reference, layer = make(factory, rule)
+    x = torch.randn(shape)
+    grad_out = torch.randn(reference(x).shape)
+    _y, gx, grads = run(layer, x, grad_out)
+    b = layer.feedback_weight()  # for brsf: the draw of that forward pass
+    with torch.no_grad():
+        reference.weight.copy_(b)
+    _, gx_expected, _ = run(reference, x, grad_out)
+    torch.testing.assert_close(gx, gx_expected, rtol=1e-5, atol=1e-6)
+    # the weight and bias gradients are the true ones whatever B is
+    with torch.no_grad():
+        reference.weight.copy_(layer.weight)
+    _, _, g_true = run(reference, x, grad_out)
+    for name, grad in g_true.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_gradcheck_float64(case, rule, monkeypatch):
+    _, factory, shape = case
+    _, layer = make(factory, rule, torch.float64)
+    x = torch.randn(shape, dtype=torch.float64)
+    params = (layer.weight,) + ((layer.bias,) if layer.bias is not None else ())
+
+    def f(x, *ps):
+        return layer(x)
+
+    # weight and bias gradients are the true local ones under every rule
+    assert torch.autograd.gradcheck(f, (x, *params))
+    # and with B = W the whole Jacobian, input included, is the true one
+    bind = layer.learning_rule.bind
+    monkeypatch.setattr(type(layer.learning_rule), "bind",
+                        lambda self, lay: Feedback(lambda w: w, bind(lay).learned))
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), *params))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_parameter_gets_a_gradient(case, rule):
+    _, factory, shape = case
+    _, layer = make(factory, rule)
+    layer(torch.randn(shape, requires_grad=True)).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+    if rule == "kp":  # B.grad is exactly W.grad, in its own storage
+        assert torch.equal(layer.feedback.grad, layer.weight.grad)
+        assert layer.feedback.grad.data_ptr() != layer.weight.grad.data_ptr()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_state_dict_round_trip(case, rule):
+    _, factory, shape = case
+    _, layer = make(factory, rule)
+    x = torch.randn(shape)
+    layer(x).sum().backward()
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    _, other = make(factory, rule)
+    other.set_rule(rule, seed=12345)  # different feedback until loaded
+    other.load_state_dict(state, strict=True)
+    assert other.feedback_seed == layer.feedback_seed
+    assert other.feedback_step == layer.feedback_step
+    torch.testing.assert_close(other.feedback_weight(), layer.feedback_weight(), rtol=0, atol=0)
+    with torch.no_grad():  # a forward without grad draws no new brsf feedback
+        grad_out = torch.randn(layer(x).shape)
+    y, gx, _ = run(layer, x, grad_out)
+    y2, gx2, _ = run(other, x, grad_out)
+    assert torch.equal(y, y2) and torch.equal(gx, gx2)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_autocast_bf16(case, rule):
+    _, factory, shape = case
+    reference, layer = make(factory, rule)
+    x = torch.randn(shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference(x)
+    y, gx, grads = run(layer, x, torch.ones(expected.shape), dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, expected)
+    assert gx.dtype == torch.float32 and torch.isfinite(gx).all()
+    for name, p in layer.named_parameters():
+        assert grads[name].dtype == p.dtype, name
