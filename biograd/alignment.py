@@ -1,7 +1,7 @@
 """How well feedback aligns with the forward weights, and rule gradients with true gradients.
 
-angle(W, B) = arccos(⟨vec W, vec B⟩ / (‖W‖ ‖B‖)), in degrees, computed in float64; NaN where
-either is all zeros.
+angle(W, B) = arccos(⟨vec W, vec B⟩ / (‖W‖ ‖B‖)), in degrees, computed in float64 in a form
+that stays accurate near 0°; NaN where either is all zeros.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ LossFn = Callable[[nn.Module, Batch], Tensor]
 def angle(a: Tensor, b: Tensor) -> float:
     """The angle between two tensors of the same shape, flattened, in degrees."""
     a, b = a.detach().reshape(-1).double(), b.detach().reshape(-1).double()
-    norms = a.norm() * b.norm()
-    if norms == 0:
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
         return math.nan
-    return math.degrees(math.acos(max(-1.0, min(1.0, (a @ b / norms).item()))))
+    a, b = a / na, b / nb
+    # 2·atan2(|a - b|, |a + b|) for unit vectors: accurate near 0° and 180°, unlike acos.
+    return math.degrees(2 * math.atan2((a - b).norm().item(), (a + b).norm().item()))
 
 
 def weight_angles(model: nn.Module) -> dict[str, float]:

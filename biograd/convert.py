@@ -30,7 +30,16 @@ OPAQUE = {
     "directly",
     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "reads qkv and proj weights "
     "directly",
+    # timm: with q/v biases (the default) these run F.linear(x, self.qkv.weight, qkv_bias)
+    "timm.models.beit.Attention": "can read qkv's weight directly (F.linear with q/v biases)",
+    "timm.models.eva.EvaAttention": "can read qkv's weight directly (F.linear with q/v biases)",
+    "timm.models.swin_transformer_v2.WindowAttention": "can read qkv's weight directly (F.linear "
+    "with q/v biases)",
 }
+
+#: Subclasses whose own forward computes exactly their torch base's, so they convert like it:
+#: timm's Linear (the classifier of its MobileNetV3, GhostNet, ...) differs only under TorchScript.
+SAME_FORWARD = {"timm.layers.linear.Linear"}
 
 
 def _type_name(module: nn.Module) -> str:
@@ -42,6 +51,8 @@ def _drop_in(module: nn.Module) -> type[FeedbackLayer] | None:
     """The biograd class for `module`, if its forward is torch's own."""
     for base, cls in DROP_INS.items():
         if isinstance(module, base):
+            if _type_name(module) in SAME_FORWARD:
+                return cls
             same = type(module).forward is base.forward
             if same and hasattr(base, "_conv_forward"):
                 same = type(module)._conv_forward is base._conv_forward

@@ -121,12 +121,12 @@ def test_gradcheck_float64(case, rule, monkeypatch):
         return layer(x)
 
     # weight and bias gradients are the true local ones under every rule
-    assert torch.autograd.gradcheck(f, (x, *params))
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
     # and with B = W the whole Jacobian, input included, is the true one
     bind = layer.learning_rule.bind
     monkeypatch.setattr(type(layer.learning_rule), "bind",
                         lambda self, lay: Feedback(lambda w: w, bind(lay).learned))
-    assert torch.autograd.gradcheck(f, (x.requires_grad_(), *params))
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), *params), fast_mode=True)
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -164,16 +164,27 @@ def test_state_dict_round_trip(case, rule):
     assert torch.equal(y, y2) and torch.equal(gx, gx2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rule", RULES)
-def test_autocast_bf16(case, rule):
+def test_autocast(case, rule, dtype, monkeypatch):
     _, factory, shape = case
     reference, layer = make(factory, rule)
     x = torch.randn(shape)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         expected = reference(x)
-    y, gx, grads = run(layer, x, torch.ones(expected.shape), dtype=torch.bfloat16)
-    assert y.dtype == torch.bfloat16
+    grad_out = torch.randn(expected.shape)
+    y, gx, grads = run(layer, x, grad_out, dtype=dtype)
+    assert y.dtype == dtype
     assert torch.equal(y, expected)
     assert gx.dtype == torch.float32 and torch.isfinite(gx).all()
     for name, p in layer.named_parameters():
         assert grads[name].dtype == p.dtype, name
+    # with B = W, autocast gradients are torch's own autocast gradients, bit for bit
+    bind = layer.learning_rule.bind
+    monkeypatch.setattr(type(layer.learning_rule), "bind",
+                        lambda self, lay: Feedback(lambda w: w, bind(lay).learned))
+    _, gx, grads = run(layer, x, grad_out, dtype=dtype)
+    _, gx_ref, grads_ref = run(reference, x, grad_out, dtype=dtype)
+    assert torch.equal(gx, gx_ref)
+    for name, grad in grads_ref.items():
+        assert torch.equal(grads[name], grad), name

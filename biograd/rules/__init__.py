@@ -7,10 +7,20 @@ contract tests and the docs table.
 import importlib
 import pkgutil
 
-from biograd.rules.base import Feedback, Rule, get_rule, list_rules, register, rule_class
+from biograd.rules.base import (
+    Feedback,
+    Rule,
+    get_rule,
+    list_rules,
+    register,
+    rule_class,
+    rules_table,
+)
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class"]
+__all__ = [
+    "Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class", "rules_table",
+]

@@ -140,6 +140,18 @@ def list_rules() -> list[str]:
     return sorted(_RULES, key=lambda n: (_RULES[n].order, n))
 
 
+def rules_table() -> str:
+    """The markdown table of the registered rules, as the README shows it."""
+    lines = ["| rule | aliases | feedback B in the backward | state on the layer |",
+             "| --- | --- | --- | --- |"]
+    for name in list_rules():
+        cls = _RULES[name]
+        state = ", ".join(f"`{s}`" for s in cls().state)
+        cells = [f"`{name}`", ", ".join(cls.aliases), cls.summary, state or "none"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def rule_class(name: str) -> type[Rule]:
     """The rule class registered under `name` or one of its aliases."""
     key = name.strip().lower().replace("-", "_")

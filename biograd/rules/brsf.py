@@ -38,8 +38,11 @@ class BRSF(Rule):
     name = "brsf"
     aliases = ("batch_random_sign_feedback",)
     summary = "B = |M_t|∘sign(W), M_t random, drawn afresh at every step"
-    state = ("feedback_pool",)
     order = 40
+
+    @property
+    def state(self) -> tuple[str, ...]:
+        return ("feedback_pool",) if self.fresh == "window" else ()
 
     def __post_init__(self) -> None:
         if self.fresh not in ("window", "full"):

@@ -1,0 +1,5 @@
+"""Small models sized for tiny inputs."""
+
+from biograd.models.small import small_cnn
+
+__all__ = ["small_cnn"]

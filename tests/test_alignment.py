@@ -1,0 +1,80 @@
+"""Weight and gradient angles: what they measure, and that measuring changes nothing."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import biograd
+
+
+def net(rule):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.3),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    return biograd.convert(model, rule, seed=0)
+
+
+def batch():
+    return torch.randn(6, 3, 6, 6), torch.randint(0, 5, (6,))
+
+
+def test_angle_identities():
+    w = torch.randn(4, 5)
+    assert biograd.angle(w, 2 * w) == 0  # exact: doubling is exact in floating point
+    assert biograd.angle(w, -w) == pytest.approx(180)
+    assert math.isnan(biograd.angle(w, torch.zeros_like(w)))
+
+
+@pytest.mark.parametrize("rule", biograd.list_rules())
+def test_weight_angles_measure_the_feedback_the_backward_uses(rule):
+    model = net(rule)
+    angles = biograd.weight_angles(model)
+    assert list(angles) == ["0", "4", "8"]  # network order
+    for name, layer in biograd.feedback_layers(model):
+        assert angles[name] == pytest.approx(biograd.angle(layer.weight, layer.feedback_weight()))
+    if rule == "bp":
+        assert set(angles.values()) == {0.0}
+
+
+@pytest.mark.parametrize("rule", [r for r in biograd.list_rules() if r != "bp"])
+def test_gradient_angles(rule):
+    model = net(rule)
+    model.train()
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()  # gradients a user has accumulated
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    steps = {n: m.feedback_step for n, m in biograd.feedback_layers(model)}
+    rng = torch.get_rng_state()
+
+    angles = biograd.gradient_angles(model, (x, y))
+
+    # the top layer sees the true error, so its weight gradient is backprop's whatever the rule
+    assert angles["8"] == pytest.approx(0, abs=1e-3)
+    assert angles["0"] > 1 and angles["4"] > 1  # lower layers follow the rule's feedback
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, grads[n]), n
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    assert steps == {n: m.feedback_step for n, m in biograd.feedback_layers(model)}
+
+
+def test_gradient_angles_are_zero_when_feedback_is_the_weight():
+    model = net("fa")
+    for _, layer in biograd.feedback_layers(model):
+        with torch.no_grad():
+            layer.feedback.copy_(layer.weight)
+    angles = biograd.gradient_angles(model, batch())
+    assert max(angles.values()) == pytest.approx(0, abs=1e-3)
+
+
+def test_gradient_angles_of_a_backprop_model_are_empty():
+    assert biograd.gradient_angles(net("bp"), batch()) == {}

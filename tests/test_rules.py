@@ -1,0 +1,155 @@
+"""Behaviour of each rule beyond the shared contract: what its B is and how B moves."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import biograd
+from biograd.nn import Conv2d, Linear
+
+
+def ss_scale(weight):
+    """The seed's magnitude, written out from REFERENCE.md."""
+    if weight.dim() == 2:
+        return 1 / math.sqrt(weight.shape[1])
+    c_out, _, kh, kw = weight.shape
+    return math.sqrt(2 / (kh * kw * c_out))
+
+
+@pytest.mark.parametrize("layer", [Linear(20, 7, rule="ss"), Conv2d(3, 16, (3, 5), rule="ss")])
+def test_ss_feedback_is_seed_scale_times_sign(layer):
+    w = layer.weight.detach()
+    assert torch.equal(layer.feedback_weight(), ss_scale(w) * torch.sign(w))
+    cos = w.abs().mean() / w.square().mean().sqrt()  # REFERENCE: cos = mean|w| / rms(w)
+    assert biograd.weight_angles(layer)[""] == pytest.approx(math.degrees(math.acos(cos)))
+
+
+def test_ss_keeps_no_extra_tensors():
+    reference = nn.Conv2d(8, 8, 3, padding=1)
+    layer = biograd.convert(nn.Conv2d(8, 8, 3, padding=1), "ss")
+    assert list(layer.buffers()) == [] and len(list(layer.parameters())) == 2
+
+    def saved_bytes(module):
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: total.append(t.numel() * t.element_size()) or t, lambda t: t):
+            module(torch.randn(4, 8, 10, 10, requires_grad=True)).sum().backward()
+        return sum(total)
+
+    assert saved_bytes(layer) == saved_bytes(reference)
+
+
+def test_fa_feedback_is_fixed_and_seed_scaled():
+    layer = Linear(50, 10, rule="fa", seed=3)
+    b0 = layer.feedback_weight().clone()
+    s = ss_scale(layer.weight)
+    assert b0.abs().max() <= s and b0.std() == pytest.approx(s / math.sqrt(3), rel=0.15)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(3):
+        layer(torch.randn(8, 50)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.equal(layer.feedback_weight(), b0)
+
+
+def test_frsf_angle_is_against_effective_feedback_not_magnitudes():
+    layer = Conv2d(4, 8, 3, rule="frsf")
+    m = layer.feedback_magnitude
+    assert (m >= 0).all()
+    assert torch.equal(layer.feedback_weight(), m * torch.sign(layer.weight.detach()))
+    measured = biograd.weight_angles(layer)[""]
+    assert measured == pytest.approx(biograd.angle(layer.weight, torch.copysign(m, layer.weight)))
+    assert measured < biograd.angle(layer.weight, m) - 10  # biotorch's mistake measures this
+
+
+@pytest.mark.parametrize("fresh", ["window", "full"])
+def test_brsf_draws_a_new_feedback_each_training_step(fresh):
+    layer = Conv2d(4, 8, 3, rule=biograd.get_rule("brsf", fresh=fresh), seed=5)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    draws = []
+    for _ in range(3):
+        layer(x).sum().backward()
+        draws.append(layer.feedback_weight())
+    with torch.no_grad():  # evaluation draws nothing
+        layer(x)
+    assert torch.equal(layer.feedback_weight(), draws[-1])
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    for b in draws:
+        assert torch.equal(torch.sign(b), torch.sign(layer.weight.detach()))
+    # the same seed replays the same sequence
+    again = Conv2d(4, 8, 3, rule=biograd.get_rule("brsf", fresh=fresh), seed=5)
+    again.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "_extra_state"},
+                          strict=False)
+    again(x).sum().backward()
+    assert torch.equal(again.feedback_weight(), draws[0])
+
+
+def test_sign_fixed_never_changes_sign():
+    layer = Linear(30, 10, rule="sign_fixed")
+    b = layer.feedback_weight().clone()
+    assert torch.equal(b, ss_scale(layer.weight) * torch.sign(b))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)  # large steps push weights across zero
+    flips = 0
+    for _ in range(5):
+        before = torch.sign(layer.weight.detach()).clone()
+        layer(torch.randn(16, 30)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        flips += (torch.sign(layer.weight.detach()) != before).sum().item()
+        biograd.after_step(layer)
+        assert torch.equal(torch.sign(layer.weight.detach()), torch.sign(b))
+    assert flips > 0  # the constraint had work to do
+    assert torch.equal(layer.feedback_weight(), b)
+
+
+def test_kp_difference_to_weight_decays_by_one_minus_lr_times_decay():
+    torch.manual_seed(1)
+    teacher = torch.randn(10, 3)  # a learnable task, so W keeps its size under weight decay
+    model = nn.Sequential(Linear(10, 20, rule="kp"), nn.Tanh(), Linear(20, 3, rule="kp"))
+    lr, decay = 0.2, 0.02
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=decay)
+    layer = model[0]
+    start = biograd.weight_angles(model)
+    for _ in range(300):
+        gap = (layer.weight - layer.feedback).detach().clone()
+        x = torch.randn(32, 10)
+        F.cross_entropy(model(x), (x @ teacher).argmax(1)).backward()
+        opt.step()
+        opt.zero_grad()
+        torch.testing.assert_close(layer.weight - layer.feedback, (1 - lr * decay) * gap)
+    end = biograd.weight_angles(model)
+    for name in start:
+        assert end[name] < start[name] / 3, name
+
+
+@pytest.mark.parametrize("layer", [Linear(64, 32, rule="wm"), Conv2d(8, 16, 3, rule="wm")])
+def test_wm_mirror_phase_aligns_feedback(layer):
+    start = biograd.weight_angles(layer)[""]
+    for _ in range(300):
+        biograd.after_step(layer)
+    end = biograd.weight_angles(layer)[""]
+    assert end < 10 < start
+    # B tracks W's scale, not only its direction
+    ratio = layer.feedback_weight().norm() / layer.weight.detach().norm()
+    assert ratio == pytest.approx(1, abs=0.1)
+
+
+def test_rules_without_between_step_work_leave_the_layer_alone():
+    for rule in ("bp", "fa", "ss", "frsf", "brsf", "kp"):
+        layer = Linear(5, 4, rule=rule)
+        state = {k: v.clone() for k, v in layer.state_dict().items() if k != "_extra_state"}
+        biograd.after_step(layer)
+        for k, v in layer.state_dict().items():
+            if k != "_extra_state":
+                assert torch.equal(v, state[k]), (rule, k)
+
+
+def test_unknown_rule_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="choose one of bp, fa, ss"):
+        Linear(2, 2, rule="feedback-allignment")
+    with pytest.raises(ValueError, match="bad options for rule 'wm'"):
+        biograd.get_rule("wm", sample=3)
+    assert biograd.get_rule("Kolen-Pollack").name == "kp"
