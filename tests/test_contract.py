@@ -130,6 +130,16 @@ def test_gradcheck_float64(case, rule, monkeypatch):
 
 
 @pytest.mark.parametrize("rule", RULES)
+def test_output_can_be_modified_in_place(case, rule):
+    _, factory, shape = case
+    reference, layer = make(factory, rule)
+    x = torch.randn(shape)
+    y = nn.ReLU(inplace=True)(layer(x))  # a custom Function's view output would refuse this
+    y.sum().backward()
+    assert torch.equal(y, torch.relu(reference(x)))
+
+
+@pytest.mark.parametrize("rule", RULES)
 def test_every_parameter_gets_a_gradient(case, rule):
     _, factory, shape = case
     _, layer = make(factory, rule)

@@ -107,7 +107,12 @@ def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Fe
 
     x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
     """
-    return _Linear.apply(x, weight, bias, feedback.learned, feedback.make)
+    if x.dim() == 2:
+        return _Linear.apply(x, weight, bias, feedback.learned, feedback.make)
+    # Flatten outside the Function: for more than 2 dims F.linear returns a view, and a view
+    # returned by a custom Function cannot be modified in place (ReLU(inplace=True) after it).
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias, feedback.learned, feedback.make)
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 def feedback_conv(
