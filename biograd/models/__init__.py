@@ -1,5 +1,27 @@
-"""Small models sized for tiny inputs."""
+"""Models by name: biograd's own small models and the seed's AlexNet, torchvision's, timm's.
 
-from biograd.models.small import small_cnn
+    model = build_model("resnet_small", num_classes=10, in_channels=1, image_size=28)
 
-__all__ = ["small_cnn"]
+biograd's own (`list_models()`): small_cnn and mlp for 8×8 and 28×28 images, resnet_small (a
+CIFAR-style ResNet-20) for 28×28 and 32×32, alexnet_bn (the seed's AlexNet with BatchNorm) for
+224×224. Any torchvision classification model works by its name, and timm's as "timm:NAME".
+"""
+
+from biograd.models.alexnet import alexnet_bn
+from biograd.models.factory import RepeatChannels, build_model
+from biograd.models.registry import ModelError, list_models, model_info, register_model
+from biograd.models.resnet import resnet_small
+from biograd.models.small import mlp, small_cnn
+
+__all__ = [
+    "ModelError",
+    "RepeatChannels",
+    "alexnet_bn",
+    "build_model",
+    "list_models",
+    "mlp",
+    "model_info",
+    "register_model",
+    "resnet_small",
+    "small_cnn",
+]

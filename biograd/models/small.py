@@ -1,8 +1,10 @@
-"""A small BatchNorm CNN for 8×8 (digits) and 28×28 (MNIST) inputs."""
+"""Small models for tiny inputs: 8×8 (digits) and 28×28 (MNIST, Fashion-MNIST)."""
 
 from __future__ import annotations
 
 from torch import nn
+
+from biograd.models.registry import register_model
 
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -10,11 +12,16 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Sequential:
-    """conv-bn-relu ×2, max-pool, conv-bn-relu ×2, global average pool, linear.
+@register_model(inputs=((1, 8), (1, 28)), min_size=2)
+def small_cnn(
+    num_classes: int = 10, in_channels: int = 1, width: int = 32, *, image_size: int = 28
+) -> nn.Sequential:
+    """A small BatchNorm CNN: conv-bn-relu ×2, max-pool, conv-bn-relu ×2, average pool, linear.
 
-    (N, in_channels, H, W) -> (N, num_classes), for any H, W >= 2.
+    (N, in_channels, H, W) -> (N, num_classes), for any H, W >= 2; the layers do not depend on
+    `image_size` (global average pooling), which is accepted for the registry.
     """
+    del image_size
     return nn.Sequential(
         *_block(in_channels, width),
         *_block(width, width),
@@ -24,4 +31,29 @@ def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> n
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(2 * width, num_classes),
+    )
+
+
+@register_model(inputs=((1, 8), (1, 28)))
+def mlp(
+    num_classes: int = 10, in_channels: int = 1, *, image_size: int = 28, hidden: int = 256
+) -> nn.Sequential:
+    """A multilayer perceptron with two hidden ReLU layers of `hidden` units.
+
+    (N, in_channels, image_size, image_size) -> (N, num_classes): the input is flattened, so
+    images must be exactly image_size × image_size. Hidden layers: He (fan-in) weights, zero
+    biases; the output layer keeps torch's default initialisation.
+    """
+    layers = [
+        nn.Linear(in_channels * image_size * image_size, hidden),
+        nn.Linear(hidden, hidden),
+    ]
+    for layer in layers:
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    return nn.Sequential(
+        nn.Flatten(),
+        layers[0], nn.ReLU(),
+        layers[1], nn.ReLU(),
+        nn.Linear(hidden, num_classes),
     )

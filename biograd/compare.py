@@ -1,0 +1,61 @@
+"""`biograd compare`: the same task under several rules (and seeds), then one report.
+
+Every run gets the same data, model initialisation, data order and recipe; only the rule
+(and, with several seeds, the seed) differs. Runs go into OUT/RULE (OUT/RULE-seedN with
+several seeds); report.md, results.csv and the figures into OUT. A run that diverges is
+reported as such and the comparison goes on. With --resume, finished runs are kept as they
+are and unfinished ones continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from biograd.config import TrainConfig, validate
+from biograd.engine.checkpoint import NAME as CHECKPOINT
+from biograd.errors import Diverged
+
+log = logging.getLogger("biograd")
+
+
+def run_dir(out: Path, rule: str, seed: int, several_seeds: bool) -> Path:
+    return out / (f"{rule}-seed{seed}" if several_seeds else rule)
+
+
+def _status(path: Path) -> str | None:
+    try:
+        return json.loads((path / "status.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def compare(base: TrainConfig, rules: list[str], seeds: list[int] | None = None
+            ) -> dict[str, Path]:
+    """Train every (rule, seed) of `base` into base.out, then write the report there."""
+    from biograd.engine.classify import train
+    from biograd.results import load_run, write_report
+
+    out = Path(base.out)
+    seeds = seeds or [base.seed]
+    several = len(seeds) > 1
+    paths = []
+    for seed in seeds:
+        for rule in rules:
+            path = run_dir(out, rule, seed, several)
+            paths.append(path)
+            status = _status(path)
+            if base.resume and status in ("finished", "diverged"):
+                log.info("%s: %s already, kept", path, status)
+                continue
+            cfg = dataclasses.replace(base, rule=rule, seed=seed, out=str(path),
+                                      resume=base.resume and (path / CHECKPOINT).exists())
+            validate(cfg)
+            log.info("== %s, seed %d -> %s", rule, seed, path)
+            try:
+                train(cfg)
+            except Diverged as err:
+                log.warning("%s: %s", rule, err)
+    return write_report([load_run(p) for p in paths], out)

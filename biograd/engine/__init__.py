@@ -1,0 +1,1 @@
+"""Training engines: the loops, checkpoints, distributed set-up and run logging."""

@@ -1,0 +1,95 @@
+"""biograd's own models, registered by name, and the error every model look-up raises.
+
+A builder is registered with the inputs it is meant for; `build_model` calls it as
+`builder(num_classes=..., in_channels=..., image_size=..., **options)`, and the tests sweep
+the registry over those inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from biograd.errors import UsageError
+
+
+class ModelError(UsageError):
+    """A model that cannot be built as asked; the message says what was wrong and what to do."""
+
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model.
+
+    inputs: the (channels, side) pairs it is meant for, smallest first, e.g. ((1, 28), (3, 32)).
+    min_size: the smallest image side its layers accept.
+    """
+
+    name: str
+    builder: Builder
+    inputs: tuple[tuple[int, int], ...]
+    min_size: int = 1
+
+    @property
+    def summary(self) -> str:
+        """The first line of the builder's docstring."""
+        return (inspect.getdoc(self.builder) or "").splitlines()[0]
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    *, inputs: tuple[tuple[int, int], ...], min_size: int = 1, name: str | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator: make a builder available to `build_model` under its function's name.
+
+    The builder takes num_classes, in_channels and image_size as keywords, plus its own options.
+    """
+
+    def decorate(builder: Builder) -> Builder:
+        key = name or builder.__name__
+        if key in _MODELS:
+            raise ValueError(f"model name {key!r} is already registered")
+        _MODELS[key] = ModelInfo(key, builder, inputs, min_size)
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """biograd's own model names, sorted (torchvision's and timm's are not listed)."""
+    return sorted(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registration of biograd's model `name`; ModelError if there is none."""
+    if name not in _MODELS:
+        raise ModelError(f"{name!r} is not one of biograd's models ({', '.join(list_models())})")
+    return _MODELS[name]
+
+
+def build_own(
+    name: str, *, num_classes: int, in_channels: int, image_size: int, **options: object
+) -> nn.Module:
+    """Build biograd's model `name`, checking the image size and the options first."""
+    info = model_info(name)
+    if image_size < info.min_size:
+        raise ModelError(
+            f"{name} needs images of at least {info.min_size}x{info.min_size}, got "
+            f"{image_size}x{image_size}: resize the images or pick a model for small inputs "
+            f"(small_cnn, mlp, resnet_small)"
+        )
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    try:
+        inspect.signature(info.builder).bind(**kwargs, **options)
+    except TypeError as err:
+        raise ModelError(f"{name}: {err}; see help(biograd.models.{info.builder.__name__}) "
+                         f"for its options") from None
+    return info.builder(**kwargs, **options)

@@ -1,0 +1,159 @@
+"""`biograd compare`'s folder: report.md, results.csv and three figures from run folders.
+
+Per run: best = the highest value over epochs (each metric on its own), final = the value at
+the last epoch that recorded it, time = the run's cumulative elapsed_seconds. Per rule, with
+several seeds: mean ± sample standard deviation over the seeds that have a finite value.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import biograd
+from biograd.results import figures
+from biograd.results.runs import Run, task_summary
+
+# (key in results.csv, table heading, decimals)
+NUMBERS = [
+    ("best_val_top1", "best val top-1 (%)", 2),
+    ("final_val_top1", "final val top-1 (%)", 2),
+    ("best_val_top5", "best val top-5 (%)", 2),
+    ("final_val_top5", "final val top-5 (%)", 2),
+    ("final_mean_weight_angle", "final mean angle(W, B) (°)", 1),
+    ("seconds", "time (s)", 1),
+]
+CSV_FIELDS = ["rule", "seed", "status", "epochs_done", "epochs",
+              *(key for key, _, _ in NUMBERS), "path"]
+FIGURES = {  # file: (caption in report.md, drawing)
+    "accuracy.png": ("Validation top-1 accuracy per epoch", figures.accuracy_figure),
+    "angles_per_layer.png": ("Final angle between W and B per layer",
+                             figures.angles_per_layer_figure),
+    "angle_over_training.png": ("Mean angle between W and B per epoch",
+                                figures.angle_over_training_figure),
+}
+
+
+def summarize(run: Run) -> dict[str, float]:
+    """The run's numbers for the table and results.csv (NaN where not recorded)."""
+    return {
+        "best_val_top1": run.best("val_top1"),
+        "final_val_top1": run.final("val_top1"),
+        "best_val_top5": run.best("val_top5"),
+        "final_val_top5": run.final("val_top5"),
+        "final_mean_weight_angle": run.final("mean_weight_angle"),
+        "seconds": run.seconds,
+    }
+
+
+def write_report(runs: list[Run], out: str | Path) -> dict[str, Path]:
+    """Write report.md, results.csv and the figures into `out`; returns {file name: path}.
+
+    Rules appear in the order of their first run in `runs`; a rule's runs are its seeds.
+    """
+    if not runs:
+        raise ValueError("write_report needs at least one run")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups: figures.Groups = {}
+    for run in runs:
+        groups.setdefault(run.rule, []).append(run)
+    written = {"report.md": out / "report.md", "results.csv": out / "results.csv"}
+    written["report.md"].write_text(_markdown(groups, out))
+    _write_csv(runs, written["results.csv"])
+    for file, (_, draw) in FIGURES.items():
+        written[file] = draw(groups, out / file)
+    return written
+
+
+def _write_csv(runs: list[Run], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for run in runs:
+            writer.writerow({
+                "rule": run.rule,
+                "seed": "" if run.seed is None else run.seed,
+                "status": run.status,
+                "epochs_done": run.epochs_done,
+                "epochs": run.config.get("epochs", ""),
+                **{key: repr(value) for key, value in summarize(run).items()},
+                "path": _relative(run.path, path.parent),
+            })
+
+
+def _markdown(groups: dict[str, list[Run]], out: Path) -> str:
+    runs = [run for group in groups.values() for run in group]
+    several = any(len(group) > 1 for group in groups.values())
+    head = ["rule", "seeds", *(heading for _, heading, _ in NUMBERS), "status"]
+    lines = [
+        f"# Learning rules compared: {', '.join(groups)}",
+        "",
+        f"**Task:** {task_summary(runs)}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] * 2 + ["---:"] * len(NUMBERS) + ["---"]) + " |",
+    ]
+    for rule, group in groups.items():
+        numbers = [summarize(run) for run in group]
+        seeds = ", ".join("–" if run.seed is None else str(run.seed) for run in group)
+        cells = [f"`{rule}`", seeds if len(group) == 1 else f"{len(group)} ({seeds})"]
+        cells += [_cell([n[key] for n in numbers], digits) for key, _, digits in NUMBERS]
+        cells.append(_status(group))
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += [
+        "",
+        "Best: the highest value over epochs, each metric on its own; final: the last epoch's. "
+        "Angle: mean over the layers on the run's rule of the angle between the forward "
+        "weights W and the feedback B the backward uses (– where none is on the rule, as "
+        "under bp).",
+    ]
+    if several:
+        lines[-1] += (" With several seeds: mean ± sample standard deviation over the seeds "
+                      "(count in the seeds column; (n=k) where only k of them have the number).")
+    notes = [f"- {run.label} ([{folder}]({folder})): {run.status} after {run.epochs_done} of "
+             f"{run.config.get('epochs', '?')} epochs" + (f": {run.message}" if run.message else "")
+             for run in runs if run.status != "finished"
+             for folder in [_relative(run.path, out)]]
+    if notes:
+        lines += ["", "Runs that did not finish:", "", *notes]
+    lines.append("")
+    for file, (caption, _) in FIGURES.items():
+        lines += [f"![{caption}]({file})", ""]
+    if several:
+        lines += ["Lines with several seeds: the mean over seeds, shaded from the lowest to the "
+                  "highest seed.", ""]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines += [f"Made by `biograd compare` (biograd {biograd.__version__}) from {len(runs)} "
+              f"run folders on {when}; per-run numbers in results.csv.", ""]
+    return "\n".join(lines)
+
+
+def _cell(values: list[float], digits: int) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "–"
+    if len(finite) == 1:
+        text = f"{finite[0]:.{digits}f}"
+    else:
+        text = f"{statistics.fmean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
+    return text if len(finite) == len(values) else f"{text} (n={len(finite)})"
+
+
+def _status(group: list[Run]) -> str:
+    counts = Counter(run.status for run in group)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, start)).as_posix()
+    except ValueError:  # another drive on Windows
+        return Path(path).as_posix()

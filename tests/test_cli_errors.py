@@ -1,0 +1,118 @@
+"""Bad input gets one line that says what was wrong and what to do, exit code 2, and no
+traceback; a diverged run exits non-zero with its own line."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from biograd.cli import main
+
+QUICK = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8", "--progress", "none",
+         "--tensorboard", "false", "--angle-batch", "0"]
+
+
+def one_line_error(capsys, argv, *expected):
+    code = main(argv)
+    if code is None:
+        pytest.fail("expected an error")
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2, err
+    assert last.startswith("biograd: error: "), err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in last, last
+    return last
+
+
+def run_main(argv):
+    try:
+        return main(argv)
+    except SystemExit as exit_info:  # argparse errors
+        return exit_info.code
+
+
+@pytest.fixture
+def out(tmp_path):
+    return ["--out", str(tmp_path / "run")]
+
+
+def test_unknown_rule_lists_valid_ones(capsys, out):
+    one_line_error(capsys, ["train", "--rule", "nope", *out], "unknown rule 'nope'", "bp, fa")
+
+
+def test_unknown_model_lists_valid_ones(capsys, out):
+    one_line_error(capsys, ["train", "--model", "resnet1B", *QUICK, *out], "resnet1B",
+                   "small_cnn")
+
+
+def test_missing_data_folder(capsys, tmp_path, out):
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), *QUICK, *out],
+                   "nowhere")
+
+
+def test_empty_data_folder(capsys, tmp_path, out):
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    one_line_error(capsys, ["train", "--data", str(tmp_path / "images"), *QUICK, *out])
+
+
+def test_corrupt_image_names_the_file(capsys, tmp_path, out):
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(folder / f"{i}.png")
+    (root / "train" / "a" / "0.png").write_bytes(b"\x89PNG not really an image")
+    one_line_error(capsys, ["train", "--data", str(root), "--image-size", "8", "--model",
+                            "small_cnn", "--epochs", "1", "--batch-size", "8", "--progress",
+                            "none", "--tensorboard", "false", "--angle-batch", "0", *out],
+                   "0.png")
+
+
+def test_contradictory_options(capsys, out):
+    one_line_error(capsys, ["train", "--manhattan", "--optimizer", "adam", *out],
+                   "--optimizer sgd")
+    one_line_error(capsys, ["train", "--amp", "fp16", "--device", "cpu", *out], "bf16")
+
+
+def test_an_existing_run_is_never_overwritten(capsys, out):
+    assert main(["train", *QUICK, *out]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, ["train", *QUICK, *out], "--resume")
+
+
+def test_resume_without_a_checkpoint(capsys, out):
+    one_line_error(capsys, ["train", "--resume", *QUICK, *out], "no checkpoint")
+
+
+def test_resume_with_changed_recipe(capsys, out):
+    assert main(["train", *QUICK, *out]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, ["train", "--resume", "--rule", "fa", *QUICK, *out], "rule='ss'")
+
+
+def test_bad_config_files(capsys, tmp_path, out):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rule: [unclosed\n")
+    one_line_error(capsys, ["train", "--config", str(bad), *out], "not valid YAML")
+    bad.write_text("rule: fa\nlearning_rate: 0.1\n")
+    one_line_error(capsys, ["train", "--config", str(bad), *out], "learning_rate")
+
+
+def test_flag_errors_are_one_line(capsys):
+    assert run_main(["train", "--epochs", "many"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--epochs" in err
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "biograd.cli", "train", "--rule", "nope",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]

@@ -1,0 +1,59 @@
+"""`biograd compare` (the main job) and `biograd plot`."""
+
+import csv
+import json
+
+from PIL import Image
+
+from biograd.cli import main
+
+QUICK = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "16", "--progress", "none",
+         "--tensorboard", "false", "--angle-batch", "16"]
+FIGURES = ("accuracy.png", "angles_per_layer.png", "angle_over_training.png")
+
+
+def test_compare_writes_report_csv_and_figures(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--rules", "bp,ss,fa", *QUICK, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bp", "fa", "ss"]
+    report = (out / "report.md").read_text()
+    for rule in ("bp", "ss", "fa"):
+        assert f"| {rule} |" in report or f"| `{rule}` |" in report, rule
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["rule"] for r in rows] == ["bp", "ss", "fa"]
+    for name in FIGURES:
+        with Image.open(out / name) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+    # --resume keeps finished runs as they are
+    before = (out / "ss" / "metrics.jsonl").read_text()
+    assert main(["compare", "--rules", "bp,ss,fa", *QUICK, "--out", str(out), "--resume"]) == 0
+    assert (out / "ss" / "metrics.jsonl").read_text() == before
+
+
+def test_compare_over_seeds_reports_spread(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--rules", "ss,fa", "--seeds", "0,1", *QUICK, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "fa-seed0", "fa-seed1", "ss-seed0", "ss-seed1"]
+    seeds = {json.loads(line)["seed"] for run in ("ss-seed0", "ss-seed1")
+             for line in (out / run / "metrics.jsonl").read_text().splitlines()}
+    assert seeds == {0, 1}
+    assert "±" in (out / "report.md").read_text()
+
+
+def test_plot_redraws_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *QUICK, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    written = capsys.readouterr().out.split()
+    assert written and all(p.endswith(".png") for p in written)
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size[0] > 300
+
+
+def test_plot_of_a_folder_that_is_no_run(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "biograd: error:" in capsys.readouterr().err

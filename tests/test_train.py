@@ -1,0 +1,161 @@
+"""`biograd train`: a short run of each rule, exact resume, atomic checkpoints, the NaN stop,
+and one-line errors for bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+import biograd
+from biograd.config import TrainConfig, resolve
+from biograd.engine import checkpoint, classify
+from biograd.errors import Diverged
+from biograd.models import small_cnn
+
+TIMING = {"epoch_seconds", "images_per_second", "elapsed_seconds"}
+
+
+def quick(tmp_path, name="run", **overrides) -> TrainConfig:
+    """A run of a couple of steps on the bundled digits."""
+    values = dict(data="digits", model="small_cnn", epochs=1, steps_per_epoch=2, batch_size=16,
+                  out=str(tmp_path / name), progress="none", tensorboard=False, angle_batch=16)
+    values.update(overrides)
+    return resolve(**values)
+
+
+def metrics(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("rule", biograd.list_rules())
+def test_two_steps_of_each_rule(tmp_path, rule):
+    cfg = quick(tmp_path, rule=rule)
+    classify.train(cfg)
+    out = tmp_path / "run"
+    (line,) = metrics(out)
+    assert line["epoch"] == 1 and line["rule"] == rule
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
+                "mean_weight_angle", "images_per_second"):
+        assert key in line, key
+    model = biograd.convert(small_cnn(), rule)
+    assert list(line["weight_angles"]) == [name for name, _ in biograd.feedback_layers(model)]
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved == cfg.to_dict()
+    state = torch.load(out / checkpoint.NAME, weights_only=True)
+    assert state["epoch"] == 1 and state["config"] == cfg.to_dict()
+
+
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
+    common = dict(rule="brsf", epochs=3, steps_per_epoch=3, schedule="cosine")
+    whole = quick(tmp_path, "whole", **common)
+    classify.train(whole)
+
+    interrupted = quick(tmp_path, "parts", **common)
+    real = classify.train_one_epoch
+
+    def stop_at_third(ctx, loader, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real(ctx, loader, epoch)
+
+    monkeypatch.setattr(classify, "train_one_epoch", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        classify.train(interrupted)
+    monkeypatch.setattr(classify, "train_one_epoch", real)
+    assert len(metrics(tmp_path / "parts")) == 2
+    classify.train(quick(tmp_path, "parts", resume=True, **common))
+
+    a = torch.load(tmp_path / "whole" / checkpoint.NAME, weights_only=True)
+    b = torch.load(tmp_path / "parts" / checkpoint.NAME, weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        if key.endswith("_extra_state"):
+            assert a["model"][key] == b["model"][key], key
+        else:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+    strip = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(tmp_path / "whole")]
+    again = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(tmp_path / "parts")]
+    assert strip == again
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / checkpoint.NAME
+    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, fh):
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.NAME]
+
+
+def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / checkpoint.NAME
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from biograd.engine.checkpoint import save_atomic
+        big = torch.randn(4_000_000)
+        i = 0
+        while True:
+            i += 1
+            save_atomic({{"epoch": i, "w": big}}, {str(path)!r})
+            print(i, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # let it complete a few saves, then kill it mid-way through another
+        proc.stdout.readline()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] >= 3 and state["w"].shape == (4_000_000,)
+
+
+def test_a_non_finite_loss_stops_cleanly(tmp_path, monkeypatch):
+    real = torch.nn.functional.cross_entropy
+    training_calls = []
+
+    def poisoned(logits, y, *args, **kwargs):
+        loss = real(logits, y, *args, **kwargs)
+        if torch.is_grad_enabled():  # training, not evaluation
+            training_calls.append(1)
+            if len(training_calls) == 4:  # epoch 2, step 2
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(classify.F, "cross_entropy", poisoned)
+    cfg = quick(tmp_path, epochs=3, steps_per_epoch=2, angle_batch=0)
+    with pytest.raises(Diverged, match="at epoch 2, step 2") as info:
+        classify.train(cfg)
+    assert "last good checkpoint (epoch 1)" in str(info.value)
+    out = tmp_path / "run"
+    assert torch.load(out / checkpoint.NAME, weights_only=True)["epoch"] == 1
+    assert json.loads((out / "status.json").read_text())["status"] == "diverged"
+    assert [m["epoch"] for m in metrics(out)] == [1]
+
+
+def test_shipped_configs_resolve(tmp_path):
+    from pathlib import Path
+
+    from biograd.config import add_arguments
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 16
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for path in configs:
+        cfg = resolve(parser.parse_args(["--config", str(path)]))
+        assert cfg.rule in biograd.list_rules() and cfg.epochs > 0, path

@@ -1,0 +1,71 @@
+"""`biograd train` under torchrun: two gloo ranks on loopback end with identical weights and
+feedback, and only rank 0 writes the run folder."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+RULES = ["brsf", "kp", "wm"]
+
+WORKER = textwrap.dedent("""
+    import os, sys, torch, biograd
+    from biograd.config import resolve
+    from biograd.engine import classify
+
+    torch.set_num_threads(1)
+    out, rank = sys.argv[1], int(os.environ["RANK"])
+    torch.manual_seed(1000 + rank)  # feedback must not come from the per-rank stream
+    models = []
+    convert = biograd.convert
+    biograd.convert = lambda *a, **k: models.append(convert(*a, **k)) or models[-1]
+    for rule in sys.argv[2:]:
+        cfg = resolve(data="digits", model="small_cnn", rule=rule, epochs=2, steps_per_epoch=3,
+                      batch_size=16, out=f"{out}/{rule}", progress="none", tensorboard=False,
+                      angle_batch=8)
+        classify.train(cfg)
+        torch.save(models[-1].state_dict(), f"{out}/{rule}-rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_end_identical(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           str(worker), str(tmp_path), *RULES]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rule in RULES:
+        a = torch.load(tmp_path / f"{rule}-rank0.pt", weights_only=True)
+        b = torch.load(tmp_path / f"{rule}-rank1.pt", weights_only=True)
+        for key in a:
+            if key.endswith(("running_mean", "running_var")):
+                continue  # each rank's last forward updates its own statistics
+            if key.endswith("_extra_state"):
+                assert a[key] == b[key], (rule, key)
+            else:
+                assert torch.equal(a[key], b[key]), (rule, key)
+        assert any(k.endswith("feedback") or k.endswith("feedback_pool") for k in a), rule
+        run = tmp_path / rule
+        assert sorted(p.name for p in run.iterdir()) == [
+            "checkpoint.pt", "config.yaml", "metrics.jsonl", "status.json"]
