@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/biograd demo
+	$(BIN)/biograd compare
 
 lint: setup
 	$(BIN)/ruff check .

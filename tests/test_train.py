@@ -2,6 +2,7 @@
 and one-line errors for bad input."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -159,3 +160,14 @@ def test_shipped_configs_resolve(tmp_path):
     for path in configs:
         cfg = resolve(parser.parse_args(["--config", str(path)]))
         assert cfg.rule in biograd.list_rules() and cfg.epochs > 0, path
+
+
+def test_bf16_channels_last_workers_and_tensorboard(tmp_path):
+    cfg = quick(tmp_path, rule="kp", amp="bf16", channels_last=True, workers=1,
+                tensorboard=True)
+    classify.train(cfg)
+    out = tmp_path / "run"
+    (line,) = metrics(out)
+    assert math.isfinite(line["train_loss"])
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

@@ -216,6 +216,8 @@ def _check_out(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run into cfg.out; returns the last epoch's metrics. Raises Diverged."""
+    if cfg.out is None:
+        raise UsageError("no run folder: set out (--out)")
     out = Path(cfg.out)
     device = distributed.pick_device(cfg.device, _local_rank())
     dist = distributed.setup(device)
