@@ -13,3 +13,13 @@ def keep_sign_(weight: Tensor, reference: Tensor, eps: float = 1e-10) -> Tensor:
     flipped = (weight * reference < 0) | ((weight == 0) & (reference != 0))
     weight.copy_(torch.where(flipped, torch.copysign(weight.new_full((), eps), reference), weight))
     return weight
+
+
+@torch.no_grad()
+def hold_sign_(weight: Tensor, sign: Tensor, eps: float = 1e-10) -> Tensor:
+    """In place: W ← sign · max(sign · W, eps) for a sign tensor of ±1 (no zeros).
+
+    Where W already has the sign it is unchanged (multiplying by ±1 is exact); elsewhere it
+    becomes ±eps with the given sign. Three in-place passes, no temporary: the fast form of
+    `keep_sign_` for references that are never 0 (sign_fixed's)."""
+    return weight.mul_(sign).clamp_(min=eps).mul_(sign)

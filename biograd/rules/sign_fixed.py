@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from biograd.functional import keep_sign_
+from biograd.functional import hold_sign_
 from biograd.rules.base import Feedback, Rule, register, sign_scale
 
 
@@ -43,4 +43,4 @@ class SignFixed(Rule):
         return Feedback(make=lambda w: b)
 
     def after_step(self, layer) -> None:
-        keep_sign_(layer.weight, layer.feedback, self.eps)
+        hold_sign_(layer.weight, torch.sign(layer.feedback), self.eps)
