@@ -29,33 +29,19 @@ CHOICES = {
 
 
 @dataclass
-class TrainConfig:
-    """Image classification under a learning rule. Defaults: every rule on the bundled digits
-    in a few minutes on a CPU (`biograd compare` with no options)."""
+class RunConfig:
+    """What every task shares: the rule, the recipe, the run. One subclass per task adds
+    the task's own fields; each is the single source of its defaults."""
 
-    data: str = field(default="digits", metadata={
-        "help": "digits, mnist, fashion-mnist, fake, or a folder with train/ and val/"})
-    model: str = field(default="small_cnn", metadata={
-        "help": "a biograd model, a torchvision model name, or timm:NAME"})
     rule: str = field(default="ss", metadata={"help": "the learning rule of every layer"})
-    last_rule: str = field(default="bp", metadata={
-        "help": "the rule of the last layer (the seed kept it on bp)"})
     rule_options: dict = field(default_factory=dict, metadata={
         "help": "options per rule, e.g. '{wm: {samples: 128}, fa: {scale: weight}}' (YAML)"})
-    image_size: int | None = field(default=None, metadata={
-        "help": "input size (default: the data set's own, 224 for folders)"})
     epochs: int = field(default=12, metadata={"help": "epochs to train"})
     batch_size: int = field(default=64, metadata={"help": "images per step, per process"})
     lr: float = field(default=0.05, metadata={"help": "learning rate"})
-    last_lr: float | None = field(default=None, metadata={
-        "help": "the last layer's own learning rate (default: lr)"})
     optimizer: str = field(default="sgd", metadata={"help": "sgd, adam or adamw"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=1e-4, metadata={"help": "weight decay, all parameters"})
-    manhattan: bool = field(default=False, metadata={
-        "help": "batch Manhattan: step on sign(grad) (the seed's SGD variant)"})
-    no_sign_change: bool = field(default=False, metadata={
-        "help": "clamp weights that would flip sign at ±1e-10 (the seed's SGD variant)"})
     schedule: str = field(default="cosine", metadata={"help": "step, cosine or constant"})
     step_size: int = field(default=30, metadata={"help": "step schedule: epochs per decay"})
     gamma: float = field(default=0.1, metadata={"help": "step schedule: decay factor"})
@@ -69,15 +55,14 @@ class TrainConfig:
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    download: bool = field(default=False, metadata={
-        "help": "let torchvision download MNIST / Fashion-MNIST if not found"})
-    data_root: str | None = field(default=None, metadata={"help": "where to look for data"})
     steps_per_epoch: int | None = field(default=None, metadata={
         "help": "cap the steps of an epoch (smoke tests)"})
     angle_batch: int = field(default=64, metadata={
         "help": "images in the fixed batch for gradient angles (0: skip)"})
     progress: str = field(default="auto", metadata={"help": "auto, bar, lines or none"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
+    milestones: list | None = field(default=None, metadata={
+        "help": "step schedule: decay at these epochs instead of every step_size (YAML list)"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,9 +79,33 @@ class TrainConfig:
         return {}
 
 
-def _field_type(f: dataclasses.Field) -> type:
+@dataclass
+class TrainConfig(RunConfig):
+    """Image classification under a learning rule. Defaults: every rule on the bundled digits
+    in a few minutes on a CPU (`biograd compare` with no options)."""
+
+    data: str = field(default="digits", metadata={
+        "help": "digits, mnist, fashion-mnist, fake, or a folder with train/ and val/"})
+    model: str = field(default="small_cnn", metadata={
+        "help": "a biograd model, a torchvision model name, or timm:NAME"})
+    last_rule: str = field(default="bp", metadata={
+        "help": "the rule of the last layer (the seed kept it on bp)"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "input size (default: the data set's own, 224 for folders)"})
+    last_lr: float | None = field(default=None, metadata={
+        "help": "the last layer's own learning rate (default: lr)"})
+    manhattan: bool = field(default=False, metadata={
+        "help": "batch Manhattan: step on sign(grad) (the seed's SGD variant)"})
+    no_sign_change: bool = field(default=False, metadata={
+        "help": "clamp weights that would flip sign at ±1e-10 (the seed's SGD variant)"})
+    download: bool = field(default=False, metadata={
+        "help": "let torchvision download MNIST / Fashion-MNIST if not found"})
+    data_root: str | None = field(default=None, metadata={"help": "where to look for data"})
+
+
+def _field_type(cls: type[RunConfig], f: dataclasses.Field) -> type:
     """The plain type of a field: int for `int | None`."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+    hint = typing.get_type_hints(cls)[f.name]
     if isinstance(hint, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return typing.get_origin(hint) or hint
@@ -111,18 +120,20 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainConfig) -> None:
     """One flag per field (--batch-size for batch_size), defaults left to the config."""
     parser.add_argument("--config", type=Path, help="a YAML file of config fields")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f)
+        kind = _field_type(cls, f)
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                               "help": f"{f.metadata['help']} (default: {_default(f)})"}
         if kind is bool:
             kw.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
         elif kind is dict:
             kw.update(type=_parse_yaml_mapping, metavar="YAML")
+        elif kind is list:
+            kw.update(type=_parse_int_list, metavar="N,N")
         else:
             kw.update(type=kind, choices=CHOICES.get(f.name))
         parser.add_argument(flag, **kw)
@@ -140,8 +151,15 @@ def _parse_yaml_mapping(text: str) -> dict:
     return value
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """The fields a YAML config file sets, checked against TrainConfig."""
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 16,22, got {text!r}") from None
+
+
+def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
+    """The fields a YAML config file sets, checked against the task's config class."""
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     try:
@@ -151,7 +169,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
                          f"{str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a mapping of config fields")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"config file {path}: unknown field(s) {', '.join(unknown)}; "
@@ -159,31 +177,34 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve(args: argparse.Namespace | None = None, **overrides: Any) -> TrainConfig:
+def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = TrainConfig,
+            **overrides: Any) -> Any:
     """Defaults, then the YAML file in args.config, then flags, then `overrides`; validated."""
     values: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
     if args is not None:
         given = dict(vars(args))
         path = given.pop("config", None)
         if path is not None:
-            values.update(load_yaml(path))
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
+            values.update(load_yaml(path, cls))
         values.update({k: v for k, v in given.items() if k in known})
     values.update(overrides)
-    cfg = TrainConfig(**values)
+    cfg = cls(**values)
     validate(cfg)
     # canonical names, so that run folders and reports group "usf" with "ss"
-    cfg.rule, cfg.last_rule = get_rule(cfg.rule).name, get_rule(cfg.last_rule).name
+    cfg.rule = get_rule(cfg.rule).name
+    if isinstance(cfg, TrainConfig):
+        cfg.last_rule = get_rule(cfg.last_rule).name
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: RunConfig) -> None:
     """Reject unknown names and contradictory options with one line that says what to do."""
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise UsageError(f"{name} must be one of {', '.join(allowed)}, "
                              f"not {getattr(cfg, name)!r}")
-    for name in ("rule", "last_rule"):
+    for name in ("rule", "last_rule") if isinstance(cfg, TrainConfig) else ("rule",):
         try:
             get_rule(getattr(cfg, name))
         except ValueError as err:
@@ -197,7 +218,8 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if (cfg.manhattan or cfg.no_sign_change) and cfg.optimizer != "sgd":
+    if isinstance(cfg, TrainConfig) and (cfg.manhattan or cfg.no_sign_change) and \
+            cfg.optimizer != "sgd":
         raise UsageError("--manhattan and --no-sign-change are variants of SGD: "
                          "use them with --optimizer sgd")
     if cfg.amp == "fp16" and cfg.device == "cpu":
