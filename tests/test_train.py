@@ -15,7 +15,7 @@ import yaml
 
 import biograd
 from biograd.config import TrainConfig, resolve
-from biograd.engine import checkpoint, classify
+from biograd.engine import checkpoint, classify, loop
 from biograd.errors import Diverged
 from biograd.models import small_cnn
 
@@ -59,17 +59,17 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     classify.train(whole)
 
     interrupted = quick(tmp_path, "parts", **common)
-    real = classify.train_one_epoch
+    real = loop.train_one_epoch
 
     def stop_at_third(ctx, loader, epoch):
         if epoch == 3:
             raise KeyboardInterrupt
         return real(ctx, loader, epoch)
 
-    monkeypatch.setattr(classify, "train_one_epoch", stop_at_third)
+    monkeypatch.setattr(loop, "train_one_epoch", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
         classify.train(interrupted)
-    monkeypatch.setattr(classify, "train_one_epoch", real)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
     assert len(metrics(tmp_path / "parts")) == 2
     classify.train(quick(tmp_path, "parts", resume=True, **common))
 
