@@ -21,9 +21,11 @@ class SignFixed(Rule):
 
     Args:
         eps: the magnitude a weight that would change sign is clamped at.
+        scale: "seed" (default): the seed's s; "weight": s = rms(W₀).
     """
 
     eps: float = 1e-10
+    scale: str = "seed"
 
     name = "sign_fixed"
     aliases = ("sign_fixed_fa", "signfixed")
@@ -35,7 +37,8 @@ class SignFixed(Rule):
         w = layer.weight.detach()
         coin = torch.rand(w.shape, generator=generator, device=generator.device) < 0.5
         sign = torch.where(w == 0, coin.to(w.device).to(w.dtype).mul_(2).sub_(1), w.sign())
-        layer.register_buffer("feedback", sign.mul_(sign_scale(w.shape)))
+        s = w.square().mean().sqrt().item() if self.scale == "weight" else sign_scale(w.shape)
+        layer.register_buffer("feedback", sign.mul_(s or sign_scale(w.shape)))
         self.after_step(layer)
 
     def bind(self, layer) -> Feedback:

@@ -20,13 +20,27 @@ def signed(magnitude: float, weight: torch.Tensor) -> torch.Tensor:
 @register
 @dataclass(frozen=True)
 class SS(Rule):
-    """δx = (s · sign(W))ᵀ δy."""
+    """δx = (s · sign(W))ᵀ δy.
+
+    Args:
+        scale: "seed" (default): the seed's s; "weight": s = rms(W), recomputed with B, so
+            that B has W's size. Layers initialised far below the seed's s (RetinaNet's heads,
+            N(0, 0.01²) against s ≈ 0.03) otherwise multiply the error at every layer.
+    """
+
+    scale: str = "seed"
 
     name = "ss"
     aliases = ("usf", "sign_symmetry")
     summary = "B = s·sign(W), the seed's sign-symmetry (uSF)"
     order = 20
 
+    def __post_init__(self) -> None:
+        if self.scale not in ("seed", "weight"):
+            raise ValueError(f"ss scale={self.scale!r}: use 'seed' or 'weight'")
+
     def bind(self, layer) -> Feedback:
+        if self.scale == "weight":
+            return Feedback(make=lambda w: torch.copysign(w.detach().square().mean().sqrt(), w))
         s = sign_scale(layer.weight.shape)
         return Feedback(make=lambda w: signed(s, w))

@@ -1,10 +1,13 @@
 """Weight mirrors (Akrout et al. 2019): B learned in a mirror phase between training steps.
 
 After each optimiser step the layer receives noise ξ at its input, responds y = W ξ, and B
-moves towards the Hebbian estimate y ξᵀ: B ← B + η_t (y ξᵀ / N − B). With unit Gaussian noise
-E[y ξᵀ / N] = W, so B turns towards W with no weight transport. The rate is η_t =
-max(rate, 1/t) for the t-th mirror pass: a running mean at first, an exponential average of
-time constant 1/rate after. B starts from one mirror pass at conversion.
+moves towards the Hebbian estimate y ξᵀ: B ← B + η (y ξᵀ / N − B). With unit Gaussian noise
+E[y ξᵀ / N] = W, so B turns towards W with no weight transport: B is an exponential average
+of the estimates, of time constant 1/rate passes. B starts random, drawn like FA's (so the
+network starts as under FA and errors keep their size), and the mirror passes turn it towards
+W over about 1/rate steps. (Starting from one full estimate instead, whose noise is
+sqrt(fan_in / N) times W's size, sends exploding errors down a deep network; starting from
+zero, vanishing ones.)
 
 Cost and accuracy: a pass is two matrix products of N × fan_in × fan_out, 4·N·|W| flops. The
 estimate averages about 2N/rate samples, so the angle to W settles near
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 
 from biograd._seed import generator, mix
-from biograd.rules.base import Feedback, Rule, register
+from biograd.rules.base import Feedback, Rule, random_feedback, register
 
 
 def mirror_estimate(weight: Tensor, samples: int, gen: torch.Generator) -> Tensor:
@@ -36,15 +39,17 @@ def mirror_estimate(weight: Tensor, samples: int, gen: torch.Generator) -> Tenso
 @register
 @dataclass(frozen=True)
 class WM(Rule):
-    """δx = Bᵀ δy, B ← B + η_t (y ξᵀ / N − B) after every step.
+    """δx = Bᵀ δy, B ← B + η (y ξᵀ / N − B) after every step.
 
     Args:
         samples: N, noise vectors per mirror pass (default 64).
-        rate: the long-run rate η (default 0.005): B averages about the last 1/rate passes.
+        rate: the rate η (default 0.005): B averages about the last 1/rate passes.
+        scale: how the initial B is drawn, as FA's ("seed" or "weight").
     """
 
     samples: int = 64
     rate: float = 0.005
+    scale: str = "seed"
 
     name = "wm"
     aliases = ("weight_mirror", "weight_mirrors")
@@ -61,8 +66,8 @@ class WM(Rule):
         return mirror_estimate(layer.weight, self.samples, generator(seed, layer.weight.device))
 
     def setup(self, layer, generator) -> None:
-        layer.feedback_step = 1
-        layer.register_buffer("feedback", self._estimate(layer))
+        layer.register_buffer("feedback", random_feedback(layer.weight, generator, self.scale))
+        self.after_step(layer)
 
     def bind(self, layer) -> Feedback:
         b = layer.feedback
@@ -71,5 +76,4 @@ class WM(Rule):
     @torch.no_grad()
     def after_step(self, layer) -> None:
         layer.feedback_step += 1
-        eta = max(self.rate, 1.0 / layer.feedback_step)
-        layer.feedback.lerp_(self._estimate(layer), eta)
+        layer.feedback.lerp_(self._estimate(layer), self.rate)

@@ -1,0 +1,175 @@
+"""RetinaNet on a ResNet FPN with every convolution on a biograd learning rule.
+
+    model = build_retinanet(num_classes=91, rule="fa")      # the backbone is ResNet-18 by default
+    biograd.report(model)                                    # what converted, what still transports
+    losses = model(images, targets)                          # train mode: {"classification", ...}
+    detections = model.eval()(images)                        # [{"boxes", "scores", "labels"}]
+
+The seed's MS-COCO model (Xiao et al. 2019): torchvision's RetinaNet with a ResNet-18 FPN
+backbone. It is built as torchvision's `retinanet_resnet50_fpn` (v1): FPN levels P3-P5 from
+the ResNet's C3-C5 (`returned_layers=[2, 3, 4]`) and P6, P7 from P5 (`LastLevelP6P7(256,
+256)`, which works for every ResNet since P5 always has 256 channels), with the v1 heads,
+whose convolutions have no normalisation. All weights are random: nothing is downloaded.
+
+Every convolution, of the backbone, the FPN and both heads, is put on the rule. Nothing stays
+on backprop by default: a detector has no single "last layer". `parts` sets per-part rules.
+
+Normalisation (`norm`) in the backbone:
+    "frozen": torchvision's FrozenBatchNorm2d, the default of its detection backbones: a fixed
+        affine map held in buffers. Nothing learns in it, so nothing transports weights; from
+        random weights it is the identity (scale 1, shift 0, mean 0, variance 1), and so the
+        backbone starts unnormalised, and keeps statistics loaded from a checkpoint.
+    "batchnorm": a trainable nn.BatchNorm2d, what torchvision's own builder uses when it loads
+        no weights. Its scale and shift learn by backprop and `biograd.report` lists them under
+        weight transport; in train mode it uses the batch's statistics.
+
+Feedback scale (`feedback_scale`): rules with random feedback (fa's B, frsf's M, brsf's pool,
+kp's initial B) draw it by default as N(0, std(W)²), `scale="weight"`, rather than with the
+seed's He fan-out scale: in REFERENCE.md a RetinaNet under FA with He fan-out feedback diverged
+to NaN within 6 steps at lr 0.01, and one with feedback of W's standard deviation trained.
+`feedback_scale="seed"` gives the seed's draw. Rules without random feedback (ss, sign_fixed,
+wm, bp) do not take the option; ss and sign_fixed use the seed's s by definition. Why scale
+matters here: the heads' convolutions start as N(0, 0.01²) (the RetinaNet paper's), while s is
+about 0.03 for their 3x3, 256-channel weights, so He fan-out feedback is about 3 times W in
+each of the five layers of a head; on 128 px images from random weights, the first step's
+backbone gradients under ss, sign_fixed or fa with scale "seed" were 1,000 to 1,700 times
+backprop's, and with "weight" within 25% of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import fields
+
+import torch
+from torch import nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from biograd.convert import convert
+from biograd.rules.base import Rule, get_rule, rule_class
+
+#: The ResNets `resnet_fpn_backbone` can build.
+BACKBONES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+    "wide_resnet50_2", "wide_resnet101_2",
+)
+
+#: The backbone's normalisation layer, by `norm`.
+NORMS: dict[str, type[nn.Module]] = {"frozen": FrozenBatchNorm2d, "batchnorm": nn.BatchNorm2d}
+
+#: How random feedback is drawn (the `scale` option of fa, frsf, brsf and kp).
+FEEDBACK_SCALES = ("weight", "seed")
+
+#: Parts of a torchvision RetinaNet, by the qualified names of their modules. The first three
+#: are disjoint and hold every parameter; the last two split "head".
+PARTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone.body",),
+    "fpn": ("backbone.fpn",),  # with P6 and P7 (backbone.fpn.extra_blocks)
+    "head": ("head",),
+    "classification_head": ("head.classification_head",),
+    "regression_head": ("head.regression_head",),
+}
+_DISJOINT = ("backbone", "fpn", "head")
+
+
+def _choose(name: str, choices: Mapping[str, object] | tuple[str, ...], what: str) -> str:
+    if name in choices:
+        return name
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown {what} {name!r}{hint}: choose one of {', '.join(choices)}")
+
+
+def detector_rule(spec: str | Rule, feedback_scale: str = "weight") -> Rule:
+    """The rule `spec`, with `scale=feedback_scale` where a rule name has that option.
+
+    A Rule instance is returned as it is: its options, scale included, are the caller's.
+    """
+    if isinstance(spec, Rule):
+        return spec
+    if "scale" in {f.name for f in fields(rule_class(spec))}:
+        return get_rule(spec, scale=feedback_scale)
+    return get_rule(spec)
+
+
+def detector_parts(model: nn.Module) -> dict[str, list[str]]:
+    """{part: qualified module-name prefixes} of a torchvision RetinaNet: backbone, fpn, head.
+
+    The parts are disjoint and hold every parameter, so they can group a report or alignment
+    angles: a module belongs to a part if its name is a prefix or starts with prefix + ".".
+    Raises ValueError if `model` lacks one of them.
+    """
+    names = dict(model.named_modules())
+    missing = [p for part in _DISJOINT for p in PARTS[part] if p not in names]
+    if missing:
+        raise ValueError(f"{type(model).__name__} is not a torchvision RetinaNet: it has no "
+                         f"module {', '.join(map(repr, missing))}")
+    return {part: list(PARTS[part]) for part in _DISJOINT}
+
+
+def build_retinanet(
+    *,
+    num_classes: int,
+    backbone: str = "resnet18",
+    rule: str | Rule = "ss",
+    parts: Mapping[str, str | Rule] | None = None,
+    trainable_backbone_layers: int = 5,
+    norm: str = "frozen",
+    min_size: int = 800,
+    max_size: int = 1333,
+    seed: int = 0,
+    feedback_scale: str = "weight",
+    **options: object,
+) -> RetinaNet:
+    """A RetinaNet with random weights, every convolution on a learning rule.
+
+    Args:
+        num_classes: the classes the classification head scores (torchvision's COCO models
+            use 91, the category ids 1-90 plus background 0).
+        backbone: a ResNet from `BACKBONES`; "resnet18" is the seed's.
+        rule: the rule of every convolution (a name from `biograd.list_rules()` or a Rule).
+        parts: per-part rules, {part: rule}, parts from `PARTS`: "backbone", "fpn", "head",
+            or the head's halves "classification_head" and "regression_head", which win over
+            "head". E.g. {"head": "bp"} keeps both heads on backprop.
+        trainable_backbone_layers: how many of the backbone's stages learn, from the top
+            (5: all, 0: none), as in torchvision; the others are frozen (requires_grad False)
+            but converted all the same.
+        norm: the backbone's normalisation, "frozen" or "batchnorm" (see the module's doc).
+        min_size, max_size: the model's transform resizes each image so that its short side is
+            min_size unless its long side would exceed max_size (COCO: 800 and 1333).
+        seed: the initial weights are drawn from torch's global stream seeded with it (forked,
+            so the caller's stream is left as it was), and each layer's feedback from (seed,
+            its name): the same seed gives the same model under every rule.
+        feedback_scale: "weight" or "seed", for rules given by name that draw random feedback
+            (see the module's doc).
+        **options: passed on to torchvision's RetinaNet (score_thresh, detections_per_img,
+            anchor_generator, ...).
+
+    Returns the model in train mode; `model(images, targets)` gives the loss dict
+    {"classification", "bbox_regression"}, and in eval mode `model(images)` a list of
+    {"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,)} per image.
+    """
+    backbone = _choose(backbone, BACKBONES, "backbone")
+    norm_layer = NORMS[_choose(norm, NORMS, "norm")]
+    feedback_scale = _choose(feedback_scale, FEEDBACK_SCALES, "feedback scale")
+    default = detector_rule(rule, feedback_scale)
+    chosen = {_choose(part, PARTS, "detector part"): detector_rule(r, feedback_scale)
+              for part, r in (parts or {}).items()}
+    # convert takes the first pattern that matches: the halves of the head go before "head".
+    rules = {prefix: chosen[part] for part in sorted(chosen, key=lambda p: -len(PARTS[p][0]))
+             for prefix in PARTS[part]}
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        body = resnet_fpn_backbone(
+            backbone_name=backbone, weights=None, norm_layer=norm_layer,
+            trainable_layers=trainable_backbone_layers, returned_layers=[2, 3, 4],
+            extra_blocks=LastLevelP6P7(256, 256),
+        )
+        model = RetinaNet(body, num_classes, min_size=min_size, max_size=max_size, **options)
+    return convert(model, default, rules=rules, seed=seed)

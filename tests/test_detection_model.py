@@ -1,0 +1,225 @@
+"""build_retinanet: every convolution on the rule, one training step under each, parts, norms.
+
+Tiny images (64 px, batch 2, 3 classes) and one thread keep the file quick on two CPU cores.
+"""
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import biograd
+from biograd.detection.model import (
+    PARTS,
+    build_retinanet,
+    detector_parts,
+    detector_rule,
+)
+from biograd.rules.base import sign_scale
+
+CLASSES = 3
+BATCH = 2
+SIDE = 64
+TINY = {"num_classes": CLASSES, "min_size": SIDE, "max_size": SIDE}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # As in test_models.py: batch 2 at 64 px has nothing to split between threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    images = list(torch.rand(BATCH, 3, SIDE, SIDE))
+    # Boxes (x1, y1, x2, y2) the size and place of anchors, so both heads see a foreground.
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0], [24.0, 16.0, 56.0, 48.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([1 + i % (CLASSES - 1), 1])}
+               for i in range(BATCH)]
+    return images, targets
+
+
+def _part_of(name: str, parts: dict[str, list[str]]) -> list[str]:
+    return [part for part, prefixes in parts.items()
+            if any(name == p or name.startswith(f"{p}.") for p in prefixes)]
+
+
+def _convs(model: nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def train_one_step(model: nn.Module) -> dict[str, torch.Tensor]:
+    """One SGD step on a tiny batch; checks the losses, the forwards and every gradient."""
+    converted = dict(biograd.feedback_layers(model))
+    ran: set[str] = set()
+    for name, layer in converted.items():
+        layer.register_forward_hook(lambda *_, name=name: ran.add(name))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD(params.values(), lr=0.01)  # after building: kp adds B
+
+    model.train()
+    losses = model(*_batch())
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    optimizer.step()
+    biograd.after_step(model)
+
+    assert ran == set(converted), f"never called: {sorted(set(converted) - ran)}"
+    no_grad = [n for n, p in params.items() if p.grad is None]
+    assert not no_grad, f"no gradient: {no_grad}"
+    bad = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradient: {bad}"
+    return losses
+
+
+@pytest.mark.parametrize("rule", biograd.list_rules())
+def test_every_conv_learns_by_the_rule(rule):
+    model = build_retinanet(rule=rule, **TINY)
+    converted = dict(biograd.feedback_layers(model))
+    convs = _convs(model)
+    assert set(converted) == convs
+    # backbone (20 convs), FPN (3 lateral, 3 output, P6, P7) and 2 heads of 5
+    assert len(converted) == 38
+    parts = detector_parts(model)
+    assert all(len(_part_of(name, parts)) == 1 for name in convs)
+    expected = str(detector_rule(rule))
+    assert {str(layer.learning_rule) for layer in converted.values()} == {expected}
+
+    report = biograd.report(model)
+    assert {name: r for name, _, r in report.layers} == dict.fromkeys(convs, expected)
+    on_bp = {name for name, *_ in report.transport}
+    assert on_bp == (convs if rule == "bp" else set())  # frozen norms: nothing else learns
+
+    train_one_step(model)
+    if rule == "kp":  # B is a parameter, and its gradient is W's own
+        for layer in converted.values():
+            assert torch.equal(layer.feedback.grad, layer.weight.grad)
+
+
+def test_random_feedback_is_drawn_with_the_weights_scale():
+    assert str(detector_rule("fa")) == "fa(scale='weight')"
+    assert str(detector_rule("ss")) == "ss"
+    assert str(detector_rule(biograd.get_rule("fa"))) == "fa"  # an instance is kept as given
+    head = "head.classification_head.conv.0.0"  # W ~ N(0, 0.01²); He fan-out s is about 0.03
+    for scale, std in [("weight", 0.01), ("seed", sign_scale((256, 256, 3, 3)))]:
+        model = build_retinanet(rule="fa", feedback_scale=scale, **TINY)
+        feedback = model.get_submodule(head).feedback
+        assert feedback.std().item() == pytest.approx(std, rel=0.02)
+
+
+def test_parts_take_their_own_rules():
+    model = build_retinanet(rule="ss", parts={"head": "bp"}, **TINY)
+    rules = {name: layer.rule for name, layer in biograd.feedback_layers(model)}
+    head = {n for n in rules if n.startswith("head.")}
+    assert len(head) == 10
+    assert {rules[n] for n in head} == {"bp"}
+    assert {rules[n] for n in rules.keys() - head} == {"ss"}
+    assert {name for name, *_ in biograd.report(model).transport} == head
+    train_one_step(model)
+
+    # The head's halves win over "head", whatever the order they are given in.
+    model = build_retinanet(rule="ss", parts={"regression_head": "fa", "head": "bp",
+                                              "fpn": "kp"}, **TINY)
+    by_part = {}
+    for name, layer in biograd.feedback_layers(model):
+        part = next(p for p in ("regression_head", "classification_head", "fpn", "backbone")
+                    if any(name.startswith(f"{q}.") for q in PARTS[p]))
+        by_part.setdefault(part, set()).add(layer.rule)
+    assert by_part == {"backbone": {"ss"}, "fpn": {"kp"}, "classification_head": {"bp"},
+                       "regression_head": {"fa"}}
+
+
+def test_frozen_and_trainable_batchnorm():
+    frozen = build_retinanet(norm="frozen", **TINY)
+    norms = [m for m in frozen.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) == 20
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    assert all(not list(m.parameters()) and len(list(m.buffers())) == 4 for m in norms)
+
+    model = build_retinanet(norm="batchnorm", rule="fa", **TINY)
+    norms = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(norms) == 20
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    transport = {name: why for name, _, _, why in biograd.report(model).transport}
+    assert set(transport) == norms
+    assert set(transport.values()) == {"not a Linear or Conv: learns by backprop"}
+    before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
+    train_one_step(model)
+    assert all(not torch.equal(b, before[n]) for n, b in model.named_buffers() if n in before)
+
+
+def test_frozen_backbone_layers_are_converted_but_do_not_learn():
+    model = build_retinanet(rule="kp", trainable_backbone_layers=2, **TINY)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    stems = ("backbone.body.conv1.", "backbone.body.layer1.", "backbone.body.layer2.")
+    assert frozen and all(n.startswith(stems) for n in frozen)
+    assert any(n.endswith(".feedback") for n in frozen)  # kp's B is frozen with its W
+    assert _convs(model) == set(dict(biograd.feedback_layers(model)))
+    train_one_step(model)
+
+
+def test_eval_returns_detections():
+    model = build_retinanet(rule="ss", score_thresh=0.0, detections_per_img=5, **TINY).eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == BATCH
+    for d in detections:
+        assert set(d) == {"boxes", "scores", "labels"}
+        n = len(d["scores"])
+        assert 0 < n <= 5
+        assert d["boxes"].shape == (n, 4) and d["labels"].shape == (n,)
+        assert ((d["boxes"] >= 0) & (d["boxes"] <= SIDE)).all()
+        assert ((d["labels"] >= 0) & (d["labels"] < CLASSES)).all()
+
+
+def test_resnet50_builds_and_runs():
+    model = build_retinanet(backbone="resnet50", rule="frsf", **TINY).eval()
+    assert _convs(model) == set(dict(biograd.feedback_layers(model)))
+    assert len(_convs(model)) == 71  # 53 in the backbone, and the 18 outside it as with resnet18
+    with torch.no_grad():
+        detections = model(_batch()[0])
+    assert len(detections) == BATCH
+
+
+def test_the_seed_sets_weights_and_feedback_and_leaves_the_global_stream_alone():
+    state = torch.get_rng_state()
+    a = build_retinanet(rule="fa", seed=1, **TINY)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = build_retinanet(rule="ss", seed=1, **TINY)
+    c = build_retinanet(rule="fa", seed=2, **TINY)
+    weights = [dict(m.named_parameters()) for m in (a, b, c)]
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    assert not torch.equal(weights[0]["head.classification_head.cls_logits.weight"],
+                           weights[2]["head.classification_head.cls_logits.weight"])
+    again = build_retinanet(rule="fa", seed=1, **TINY)
+    for (name, layer), (_, same) in zip(biograd.feedback_layers(a), biograd.feedback_layers(again),
+                                        strict=True):
+        assert torch.equal(layer.feedback, same.feedback), name
+
+
+def test_detector_parts_cover_every_parameter_once():
+    model = build_retinanet(**TINY)
+    parts = detector_parts(model)
+    assert list(parts) == ["backbone", "fpn", "head"]
+    assert all(len(_part_of(n, parts)) == 1 for n, _ in model.named_parameters())
+    assert all(len(_part_of(n, parts)) == 1 for n, _ in model.named_buffers())
+    with pytest.raises(ValueError, match="not a torchvision RetinaNet"):
+        detector_parts(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+@pytest.mark.parametrize(("option", "value", "hint"), [
+    ("backbone", "resnet19", "resnet18"),
+    ("norm", "frozenbn", "frozen"),
+    ("feedback_scale", "weights", "weight"),
+    ("parts", {"heads": "bp"}, "head"),
+    ("rule", "sf", None),
+])
+def test_misspelled_choices_fail_with_the_valid_ones(option, value, hint):
+    with pytest.raises(ValueError, match="choose one of") as err:
+        build_retinanet(**{**TINY, option: value})
+    if hint:
+        assert f"did you mean {hint!r}" in str(err.value)
