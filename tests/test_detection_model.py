@@ -101,7 +101,8 @@ def test_every_conv_learns_by_the_rule(rule):
 
 def test_random_feedback_is_drawn_with_the_weights_scale():
     assert str(detector_rule("fa")) == "fa(scale='weight')"
-    assert str(detector_rule("ss")) == "ss"
+    assert str(detector_rule("ss")) == "ss(scale='weight')"  # B of W's size for sign rules too
+    assert str(detector_rule("bp")) == "bp"  # no scale to set
     assert str(detector_rule(biograd.get_rule("fa"))) == "fa"  # an instance is kept as given
     head = "head.classification_head.conv.0.0"  # W ~ N(0, 0.01²); He fan-out s is about 0.03
     for scale, std in [("weight", 0.01), ("seed", sign_scale((256, 256, 3, 3)))]:

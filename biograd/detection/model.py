@@ -23,12 +23,12 @@ Normalisation (`norm`) in the backbone:
         no weights. Its scale and shift learn by backprop and `biograd.report` lists them under
         weight transport; in train mode it uses the batch's statistics.
 
-Feedback scale (`feedback_scale`): rules with random feedback (fa's B, frsf's M, brsf's pool,
-kp's initial B) draw it by default as N(0, std(W)²), `scale="weight"`, rather than with the
-seed's He fan-out scale: in REFERENCE.md a RetinaNet under FA with He fan-out feedback diverged
-to NaN within 6 steps at lr 0.01, and one with feedback of W's standard deviation trained.
-`feedback_scale="seed"` gives the seed's draw. Rules without random feedback (ss, sign_fixed,
-wm, bp) do not take the option; ss and sign_fixed use the seed's s by definition. Why scale
+Feedback scale (`feedback_scale`): every rule with a `scale` option gets `scale="weight"` by
+default: random feedback (fa's B, frsf's M, brsf's pool, kp's and wm's initial B) is drawn as
+N(0, std(W)²), and sign feedback (ss, sign_fixed) has magnitude rms(W), rather than the seed's
+He fan-out scale: in REFERENCE.md a RetinaNet under FA with He fan-out feedback diverged to
+NaN within 6 steps at lr 0.01, and one with feedback of W's standard deviation trained.
+`feedback_scale="seed"` gives the seed's scale. Why scale
 matters here: the heads' convolutions start as N(0, 0.01²) (the RetinaNet paper's), while s is
 about 0.03 for their 3x3, 256-channel weights, so He fan-out feedback is about 3 times W in
 each of the five layers of a head; on 128 px images from random weights, the first step's
