@@ -20,6 +20,8 @@ from biograd.errors import UsageError
 from biograd.rules import get_rule
 
 CHOICES = {
+    "norm": ("batchnorm", "frozen"),
+    "feedback_scale": ("weight", "seed"),
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": ("step", "cosine", "constant"),
     "amp": ("none", "bf16", "fp16"),
@@ -201,7 +203,7 @@ def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = Train
 def validate(cfg: RunConfig) -> None:
     """Reject unknown names and contradictory options with one line that says what to do."""
     for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
+        if hasattr(cfg, name) and getattr(cfg, name) not in allowed:
             raise UsageError(f"{name} must be one of {', '.join(allowed)}, "
                              f"not {getattr(cfg, name)!r}")
     for name in ("rule", "last_rule") if isinstance(cfg, TrainConfig) else ("rule",):
@@ -226,3 +228,37 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
     if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
         raise UsageError("--steps-per-epoch must be at least 1")
+
+
+@dataclass
+class DetectConfig(RunConfig):
+    """RetinaNet detection under a learning rule. Defaults: the CPU demo on synthetic shapes
+    (`biograd make-shapes`); configs/coco/ holds the MS-COCO recipe."""
+
+    epochs: int = field(default=10, metadata={"help": "epochs to train"})
+    batch_size: int = field(default=8, metadata={"help": "images per step, per process"})
+    lr: float = field(default=0.005, metadata={
+        "help": "learning rate (torchvision's recipe: 0.01 per 16 images)"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up, in epochs"})
+    schedule: str = field(default="step", metadata={"help": "step, cosine or constant"})
+    milestones: list | None = field(default_factory=lambda: [7, 9], metadata={
+        "help": "step schedule: decay ×gamma at these epochs"})
+    angle_batch: int = field(default=4, metadata={
+        "help": "images in the fixed batch for gradient angles (0: skip)"})
+    data: str = field(default="runs/shapes", metadata={
+        "help": "a COCO-format folder (images and annotations/instances_*.json); "
+                "made with `biograd make-shapes` if it is missing and named like *shapes*"})
+    backbone: str = field(default="resnet18", metadata={"help": "resnet18 (the seed's), resnet50"})
+    parts: dict = field(default_factory=dict, metadata={
+        "help": "per-part rules, e.g. '{head: bp}' (parts: backbone, fpn, head, "
+                "classification_head, regression_head)"})
+    norm: str = field(default="batchnorm", metadata={
+        "help": "batchnorm (trainable, for training from scratch) or frozen"})
+    feedback_scale: str = field(default="weight", metadata={
+        "help": "feedback scale of rules that take one: weight (W's size) or seed"})
+    min_size: int = field(default=128, metadata={"help": "the model's resize: shorter side"})
+    max_size: int = field(default=128, metadata={"help": "the model's resize: longer side"})
+    aspect_ratio_grouping: bool = field(default=False, metadata={
+        "help": "batch images of similar aspect ratio together"})
+    keep_empty_train: bool = field(default=False, metadata={
+        "help": "train on images without annotations too"})

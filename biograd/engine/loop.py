@@ -182,7 +182,12 @@ def angles(ctx: Context) -> dict[str, Any]:
     weight = biograd.weight_angles(model)
     gradient = {}
     if task.angle_batch is not None and task.angle_loss is not None:
-        gradient = biograd.gradient_angles(model, task.angle_batch, task.angle_loss)
+        was_training = model.training
+        model.train()  # the gradients training takes (gradient_angles restores the buffers)
+        try:
+            gradient = biograd.gradient_angles(model, task.angle_batch, task.angle_loss)
+        finally:
+            model.train(was_training)
     on_rule = {name for name, layer in biograd.feedback_layers(model) if layer.rule == rule}
 
     def mean(values: dict[str, float]) -> float:

@@ -1,0 +1,131 @@
+"""RetinaNet detection under any learning rule: `biograd detect`.
+
+The task's own parts: COCO-format data, the detector, the sum of RetinaNet's losses, and
+COCOeval (AP, AP50, AP75, AP small/medium/large) on the validation split. The loop,
+checkpoints, DDP, AMP and the rest are engine/loop.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import DataLoader
+
+from biograd.config import DetectConfig
+from biograd.engine import distributed, loop
+from biograd.errors import UsageError
+
+log = logging.getLogger("biograd")
+
+
+def to_device(batch, device: torch.device):
+    images, targets = batch
+    return ([im.to(device, non_blocking=True) for im in images],
+            [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
+             for t in targets])
+
+
+def loss(runner, batch) -> tuple[torch.Tensor, int, dict[str, float]]:
+    images, targets = batch
+    losses = runner(images, targets)  # {"classification": ..., "bbox_regression": ...}
+    n = len(images)
+    return sum(losses.values()), n, {f"train_{k}": v.item() * n for k, v in losses.items()}
+
+
+def angle_loss(model, batch) -> torch.Tensor:
+    images, targets = batch
+    return sum(model(images, targets).values())
+
+
+def make_evaluate(data):
+    from biograd.detection import evaluate_coco
+
+    @torch.no_grad()
+    def evaluate(ctx: loop.Context, loader: DataLoader) -> dict[str, float]:
+        ctx.runner.eval()
+        detections: list[dict[str, Any]] = []
+        for batch in loader:
+            images, targets = ctx.task.to_device(batch, ctx.device)
+            with loop.autocast(ctx.cfg, ctx.device):
+                outputs = ctx.model(images)
+            for out, target in zip(outputs, targets, strict=True):
+                detections.append({"image_id": int(target["image_id"]),
+                                   **{k: v.float().cpu() for k, v in out.items()}})
+        if ctx.dist.enabled:
+            gathered: list[list[dict]] = [[] for _ in range(ctx.dist.world_size)]
+            torch_dist.all_gather_object(gathered, detections)
+            detections = [d for part in gathered for d in part]
+        if not ctx.dist.main:
+            return {}
+        unique = {d["image_id"]: d for d in detections}  # DistributedSampler pads with repeats
+        metrics = evaluate_coco(data.coco_val, list(unique.values()), data.label_to_category_id)
+        return {k: 100 * v for k, v in metrics.items()}  # percent, as top-1
+
+    return evaluate
+
+
+def summary(m: dict[str, Any]) -> str:
+    angle = m.get("mean_weight_angle", math.nan)
+    return (f"train loss {m['train_loss']:.4f}, AP {m.get('AP', math.nan):.1f}, AP50 "
+            f"{m.get('AP50', math.nan):.1f}, mean angle {angle:.1f}°, "
+            f"{m['images_per_second']:.1f} img/s")
+
+
+def _data_root(cfg: DetectConfig) -> Path:
+    root = Path(cfg.data)
+    if not root.exists() and "shapes" in root.name:
+        from biograd.detection import make_shapes
+
+        log.info("making the synthetic shapes data set in %s", root)
+        make_shapes(root, seed=0)
+    return root
+
+
+def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:
+    from biograd.detection import (
+        GroupedBatchSampler,
+        aspect_ratio_groups,
+        build_detection_data,
+        build_retinanet,
+        collate,
+    )
+
+    data = build_detection_data(_data_root(cfg), keep_empty_train=cfg.keep_empty_train)
+    try:
+        model = build_retinanet(
+            num_classes=data.num_classes, backbone=cfg.backbone, rule=cfg.rule_for(cfg.rule),
+            parts={k: cfg.rule_for(v) for k, v in cfg.parts.items()}, norm=cfg.norm,
+            min_size=cfg.min_size, max_size=cfg.max_size, seed=cfg.seed,
+            feedback_scale=cfg.feedback_scale)
+    except (ValueError, KeyError) as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+    model.to(device)
+    fixed = None
+    if cfg.angle_batch > 0 and dist.main:
+        items = [data.val[i] for i in range(len(data.val)) if len(data.val[i][1]["boxes"])]
+        fixed = to_device(collate(items[: cfg.angle_batch]), device)
+    grouping = None
+    if cfg.aspect_ratio_grouping:
+        groups = aspect_ratio_groups(data.train.aspect_ratios)
+
+        def grouping(sampler, batch_size):
+            return GroupedBatchSampler(sampler, groups, batch_size)
+
+    return loop.Task(
+        model=model, train_set=data.train, val_set=data.val, loss=loss,
+        evaluate=make_evaluate(data), to_device=to_device, best_key="AP", summary=summary,
+        angle_batch=fixed, angle_loss=angle_loss, collate=collate, batch_sampler=grouping,
+    )
+
+
+def train(cfg: DetectConfig) -> dict[str, Any]:
+    """Train one detection run into cfg.out; returns its last epoch's metrics."""
+    return loop.run(cfg, build)
+
+
+

@@ -1,0 +1,48 @@
+"""`biograd detect` and `biograd make-shapes`: a short RetinaNet run on tiny synthetic shapes."""
+
+import json
+
+import pytest
+import torch
+
+from biograd.cli import main
+from biograd.engine import checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    assert main(["make-shapes", str(out), "--train", "8", "--val", "4", "--size", "64"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("rule", ["ss", "fa"])
+def test_detect_trains_and_evaluates(tmp_path, shapes, rule):
+    out = tmp_path / "run"
+    argv = ["detect", "--data", str(shapes), "--rule", rule, "--epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "2", "--min-size", "64", "--max-size",
+            "64", "--angle-batch", "2", "--progress", "none", "--tensorboard", "false",
+            "--out", str(out)]
+    assert main(argv) == 0
+    (line,) = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "train_loss",
+                "train_classification", "train_bbox_regression", "mean_weight_angle"):
+        assert key in line, key
+    assert line["weight_angles"] and line["gradient_angles"]
+    state = torch.load(out / checkpoint.NAME, weights_only=True)
+    assert state["epoch"] == 1 and state["config"]["rule"] == rule
+
+
+def test_detect_errors_are_one_line(tmp_path, capsys):
+    assert main(["detect", "--data", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("biograd: error:") and "nothing" in err[-1]
