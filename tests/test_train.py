@@ -147,19 +147,20 @@ def test_a_non_finite_loss_stops_cleanly(tmp_path, monkeypatch):
 
 
 def test_shipped_configs_resolve(tmp_path):
+    import argparse
     from pathlib import Path
 
-    from biograd.config import add_arguments
+    from biograd.config import DetectConfig, add_arguments
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
-    assert len(configs) >= 16
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    for path in configs:
-        cfg = resolve(parser.parse_args(["--config", str(path)]))
-        assert cfg.rule in biograd.list_rules() and cfg.epochs > 0, path
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for folder, cls, least in (("imagenet", TrainConfig, 16), ("coco", DetectConfig, 8)):
+        configs = sorted((root / folder).glob("*.yaml"))
+        assert len(configs) >= least, folder
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, cls)
+        for path in configs:
+            cfg = resolve(parser.parse_args(["--config", str(path)]), cls)
+            assert cfg.rule in biograd.list_rules() and cfg.epochs > 0, path
 
 
 def test_bf16_channels_last_workers_and_tensorboard(tmp_path):
