@@ -22,4 +22,4 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/step_time.py --sizes 64 96 --batch 32 --repeats 9 --threads 1 --rss

@@ -19,7 +19,8 @@ def keep_sign_(weight: Tensor, reference: Tensor, eps: float = 1e-10) -> Tensor:
 def hold_sign_(weight: Tensor, sign: Tensor, eps: float = 1e-10) -> Tensor:
     """In place: W ← sign · max(sign · W, eps) for a sign tensor of ±1 (no zeros).
 
-    Where W already has the sign it is unchanged (multiplying by ±1 is exact); elsewhere it
-    becomes ±eps with the given sign. Three in-place passes, no temporary: the fast form of
-    `keep_sign_` for references that are never 0 (sign_fixed's)."""
+    Where W has the sign and |W| >= eps it is unchanged (multiplying by ±1 is exact); where it
+    has the other sign, or |W| < eps, it becomes ±eps with the given sign. Three in-place
+    passes, no temporary: the fast form of `keep_sign_` for references that are never 0
+    (sign_fixed's); unlike it, it also lifts same-signed weights below eps to eps."""
     return weight.mul_(sign).clamp_(min=eps).mul_(sign)

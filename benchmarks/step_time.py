@@ -1,0 +1,344 @@
+"""Training-step time and memory of ResNet-18 on each learning rule, against native torch.
+
+One step is what a training loop does per batch: zero_grad, forward, cross-entropy, backward,
+SGD (momentum 0.9, weight decay 1e-4) step and `biograd.after_step`. Every rule converts all
+layers of a torchvision resnet18 (the classifier included). Steps are interleaved: each round
+runs native, two rules, native, two rules, ..., native (one step each, the rule order rotated
+every round); warm-up rounds are dropped. A rule step's ratio is its time over the mean of
+the native steps just before and after its pair, so a stall of a shared machine that spans
+them cancels; each rule's ratio is the median of these over the rounds (the ratio of the
+median step times is reported too).
+
+Memory, per rule:
+  saved: bytes of the distinct storages saved for backward during one forward
+      (torch.autograd.graph.saved_tensors_hooks), the model's own parameters and buffers
+      excepted: what a step holds between forward and backward beyond the model.
+  state: the rule's feedback buffers and parameters (`rule.state` on every layer).
+  optim: optimiser state beyond native's (kp's B gets a momentum buffer).
+  peak: CUDA: torch.cuda.max_memory_allocated during one step, above what was allocated
+      before it. CPU (with --rss): peak RSS of a fresh process that builds the model and runs
+      a few steps at the largest size, minus native's.
+
+    python benchmarks/step_time.py --sizes 64 96 --batch 32 --repeats 9 --threads 1 --rss
+    python benchmarks/step_time.py --device cuda --sizes 128 224 --repeats 20
+
+About 6-9 minutes for the first on 2 shared cores (ResNet-18 steps of 0.7 s and 1.4 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+import biograd
+
+NATIVE = "native"
+CLOCKS = ("wall", "cpu")
+MiB = 2**20
+
+
+def build(rule: str, seed: int = 0) -> torch.nn.Module:
+    """resnet18 (weights=None, 1000 classes), on `rule` everywhere; NATIVE: untouched."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None, num_classes=1000)
+    if rule != NATIVE:
+        biograd.convert(model, rule, seed=seed)
+    return model
+
+
+class Variant:
+    """A model, its optimiser and one training step."""
+
+    def __init__(self, rule: str, device: torch.device):
+        self.rule = rule
+        self.device = device
+        self.model = build(rule).to(device).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
+                                   weight_decay=1e-4)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(x), y).backward()
+        self.opt.step()
+        biograd.after_step(self.model)
+
+    def state_bytes(self) -> int:
+        """Bytes of the rule's feedback state (buffers and parameters named in rule.state)."""
+        total = 0
+        for _, layer in biograd.feedback_layers(self.model):
+            for name in layer.learning_rule.state:
+                t = getattr(layer, name)
+                total += t.numel() * t.element_size()
+        return total
+
+    def optim_bytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for s in self.opt.state.values()
+            for t in s.values()
+            if isinstance(t, torch.Tensor)
+        )
+
+    def saved_bytes(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Bytes of the distinct storages autograd saves for backward in one forward, not
+        counting the model's own parameters and buffers (they are held anyway)."""
+        own = {t.untyped_storage().data_ptr()
+               for t in [*self.model.parameters(), *self.model.buffers()]}
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            s = t.untyped_storage()
+            if s.data_ptr() not in own:
+                storages[s.data_ptr()] = s.nbytes()
+            return t
+
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(self.model(x), y)
+        loss.backward()  # frees the graph; no optimiser step, so the weights do not change
+        self.opt.zero_grad(set_to_none=True)
+        return sum(storages.values())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batch(size: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(size)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, 1000, (n,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def timed_step(v: Variant, x, y) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one step."""
+    sync(v.device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    v.step(x, y)
+    sync(v.device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+Series = dict[str, list[float]]
+Times = dict[str, dict[str, list[float]]]  # clock -> rule -> seconds
+
+
+def time_interleaved(native: Variant, rules: list[Variant], x, y, warmup: int, repeats: int,
+                     group: int) -> tuple[Times, Times]:
+    """Interleaved step times: each round is N r1 r2 N r3 r4 N ... N (`group` rules between
+    native steps, the rule order rotated every round).
+
+    Returns, per clock ("wall", "cpu"), every variant's step times and each rule step's ratio
+    over the mean of the two native steps around its group: a stall that spans a group
+    cancels out.
+    """
+    names = [NATIVE] + [v.rule for v in rules]
+    times: Times = {c: {r: [] for r in names} for c in CLOCKS}
+    ratios: Times = {c: {r: [] for r in names[1:]} for c in CLOCKS}
+    n = len(rules)
+    for r in range(warmup + repeats):
+        order = rules[r % n:] + rules[:r % n]
+        keep = r >= warmup
+        before = timed_step(native, x, y)
+        got = []
+        for i in range(0, n, group):
+            got = [(v.rule, timed_step(v, x, y)) for v in order[i:i + group]]
+            after = timed_step(native, x, y)
+            for k, clock in enumerate(CLOCKS if keep else ()):
+                if i == 0:
+                    times[clock][NATIVE].append(before[k])
+                times[clock][NATIVE].append(after[k])
+                for rule, t in got:
+                    times[clock][rule].append(t[k])
+                    ratios[clock][rule].append(2 * t[k] / (before[k] + after[k]))
+            before = after
+        print(f"  round {r + 1}/{warmup + repeats}", end="\r", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return times, ratios
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def cuda_peak(v: Variant, x, y) -> int:
+    """Peak bytes allocated during one step, above what was allocated before it."""
+    sync(v.device)
+    before = torch.cuda.memory_allocated(v.device)
+    torch.cuda.reset_peak_memory_stats(v.device)
+    v.step(x, y)
+    sync(v.device)
+    return torch.cuda.max_memory_allocated(v.device) - before
+
+
+def rss_child(rule: str, size: int, n: int, steps: int) -> None:
+    """Run in a fresh process: build, run `steps` steps, print peak RSS in bytes."""
+    v = Variant(rule, torch.device("cpu"))
+    x, y = batch(size, n, torch.device("cpu"))
+    for _ in range(steps):
+        v.step(x, y)
+    # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork + exec.
+    status = Path("/proc/self/status").read_text()
+    hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) * 1024)  # kB
+
+
+def rss_of(rule: str, size: int, n: int, threads: int) -> int:
+    cmd = [sys.executable, __file__, "--rss-child", rule, "--sizes", str(size),
+           "--batch", str(n), "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, str | int]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, str | int] = {
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 96],
+                   help="input heights = widths (default: 64 96)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=9, help="timed rounds per size")
+    p.add_argument("--warmup", type=int, default=1, help="discarded rounds per size")
+    p.add_argument("--group", type=int, default=2,
+                   help="rule steps between two native steps in a round (default 2)")
+    p.add_argument("--rules", nargs="+", default=None,
+                   help=f"default: all registered ({' '.join(biograd.list_rules())})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's); on a shared CPU, 1 avoids the "
+                   "stalls of OpenMP threads waiting for a descheduled sibling")
+    p.add_argument("--rss", action="store_true",
+                   help="CPU: also the peak RSS of a fresh process per rule (largest size)")
+    p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args.rss_child, max(args.sizes), args.batch, steps=3)
+        return {}
+    device = torch.device(args.device)
+    rules = args.rules or biograd.list_rules()
+    for r in rules:
+        biograd.get_rule(r)  # unknown names fail now, with the list of valid ones
+    command = "python " + shlex.join(sys.argv)
+    variants = [Variant(r, device) for r in [NATIVE, *rules]]
+
+    result: dict = {"machine": machine(), "command": command, "batch": args.batch,
+                    "sizes": {}, "memory": {}}
+    for size in args.sizes:
+        x, y = batch(size, args.batch, device)
+        print(f"batch {args.batch} at {size}x{size}", file=sys.stderr)
+        times, ratios = time_interleaved(
+            variants[0], variants[1:], x, y, args.warmup, args.repeats, args.group)
+        out: dict = {}
+        for clock in CLOCKS:
+            base = statistics.median(times[clock][NATIVE])
+            for rule, t in times[clock].items():
+                q1, q2, q3 = quartiles(ratios[clock][rule]) if rule != NATIVE else (1, 1, 1)
+                out.setdefault(rule, {})[clock] = {
+                    "median_s": statistics.median(t), "ratio": q2, "ratio_q1": q1,
+                    "ratio_q3": q3, "ratio_of_medians": statistics.median(t) / base,
+                    "times_s": t, "ratios": ratios[clock].get(rule, [])}
+        result["sizes"][size] = out
+
+    x, y = batch(max(args.sizes), args.batch, device)
+    native = variants[0]
+    for v in variants:
+        mem = {"saved": v.saved_bytes(x, y), "state": v.state_bytes(),
+               "optim": v.optim_bytes() - native.optim_bytes()}
+        if device.type == "cuda":
+            mem["peak"] = cuda_peak(v, x, y)
+        result["memory"][v.rule] = mem
+    if args.rss and device.type == "cpu":
+        for r in [NATIVE, *rules]:
+            result["memory"][r]["rss"] = rss_of(r, max(args.sizes), args.batch,
+                                                torch.get_num_threads())
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(result: dict) -> str:
+    sizes = list(result["sizes"])
+    n = result["batch"]
+    mem = result["memory"]
+    big = max(sizes)
+    peak = "peak" if "peak" in mem[NATIVE] else "rss" if "rss" in mem[NATIVE] else None
+    head = ["rule"]
+    for s in sizes:
+        head += [f"{n}×{s}² wall: ratio (IQR) [of medians]", f"{n}×{s}² CPU time: ratio (IQR)"]
+    head += [f"saved for backward MiB ({big}²)", "feedback state MiB", "optimiser extra MiB"]
+    if peak:
+        head.append(f"{'CUDA step peak' if peak == 'peak' else 'peak RSS'} MiB vs native")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for rule in result["sizes"][sizes[0]]:
+        cells = [rule]
+        for s in sizes:
+            for clock in CLOCKS:
+                r = result["sizes"][s][rule][clock]
+                if rule == NATIVE:
+                    cells.append(f"1 ({r['median_s'] * 1e3:.0f} ms)")
+                    continue
+                cell = f"**{r['ratio']:.3f}** ({r['ratio_q1']:.3f}–{r['ratio_q3']:.3f})"
+                if clock == "wall":
+                    cell += f" [{r['ratio_of_medians']:.3f}]"
+                cells.append(cell)
+        m = mem[rule]
+        cells += [f"{m['saved'] / MiB:.1f}", f"{m['state'] / MiB:.1f}", f"{m['optim'] / MiB:.1f}"]
+        if peak:
+            cells.append(f"{(m[peak] - mem[NATIVE][peak]) / MiB:+.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    info = result["machine"]
+    lines += ["", "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+              f"command: `{result['command']}`",
+              "ratio: median over timed rounds of (rule step / mean of the native steps around "
+              "it); IQR: its quartiles; [of medians]: median rule step / median native step. "
+              "CPU time: this process's (time.process_time), immune to being descheduled "
+              "on a shared machine; meaningful with --threads 1 on CPU, not on CUDA."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
