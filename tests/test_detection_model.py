@@ -23,13 +23,7 @@ SIDE = 64
 TINY = {"num_classes": CLASSES, "min_size": SIDE, "max_size": SIDE}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # As in test_models.py: batch 2 at 64 px has nothing to split between threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

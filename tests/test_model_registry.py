@@ -33,14 +33,7 @@ INTENDED = {
 SWEEP = [(name, c, side) for name in list_models() for c, side in model_info(name).inputs]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Batch 2 leaves little to split between threads, and while the other core is busy two
-    # threads wait on each other (as in test_models.py); one thread, restored after the file.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _leaves(model: nn.Module) -> list[nn.Module]:

@@ -63,15 +63,7 @@ TIMM = [
 RETINANET_RULE = "ss"  # the seed's MS-COCO result
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Batch 2 at 32 px leaves nothing to split between threads, and while the other core is busy
-    # two OpenMP threads make each of these thousands of small ops wait on the other (this file
-    # took about 6 times as long); one thread, restored after the file.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _type_name(module: nn.Module) -> str:
