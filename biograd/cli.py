@@ -82,7 +82,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from biograd.config import resolve
 
     rules, seeds = args.__dict__.pop("rules"), args.__dict__.pop("seeds")
-    base = _with_out(resolve(args), "compare")
+    from biograd.config import DetectConfig, TrainConfig
+
+    cls = DetectConfig if args.__dict__.pop("task") == "detection" else TrainConfig
+    base = _with_out(resolve(args, cls), "compare")
     paths = compare(base, rules, seeds)
     print(paths["report.md"].read_text().split("\n\n![")[0].strip())
     print(f"\nreport, figures and runs: {paths['report.md'].parent}")
@@ -101,8 +104,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from biograd.config import add_arguments
+TASKS = ("classification", "detection")
+
+
+def _task_of(argv: list[str]) -> str:
+    """The --task of a compare command line, read before the flags that depend on it."""
+    for i, word in enumerate(argv):
+        value = argv[i + 1] if word == "--task" and i + 1 < len(argv) else None
+        if word.startswith("--task="):
+            value = word.split("=", 1)[1]
+        if value in TASKS:
+            return value
+    return "classification"
+
+
+def build_parser(task: str = "classification") -> argparse.ArgumentParser:
+    from biograd.config import DetectConfig, TrainConfig, add_arguments
 
     parser = _Parser(prog="biograd", description=biograd.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=biograd.__version__)
@@ -125,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated rule names (default: all)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="comma-separated seeds to repeat each rule with (default: --seed)")
-    add_arguments(p)
+    p.add_argument("--task", choices=TASKS, default="classification",
+                   help="classification (biograd train's options) or detection (biograd "
+                   "detect's options)")
+    add_arguments(p, DetectConfig if task == "detection" else TrainConfig)
     p.set_defaults(func=cmd_compare)
-
-    from biograd.config import DetectConfig
 
     p = sub.add_parser("detect", help="train a RetinaNet detector under one rule",
                        description="Train torchvision's RetinaNet (ResNet-18 FPN, the seed's "
@@ -154,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_task_of(argv)).parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from biograd.config import TrainConfig, validate
+from biograd.config import DetectConfig, RunConfig, validate
 from biograd.engine.checkpoint import NAME as CHECKPOINT
 from biograd.errors import Diverged
 
@@ -32,11 +32,19 @@ def _status(path: Path) -> str | None:
         return None
 
 
-def compare(base: TrainConfig, rules: list[str], seeds: list[int] | None = None
+def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None
             ) -> dict[str, Path]:
-    """Train every (rule, seed) of `base` into base.out, then write the report there."""
-    from biograd.engine.classify import train
+    """Train every (rule, seed) of `base` into base.out, then write the report there.
+
+    The task follows the config: a DetectConfig trains detectors (`biograd detect`), a
+    TrainConfig classifiers (`biograd train`).
+    """
     from biograd.results import load_run, write_report
+
+    if isinstance(base, DetectConfig):
+        from biograd.engine.detect import train
+    else:
+        from biograd.engine.classify import train
 
     out = Path(base.out)
     seeds = seeds or [base.seed]

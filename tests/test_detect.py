@@ -40,3 +40,20 @@ def test_detect_errors_are_one_line(tmp_path, capsys):
                  str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("biograd: error:") and "nothing" in err[-1]
+
+
+def test_compare_detection_reports_ap(tmp_path, shapes):
+    import csv
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "detection", "--rules", "bp,ss", "--data", str(shapes),
+            "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--min-size", "64",
+            "--max-size", "64", "--angle-batch", "0", "--progress", "none", "--tensorboard",
+            "false", "--out", str(out)]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "best AP (%)" in report and "`bp`" in report and "`ss`" in report
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["rule"] for r in rows] == ["bp", "ss"] and "best_AP" in rows[0]
+    assert (out / "accuracy.png").stat().st_size > 0

@@ -17,21 +17,24 @@ from pathlib import Path
 
 import biograd
 from biograd.results import figures
-from biograd.results.runs import Run, task_summary
+from biograd.results.runs import Run, task_metrics, task_summary
 
-# (key in results.csv, table heading, decimals)
-NUMBERS = [
-    ("best_val_top1", "best val top-1 (%)", 2),
-    ("final_val_top1", "final val top-1 (%)", 2),
-    ("best_val_top5", "best val top-5 (%)", 2),
-    ("final_val_top5", "final val top-5 (%)", 2),
-    ("final_mean_weight_angle", "final mean angle(W, B) (°)", 1),
-    ("seconds", "time (s)", 1),
-]
-CSV_FIELDS = ["rule", "seed", "status", "epochs_done", "epochs",
-              *(key for key, _, _ in NUMBERS), "path"]
+
+def numbers(runs: list[Run]) -> list[tuple[str, str, int]]:
+    """(key in results.csv, table heading, decimals) for the task of `runs`."""
+    (first, first_label), (second, second_label) = task_metrics(runs)
+    return [
+        (f"best_{first}", f"best {first_label}", 2),
+        (f"final_{first}", f"final {first_label}", 2),
+        (f"best_{second}", f"best {second_label}", 2),
+        (f"final_{second}", f"final {second_label}", 2),
+        ("final_mean_weight_angle", "final mean angle(W, B) (°)", 1),
+        ("seconds", "time (s)", 1),
+    ]
+
+
 FIGURES = {  # file: (caption in report.md, drawing)
-    "accuracy.png": ("Validation top-1 accuracy per epoch", figures.accuracy_figure),
+    "accuracy.png": ("Validation {label} per epoch", figures.accuracy_figure),
     "angles_per_layer.png": ("Final angle between W and B per layer",
                              figures.angles_per_layer_figure),
     "angle_over_training.png": ("Mean angle between W and B per epoch",
@@ -39,16 +42,14 @@ FIGURES = {  # file: (caption in report.md, drawing)
 }
 
 
-def summarize(run: Run) -> dict[str, float]:
+def summarize(run: Run, keys: list[tuple[str, str, int]] | None = None) -> dict[str, float]:
     """The run's numbers for the table and results.csv (NaN where not recorded)."""
-    return {
-        "best_val_top1": run.best("val_top1"),
-        "final_val_top1": run.final("val_top1"),
-        "best_val_top5": run.best("val_top5"),
-        "final_val_top5": run.final("val_top5"),
-        "final_mean_weight_angle": run.final("mean_weight_angle"),
-        "seconds": run.seconds,
-    }
+    values = {"final_mean_weight_angle": run.final("mean_weight_angle"), "seconds": run.seconds}
+    for key, _, _ in keys or numbers([run]):
+        kind, _, metric = key.partition("_")
+        if kind in ("best", "final") and key not in values:
+            values[key] = run.best(metric) if kind == "best" else run.final(metric)
+    return values
 
 
 def write_report(runs: list[Run], out: str | Path) -> dict[str, Path]:
@@ -72,8 +73,10 @@ def write_report(runs: list[Run], out: str | Path) -> dict[str, Path]:
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
+    keys = numbers(runs)
+    fields = ["rule", "seed", "status", "epochs_done", "epochs", *(k for k, _, _ in keys), "path"]
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for run in runs:
             writer.writerow({
@@ -82,7 +85,7 @@ def _write_csv(runs: list[Run], path: Path) -> None:
                 "status": run.status,
                 "epochs_done": run.epochs_done,
                 "epochs": run.config.get("epochs", ""),
-                **{key: repr(value) for key, value in summarize(run).items()},
+                **{key: repr(value) for key, value in summarize(run, keys).items()},
                 "path": _relative(run.path, path.parent),
             })
 
@@ -90,20 +93,21 @@ def _write_csv(runs: list[Run], path: Path) -> None:
 def _markdown(groups: dict[str, list[Run]], out: Path) -> str:
     runs = [run for group in groups.values() for run in group]
     several = any(len(group) > 1 for group in groups.values())
-    head = ["rule", "seeds", *(heading for _, heading, _ in NUMBERS), "status"]
+    keys = numbers(runs)
+    head = ["rule", "seeds", *(heading for _, heading, _ in keys), "status"]
     lines = [
         f"# Learning rules compared: {', '.join(groups)}",
         "",
         f"**Task:** {task_summary(runs)}.",
         "",
         "| " + " | ".join(head) + " |",
-        "| " + " | ".join(["---"] * 2 + ["---:"] * len(NUMBERS) + ["---"]) + " |",
+        "| " + " | ".join(["---"] * 2 + ["---:"] * len(keys) + ["---"]) + " |",
     ]
     for rule, group in groups.items():
-        numbers = [summarize(run) for run in group]
+        values = [summarize(run, keys) for run in group]
         seeds = ", ".join("–" if run.seed is None else str(run.seed) for run in group)
         cells = [f"`{rule}`", seeds if len(group) == 1 else f"{len(group)} ({seeds})"]
-        cells += [_cell([n[key] for n in numbers], digits) for key, _, digits in NUMBERS]
+        cells += [_cell([n[key] for n in values], digits) for key, _, digits in keys]
         cells.append(_status(group))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += [
@@ -123,8 +127,9 @@ def _markdown(groups: dict[str, list[Run]], out: Path) -> str:
     if notes:
         lines += ["", "Runs that did not finish:", "", *notes]
     lines.append("")
+    label = task_metrics(runs)[0][1].replace(" (%)", "")
     for file, (caption, _) in FIGURES.items():
-        lines += [f"![{caption}]({file})", ""]
+        lines += [f"![{caption.format(label=label)}]({file})", ""]
     if several:
         lines += ["Lines with several seeds: the mean over seeds, shaded from the lowest to the "
                   "highest seed.", ""]

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from biograd.results.runs import Run, load_run, number, task_summary
+from biograd.results.runs import DETECTION, Run, load_run, number, task_metrics, task_summary
 
 DPI = 120
 MARKERS = "osD^vP*Xph<>"
@@ -35,9 +35,11 @@ def plot_run(run_or_dir: Run | str | Path, out: str | Path | None = None) -> lis
     out = Path(out) if out is not None else run.path
     out.mkdir(parents=True, exist_ok=True)
     title = f"{run.label}: {task_summary([run])}"
+    detection = task_metrics([run]) == DETECTION
+    curves = ["AP", "AP50", "AP75"] if detection else ["train_top1", "val_top1", "val_top5"]
     return [
-        _run_curves(run, ["train_top1", "val_top1", "val_top5"], "accuracy (%)",
-                    f"Accuracy, {title}", out / "accuracy.png"),
+        _run_curves(run, curves, "AP (%)" if detection else "accuracy (%)",
+                    f"{'COCO AP' if detection else 'Accuracy'}, {title}", out / "accuracy.png"),
         _run_curves(run, ["train_loss", "val_loss"], "loss", f"Loss, {title}",
                     out / "loss.png"),
         _run_angles_per_layer(run, title, out / "angles_per_layer.png"),
@@ -48,11 +50,14 @@ def plot_run(run_or_dir: Run | str | Path, out: str | Path | None = None) -> lis
 # --- rules compared --------------------------------------------------------------------------
 
 def accuracy_figure(groups: Groups, path: Path) -> Path:
-    """Validation top-1 per epoch, one line per rule: mean over seeds, band from min to max."""
+    """Validation top-1 (detection: AP) per epoch, one line per rule: mean over seeds, band
+    from min to max."""
     fig, ax = _figure(9, 4.8)
+    (key, label), _ = task_metrics([run for runs in groups.values() for run in runs])
     for i, (rule, runs) in enumerate(groups.items()):
-        _mean_line(ax, i, _label(rule, runs), [run.series("val_top1") for run in runs])
-    _finish(ax, "Validation top-1 accuracy per epoch", "epoch", "validation top-1 accuracy (%)",
+        _mean_line(ax, i, _label(rule, runs), [run.series(key) for run in runs])
+    name = label.replace(" (%)", "")
+    _finish(ax, f"Validation {name} per epoch", "epoch", f"validation {name} (%)",
             integer_x=True)
     _legend(fig, ax)
     return _save(fig, path)

@@ -205,3 +205,15 @@ def describe(value: object) -> str:
                 return str(value[key])
         return ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list))
     return "?" if value is None else str(value)
+
+
+#: (metric key, label) pairs a task reports first: classification, detection.
+CLASSIFICATION = (("val_top1", "val top-1 (%)"), ("val_top5", "val top-5 (%)"))
+DETECTION = (("AP", "AP (%)"), ("AP50", "AP50 (%)"))
+
+
+def task_metrics(runs: list[Run]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The two headline metrics of the runs' task: COCO AP and AP50 for detection runs,
+    validation top-1 and top-5 otherwise."""
+    detection = any("AP" in line for run in runs for line in run.metrics)
+    return DETECTION if detection else CLASSIFICATION
