@@ -258,6 +258,9 @@ class DetectConfig(RunConfig):
         "help": "feedback scale of rules that take one: weight (W's size) or seed"})
     min_size: int = field(default=128, metadata={"help": "the model's resize: shorter side"})
     max_size: int = field(default=128, metadata={"help": "the model's resize: longer side"})
+    anchor_scale: float = field(default=0.25, metadata={
+        "help": "anchor sizes × this (torchvision's 32-512 px suit 800 px images; the default "
+                "0.25 gives 8-128 px for the small shapes images; 1 for MS-COCO)"})
     aspect_ratio_grouping: bool = field(default=False, metadata={
         "help": "batch images of similar aspect ratio together"})
     keep_empty_train: bool = field(default=False, metadata={

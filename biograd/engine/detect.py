@@ -86,6 +86,16 @@ def _data_root(cfg: DetectConfig) -> Path:
     return root
 
 
+def anchors(scale: float):
+    """torchvision's RetinaNet anchors (3 sizes × 3 ratios per level, 32 to 512 px on P3-P7),
+    their sizes multiplied by `scale`."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(tuple(max(1, round(scale * x * 2 ** (k / 3))) for k in range(3))
+                  for x in (32, 64, 128, 256, 512))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
 def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:
     from biograd.detection import (
         GroupedBatchSampler,
@@ -101,7 +111,7 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
             num_classes=data.num_classes, backbone=cfg.backbone, rule=cfg.rule_for(cfg.rule),
             parts={k: cfg.rule_for(v) for k, v in cfg.parts.items()}, norm=cfg.norm,
             min_size=cfg.min_size, max_size=cfg.max_size, seed=cfg.seed,
-            feedback_scale=cfg.feedback_scale)
+            feedback_scale=cfg.feedback_scale, anchor_generator=anchors(cfg.anchor_scale))
     except (ValueError, KeyError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
     model.to(device)
