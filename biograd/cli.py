@@ -188,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         print("biograd: interrupted; the last checkpoint is kept: continue with --resume",
               file=sys.stderr)
         return 130
+    finally:  # under torchrun: leave the process group the run joined
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -62,8 +62,3 @@ def all_reduce_sum(values: list[float], device: torch.device, info: Dist) -> lis
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def teardown(info: Dist) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()

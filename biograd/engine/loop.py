@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class Task:
     collate: Callable | None = None
     batch_sampler: Callable[[DistributedSampler, int], Any] | None = None
     param_groups: list[dict[str, Any]] | None = None  # default: one group of everything
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
