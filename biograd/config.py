@@ -61,6 +61,8 @@ class RunConfig:
         "help": "cap the steps of an epoch (smoke tests)"})
     angle_batch: int = field(default=64, metadata={
         "help": "images in the fixed batch for gradient angles (0: skip)"})
+    angle_every: int | None = field(default=None, metadata={
+        "help": "also log the weight angles every N steps to angles.jsonl (default: per epoch)"})
     progress: str = field(default="auto", metadata={"help": "auto, bar, lines or none"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
     milestones: list | None = field(default=None, metadata={
@@ -90,6 +92,8 @@ class TrainConfig(RunConfig):
         "help": "digits, mnist, fashion-mnist, fake, or a folder with train/ and val/"})
     model: str = field(default="small_cnn", metadata={
         "help": "a biograd model, a torchvision model name, or timm:NAME"})
+    model_options: dict = field(default_factory=dict, metadata={
+        "help": "options of the model's builder, e.g. '{width: 32, blocks: 1}' (YAML)"})
     last_rule: str = field(default="bp", metadata={
         "help": "the rule of the last layer (the seed kept it on bp)"})
     image_size: int | None = field(default=None, metadata={
@@ -228,6 +232,8 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
     if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
         raise UsageError("--steps-per-epoch must be at least 1")
+    if cfg.angle_every is not None and cfg.angle_every < 1:
+        raise UsageError("--angle-every must be at least 1 (leave it out to log per epoch)")
 
 
 @dataclass
@@ -249,6 +255,8 @@ class DetectConfig(RunConfig):
         "help": "a COCO-format folder (images and annotations/instances_*.json); "
                 "made with `biograd make-shapes` if it is missing and named like *shapes*"})
     backbone: str = field(default="resnet18", metadata={"help": "resnet18 (the seed's), resnet50"})
+    fpn_channels: int = field(default=256, metadata={
+        "help": "channels of the FPN levels and the heads (256: torchvision's)"})
     parts: dict = field(default_factory=dict, metadata={
         "help": "per-part rules, e.g. '{head: bp}' (parts: backbone, fpn, head, "
                 "classification_head, regression_head)"})

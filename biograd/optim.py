@@ -7,14 +7,46 @@ Both come from the seed's code (Liao, Leibo & Poggio 2016; Xiao et al. 2019):
   sign.
 They wrap the optimiser with step hooks, so learning-rate schedulers, state dicts and AMP
 work unchanged: `opt = no_sign_change(batch_manhattan(torch.optim.SGD(...)))`.
+
+And `weight_decay_groups`, the parameter groups that give rules with their own weight decay
+(kp's `decay`) that decay: `torch.optim.SGD(weight_decay_groups(model), lr=..., ...)`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 from torch.optim import Optimizer
 
 from biograd.functional import keep_sign_
+
+
+def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = None
+                        ) -> list[dict[str, Any]]:
+    """`groups` (default: one group of all of `model`'s parameters) with the W and B of every
+    layer whose rule sets its own weight decay (kp's `decay`) moved into groups of that
+    `weight_decay`. Each new group keeps its source group's other options (its lr, say)."""
+    from biograd.convert import feedback_layers
+
+    own: dict[int, float] = {}
+    for _, layer in feedback_layers(model):
+        decay = getattr(layer.learning_rule, "decay", None)
+        if decay is not None:
+            for p in (layer.weight, getattr(layer, "feedback", None)):
+                if isinstance(p, nn.Parameter):
+                    own[id(p)] = float(decay)
+    out = []
+    for group in groups or [{"params": list(model.parameters())}]:
+        params = list(group["params"])
+        plain = [p for p in params if id(p) not in own]
+        if plain:
+            out.append({**group, "params": plain})
+        for decay in sorted({own[id(p)] for p in params if id(p) in own}):
+            out.append({**group, "weight_decay": decay,
+                        "params": [p for p in params if own.get(id(p)) == decay]})
+    return out
 
 
 def _params(optimizer: Optimizer):

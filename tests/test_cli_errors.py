@@ -74,6 +74,18 @@ def test_corrupt_image_names_the_file(capsys, tmp_path, out):
                    "0.png")
 
 
+def test_bad_model_options(capsys, out):
+    one_line_error(capsys, ["train", "--model", "resnet_small", "--model-options", "{depth: 3}",
+                            *QUICK, *out], "resnet_small", "depth")
+    one_line_error(capsys, ["train", "--model", "resnet_small", "--model-options",
+                            "{width: 0}", *QUICK, *out], "resnet_small", "positive")
+
+
+def test_bad_rule_and_logging_options(capsys, out):
+    one_line_error(capsys, ["train", "--rule-options", "{kp: {decay: -1}}", *out], "decay")
+    one_line_error(capsys, ["train", "--angle-every", "0", *out], "--angle-every")
+
+
 def test_contradictory_options(capsys, out):
     one_line_error(capsys, ["train", "--manhattan", "--optimizer", "adam", *out],
                    "--optimizer sgd")

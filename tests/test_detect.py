@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
+import biograd
 from biograd.cli import main
 from biograd.engine import checkpoint
+
+TIMING = {"epoch_seconds", "images_per_second", "elapsed_seconds"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,21 +21,45 @@ def shapes(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("rule", ["ss", "fa"])
+def detect(shapes, out, *extra):
+    return main(["detect", "--data", str(shapes), "--steps-per-epoch", "2", "--batch-size", "2",
+                 "--min-size", "64", "--max-size", "64", "--fpn-channels", "32",
+                 "--angle-batch", "2", "--progress", "none", "--tensorboard", "false",
+                 "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("rule", biograd.list_rules())
 def test_detect_trains_and_evaluates(tmp_path, shapes, rule):
     out = tmp_path / "run"
-    argv = ["detect", "--data", str(shapes), "--rule", rule, "--epochs", "1",
-            "--steps-per-epoch", "2", "--batch-size", "2", "--min-size", "64", "--max-size",
-            "64", "--angle-batch", "2", "--progress", "none", "--tensorboard", "false",
-            "--out", str(out)]
-    assert main(argv) == 0
+    assert detect(shapes, out, "--rule", rule, "--epochs", "1") == 0
     (line,) = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     for key in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "train_loss",
                 "train_classification", "train_bbox_regression", "mean_weight_angle"):
         assert key in line, key
-    assert line["weight_angles"] and line["gradient_angles"]
+    assert line["weight_angles"] and (rule == "bp" or line["gradient_angles"])
     state = torch.load(out / checkpoint.NAME, weights_only=True)
     assert state["epoch"] == 1 and state["config"]["rule"] == rule
+
+
+def test_detect_resumes_exactly(tmp_path, shapes):
+    assert detect(shapes, tmp_path / "whole", "--rule", "brsf", "--epochs", "2") == 0
+    assert detect(shapes, tmp_path / "parts", "--rule", "brsf", "--epochs", "1") == 0
+    assert detect(shapes, tmp_path / "parts", "--rule", "brsf", "--epochs", "2",
+                  "--resume") == 0
+    a, b = (torch.load(tmp_path / name / checkpoint.NAME, weights_only=True)
+            for name in ("whole", "parts"))
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        if key.endswith("_extra_state"):
+            assert value == b["model"][key], key
+        else:
+            assert torch.equal(value, b["model"][key]), key
+
+    def lines(name):
+        return [{k: v for k, v in json.loads(s).items() if k not in TIMING}
+                for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert lines("whole") == lines("parts")
 
 
 def test_detect_errors_are_one_line(tmp_path, capsys):

@@ -11,6 +11,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import biograd
 from biograd.detection.model import (
     PARTS,
+    _fpn_backbone,
     build_retinanet,
     detector_parts,
     detector_rule,
@@ -178,6 +179,38 @@ def test_resnet50_builds_and_runs():
     with torch.no_grad():
         detections = model(_batch()[0])
     assert len(detections) == BATCH
+
+
+@pytest.mark.parametrize("trainable", [5, 2])
+def test_the_backbone_is_torchvisions_resnet_fpn_backbone(trainable):
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    torch.manual_seed(0)
+    theirs = resnet_fpn_backbone(backbone_name="resnet18", weights=None,
+                                 norm_layer=nn.BatchNorm2d, trainable_layers=trainable,
+                                 returned_layers=[2, 3, 4],
+                                 extra_blocks=LastLevelP6P7(256, 256))
+    torch.manual_seed(0)
+    ours = _fpn_backbone("resnet18", nn.BatchNorm2d, trainable, 256)
+    a, b = theirs.state_dict(), ours.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert [(n, p.requires_grad) for n, p in theirs.named_parameters()] == \
+        [(n, p.requires_grad) for n, p in ours.named_parameters()]
+    x = torch.rand(1, 3, SIDE, SIDE)
+    with torch.no_grad():
+        assert all(torch.equal(u, v) for u, v in zip(theirs.eval()(x).values(),
+                                                     ours.eval()(x).values(), strict=True))
+
+
+def test_fewer_fpn_channels_make_a_smaller_detector_that_trains():
+    model = build_retinanet(rule="ss", fpn_channels=32, **TINY)
+    assert model.backbone.out_channels == 32
+    assert model.head.classification_head.conv[0][0].weight.shape[:2] == (32, 32)
+    assert _convs(model) == set(dict(biograd.feedback_layers(model)))
+    train_one_step(model)
+    with pytest.raises(ValueError, match="fpn_channels"):
+        build_retinanet(fpn_channels=0, **TINY)
 
 
 def test_the_seed_sets_weights_and_feedback_and_leaves_the_global_stream_alone():

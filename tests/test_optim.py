@@ -43,3 +43,39 @@ def test_variants_compose_and_keep_the_optimizer_usable_by_schedulers():
         sched.step()
         assert torch.equal(torch.sign(p.detach()), signs)
     assert opt.param_groups[0]["lr"] < 0.1 * 0.1 * 0.1 + 1e-12
+
+
+def test_kp_decay_shrinks_w_minus_b_by_one_minus_lr_decay_per_step():
+    import biograd
+    from biograd.optim import weight_decay_groups
+
+    layer = biograd.nn.Linear(6, 4)
+    biograd.convert(layer, biograd.get_rule("kp", decay=0.1), seed=0)
+    head = torch.nn.Linear(4, 2)
+    model = torch.nn.Sequential(layer, torch.nn.ReLU(), head)
+    groups = weight_decay_groups(model, [{"params": list(model.parameters()), "lr": 0.5}])
+    own = [g for g in groups if "weight_decay" in g]
+    assert [set(map(id, g["params"])) for g in own] == [{id(layer.weight), id(layer.feedback)}]
+    assert all(g["lr"] == 0.5 for g in groups)  # the source group's options are kept
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(map(id, model.parameters()))  # each parameter once
+
+    opt = torch.optim.SGD(groups, lr=0.5, weight_decay=1e-4)
+    before = (layer.weight - layer.feedback).detach().clone()
+    model(torch.randn(8, 6)).square().mean().backward()
+    assert torch.equal(layer.feedback.grad, layer.weight.grad)
+    opt.step()
+    after = (layer.weight - layer.feedback).detach()
+    torch.testing.assert_close(after, (1 - 0.5 * 0.1) * before)
+    # the rest of the model keeps the optimiser's own decay
+    (plain,) = [g for g in opt.param_groups if any(p is head.weight for p in g["params"])]
+    assert plain["weight_decay"] == 1e-4
+
+
+def test_weight_decay_groups_leave_models_without_their_own_decay_alone():
+    import biograd
+    from biograd.optim import weight_decay_groups
+
+    model = biograd.convert(torch.nn.Sequential(torch.nn.Linear(3, 3)), "kp")
+    (group,) = weight_decay_groups(model)
+    assert "weight_decay" not in group and len(group["params"]) == len(list(model.parameters()))

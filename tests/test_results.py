@@ -239,3 +239,22 @@ def test_run_without_epochs(tmp_path):
     rows = table_rows(written["report.md"].read_text())
     assert rows["wm"][2:] == ["–"] * 6 + ["diverged"]
     assert "NaN at step 7" in written["report.md"].read_text()
+
+
+def test_angles_logged_every_few_steps(tmp_path):
+    """angles.jsonl (--angle-every) gives the angle-over-training curve its points."""
+    folder = tmp_path / "kp"
+    write_run(folder, "kp", 0, 2, {"status": "finished", "message": ""})
+    steps = [{"step": s, "epoch": s / 4, "mean_weight_angle": 90.0 - 10 * s,
+              "weight_angles": {"conv": 90.0 - 10 * s}} for s in range(9)]
+    text = "".join(json.dumps(r) + "\n" for r in steps)
+    (folder / "angles.jsonl").write_text(text + json.dumps(steps[3]) + "\n" + '{"step": 9, "ep')
+    run = load_run(folder)
+    assert [r["step"] for r in run.steps] == list(range(9))  # a repeat kept once, a cut line not
+    assert run.angle_series() == ([s / 4 for s in range(9)], [90.0 - 10 * s for s in range(9)])
+    plain = tmp_path / "bp"
+    write_run(plain, "bp", 0, 2, None)
+    assert load_run(plain).steps == []
+    assert load_run(plain).angle_series() == load_run(plain).series("mean_weight_angle")
+    written = write_report([run], tmp_path / "compare")
+    assert written["angle_over_training.png"].stat().st_size > 0

@@ -172,3 +172,37 @@ def test_bf16_channels_last_workers_and_tensorboard(tmp_path):
     assert math.isfinite(line["train_loss"])
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_angle_every_logs_steps_and_resume_trims_them(tmp_path, monkeypatch):
+    common = dict(rule="wm", epochs=3, steps_per_epoch=3, angle_every=1)
+    classify.train(quick(tmp_path, "whole", **common))
+    lines = [json.loads(x) for x in (tmp_path / "whole" / "angles.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(10))  # step 0: the starting angles
+    assert [x["epoch"] for x in lines[:4]] == [0.0, 1 / 3, 2 / 3, 1.0]
+    assert lines[0]["mean_weight_angle"] > lines[-1]["mean_weight_angle"]  # wm aligns
+
+    real = loop.step_angles
+
+    def stop_inside_epoch_three(ctx, epoch, step):
+        if step == 8:
+            raise KeyboardInterrupt
+        return real(ctx, epoch, step)
+
+    monkeypatch.setattr(loop, "step_angles", stop_inside_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        classify.train(quick(tmp_path, "parts", **common))
+    monkeypatch.setattr(loop, "step_angles", real)
+    cut = (tmp_path / "parts" / "angles.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in cut] == list(range(8))  # 7: inside epoch 3
+    classify.train(quick(tmp_path, "parts", resume=True, **common))
+    again = [json.loads(x) for x in (tmp_path / "parts" / "angles.jsonl").read_text().splitlines()]
+    assert again == lines
+
+
+def test_model_options_reach_the_builder(tmp_path):
+    classify.train(quick(tmp_path, model="resnet_small",
+                         model_options={"width": 4, "blocks": 1, "stem_stride": 2}))
+    state = torch.load(tmp_path / "run" / checkpoint.NAME, weights_only=True)
+    assert state["model"]["conv1.weight"].shape == (4, 1, 3, 3)
+    assert state["config"]["model_options"] == {"width": 4, "blocks": 1, "stem_stride": 2}

@@ -44,8 +44,9 @@ from dataclasses import fields
 
 import torch
 from torch import nn
+from torchvision.models import resnet as tv_resnet
 from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -112,6 +113,27 @@ def detector_parts(model: nn.Module) -> dict[str, list[str]]:
     return {part: list(PARTS[part]) for part in _DISJOINT}
 
 
+def _fpn_backbone(name: str, norm_layer: type[nn.Module], trainable: int,
+                  channels: int) -> BackboneWithFPN:
+    """torchvision's `resnet_fpn_backbone(name, returned_layers=[2, 3, 4], extra_blocks=
+    LastLevelP6P7)` with `channels` FPN channels (torchvision fixes them at 256)."""
+    if not 0 <= trainable <= 5:
+        raise ValueError(f"trainable_backbone_layers must be 0 to 5, got {trainable}")
+    if channels < 1:
+        raise ValueError(f"fpn_channels must be positive, got {channels}")
+    extra = LastLevelP6P7(channels, channels)  # drawn first, as torchvision's call does
+    resnet = getattr(tv_resnet, name)(weights=None, norm_layer=norm_layer)
+    learn = ("layer4", "layer3", "layer2", "layer1", "conv1")[:trainable]
+    learn += ("bn1",) if trainable == 5 else ()
+    for pname, parameter in resnet.named_parameters():
+        if not pname.startswith(learn):
+            parameter.requires_grad_(False)
+    c2 = resnet.inplanes // 8  # layer1's output channels: 64 (BasicBlock) or 256 (Bottleneck)
+    return BackboneWithFPN(resnet, {"layer2": "0", "layer3": "1", "layer4": "2"},
+                           [c2 * 2, c2 * 4, c2 * 8], channels,
+                           extra_blocks=extra)
+
+
 def build_retinanet(
     *,
     num_classes: int,
@@ -124,6 +146,7 @@ def build_retinanet(
     max_size: int = 1333,
     seed: int = 0,
     feedback_scale: str = "weight",
+    fpn_channels: int = 256,
     **options: object,
 ) -> RetinaNet:
     """A RetinaNet with random weights, every convolution on a learning rule.
@@ -147,6 +170,8 @@ def build_retinanet(
             its name): the same seed gives the same model under every rule.
         feedback_scale: "weight" or "seed", for rules given by name that draw random feedback
             (see the module's doc).
+        fpn_channels: the channels of every FPN level and of the heads' convolutions (256,
+            torchvision's and the paper's; fewer make a small, fast detector for small images).
         **options: passed on to torchvision's RetinaNet (score_thresh, detections_per_img,
             anchor_generator, ...).
 
@@ -166,10 +191,6 @@ def build_retinanet(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        body = resnet_fpn_backbone(
-            backbone_name=backbone, weights=None, norm_layer=norm_layer,
-            trainable_layers=trainable_backbone_layers, returned_layers=[2, 3, 4],
-            extra_blocks=LastLevelP6P7(256, 256),
-        )
+        body = _fpn_backbone(backbone, norm_layer, trainable_backbone_layers, fpn_channels)
         model = RetinaNet(body, num_classes, min_size=min_size, max_size=max_size, **options)
     return convert(model, default, rules=rules, seed=seed)

@@ -111,7 +111,8 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
             num_classes=data.num_classes, backbone=cfg.backbone, rule=cfg.rule_for(cfg.rule),
             parts={k: cfg.rule_for(v) for k, v in cfg.parts.items()}, norm=cfg.norm,
             min_size=cfg.min_size, max_size=cfg.max_size, seed=cfg.seed,
-            feedback_scale=cfg.feedback_scale, anchor_generator=anchors(cfg.anchor_scale))
+            feedback_scale=cfg.feedback_scale, fpn_channels=cfg.fpn_channels,
+            anchor_generator=anchors(cfg.anchor_scale))
     except (ValueError, KeyError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
     model.to(device)

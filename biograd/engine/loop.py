@@ -75,6 +75,7 @@ class Context:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    runlog: RunLog
 
     @property
     def model(self) -> nn.Module:
@@ -102,8 +103,9 @@ def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module,
                     groups: list[dict[str, Any]] | None) -> torch.optim.Optimizer:
-    """SGD/Adam/AdamW over every parameter, feedback included (kp's B learns through it)."""
-    groups = groups or [{"params": list(model.parameters())}]
+    """SGD/Adam/AdamW over every parameter, feedback included (kp's B learns through it);
+    kp layers with their own `decay` get it as their weight decay."""
+    groups = biograd.optim.weight_decay_groups(model, groups)
     kinds = {
         "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay),
@@ -161,6 +163,9 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.scheduler.step()
         biograd.after_step(ctx.model)
+        done = (epoch - 1) * total + step  # steps of the run so far
+        if cfg.angle_every and ctx.dist.main and done % cfg.angle_every == 0:
+            ctx.runlog.angles(step_angles(ctx, epoch - 1 + step / total, done))
         sums["train_loss"] += value * n
         for key, v in extra.items():
             sums[key] = sums.get(key, 0.0) + v
@@ -175,9 +180,24 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
             "epoch_seconds": seconds, "images_per_second": seen_all / seconds}
 
 
+def _rule_mean(ctx: Context, values: dict[str, float]) -> float:
+    """The mean of `values` over the layers on the run's rule (NaN if none)."""
+    on_rule = {name for name, layer in biograd.feedback_layers(ctx.model)
+               if layer.rule == ctx.cfg.rule}
+    picked = [v for k, v in values.items() if k in on_rule and not math.isnan(v)]
+    return sum(picked) / len(picked) if picked else math.nan
+
+
+def step_angles(ctx: Context, epoch: float, step: int) -> dict[str, Any]:
+    """The weight angles now, for angles.jsonl."""
+    weight = biograd.weight_angles(ctx.model)
+    return {"step": step, "epoch": epoch, "weight_angles": weight,
+            "mean_weight_angle": _rule_mean(ctx, weight)}
+
+
 def angles(ctx: Context) -> dict[str, Any]:
     """Weight angles, and gradient angles on the fixed batch; means over the run's rule."""
-    model, task, rule = ctx.model, ctx.task, ctx.cfg.rule
+    model, task = ctx.model, ctx.task
     weight = biograd.weight_angles(model)
     gradient = {}
     if task.angle_batch is not None and task.angle_loss is not None:
@@ -187,14 +207,9 @@ def angles(ctx: Context) -> dict[str, Any]:
             gradient = biograd.gradient_angles(model, task.angle_batch, task.angle_loss)
         finally:
             model.train(was_training)
-    on_rule = {name for name, layer in biograd.feedback_layers(model) if layer.rule == rule}
-
-    def mean(values: dict[str, float]) -> float:
-        picked = [v for k, v in values.items() if k in on_rule and not math.isnan(v)]
-        return sum(picked) / len(picked) if picked else math.nan
-
     return {"weight_angles": weight, "gradient_angles": gradient,
-            "mean_weight_angle": mean(weight), "mean_gradient_angle": mean(gradient)}
+            "mean_weight_angle": _rule_mean(ctx, weight),
+            "mean_gradient_angle": _rule_mean(ctx, gradient)}
 
 
 def check_out(cfg: RunConfig, out: Path) -> None:
@@ -253,7 +268,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         runner = torch.compile(runner)
-    ctx = Context(cfg, dist, device, task, runner, optimizer, scheduler, scaler)
+    ctx = Context(cfg, dist, device, task, runner, optimizer, scheduler, scaler, runlog)
 
     start_epoch, best, elapsed = 1, -math.inf, 0.0
     if cfg.resume:
@@ -271,6 +286,8 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         runlog.status("running")
 
+    if cfg.angle_every and dist.main and start_epoch == 1:
+        runlog.angles(step_angles(ctx, 0.0, 0))  # the angles training starts from
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader = make_loader(task, task.train_set, dist, cfg, device, True, epoch)

@@ -2,7 +2,9 @@
 
 Only the main process writes. metrics.jsonl has one JSON object per completed epoch; it is
 written before the epoch's checkpoint, and on resume the lines past the checkpoint's epoch
-are dropped (that epoch is then trained again, identically).
+are dropped (that epoch is then trained again, identically). angles.jsonl (with
+--angle-every N) has the weight angles every N steps, {"step", "epoch", "weight_angles",
+"mean_weight_angle"}, "epoch" fractional; it is trimmed on resume the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class RunLog:
     def __init__(self, out: Path, main: bool, tensorboard: bool) -> None:
         self.out, self.main = out, main
         self.metrics_path = out / "metrics.jsonl"
+        self.angles_path = out / "angles.jsonl"
         self.writer = None
         if main and tensorboard:
             try:
@@ -42,11 +45,22 @@ class RunLog:
 
     def truncate(self, last_epoch: int) -> None:
         """Keep only the lines of epochs up to `last_epoch` (the checkpoint's)."""
-        if not self.main or not self.metrics_path.exists():
+        for path in (self.metrics_path, self.angles_path):
+            if not self.main or not path.exists():
+                continue
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def angles(self, record: dict[str, Any]) -> None:
+        """Append one line to angles.jsonl (and TensorBoard, by training step)."""
+        if not self.main:
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        with open(self.angles_path, "a") as fh:
+            fh.write(json.dumps(_plain(record)) + "\n")
+        if self.writer is not None and record["mean_weight_angle"] is not None:
+            self.writer.add_scalar("step/mean_weight_angle", record["mean_weight_angle"],
+                                   record["step"])
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         if not self.main:

@@ -92,4 +92,7 @@ def build_own(
     except TypeError as err:
         raise ModelError(f"{name}: {err}; see help(biograd.models.{info.builder.__name__}) "
                          f"for its options") from None
-    return info.builder(**kwargs, **options)
+    try:
+        return info.builder(**kwargs, **options)
+    except ValueError as err:  # an option's value out of range: say so in one line
+        raise ModelError(f"{name}: {err}") from None

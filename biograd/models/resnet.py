@@ -45,10 +45,14 @@ class SmallResNet(nn.Module):
     """See the module docstring. (N, in_channels, H, W) -> (N, num_classes), any H, W."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, width: int = 16, blocks: int = 3
+        self, num_classes: int = 10, in_channels: int = 3, width: int = 16, blocks: int = 3,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, width)
+        if width < 1 or blocks < 1 or stem_stride < 1:
+            raise ValueError(f"width, blocks and stem_stride must be positive, got {width}, "
+                             f"{blocks}, {stem_stride}")
+        self.conv1 = _conv3x3(in_channels, width, stem_stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         widths = (width, 2 * width, 4 * width)
@@ -72,8 +76,8 @@ class SmallResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))  # (N, w, H, W)
-        x = self.layer3(self.layer2(self.layer1(x)))  # (N, 4w, H/4, W/4)
+        x = self.relu(self.bn1(self.conv1(x)))  # (N, w, H/s, W/s), s = stem_stride
+        x = self.layer3(self.layer2(self.layer1(x)))  # (N, 4w, H/4s, W/4s)
         return self.fc(self.avgpool(x).flatten(1))  # (N, num_classes)
 
 
@@ -85,12 +89,16 @@ def resnet_small(
     image_size: int = 32,
     width: int = 16,
     blocks: int = 3,
+    stem_stride: int = 1,
 ) -> SmallResNet:
     """A CIFAR-style ResNet-20: three stages of BasicBlocks, widths 16/32/64, BatchNorm.
 
     For 28×28 grayscale and 32×32 inputs (any size works: global average pooling, so
     `image_size` does not change the layers). width: the first stage's width (the stages are
     width, 2·width, 4·width). blocks: BasicBlocks per stage (3: ResNet-20, 9: ResNet-56).
+    stem_stride: the stem convolution's stride; 2 halves every feature map after it, so a
+    network 2·width wide costs about what one `width` wide costs at stride 1.
     """
     del image_size
-    return SmallResNet(num_classes, in_channels, width=width, blocks=blocks)
+    return SmallResNet(num_classes, in_channels, width=width, blocks=blocks,
+                       stem_stride=stem_stride)

@@ -64,12 +64,16 @@ def accuracy_figure(groups: Groups, path: Path) -> Path:
 
 
 def angle_over_training_figure(groups: Groups, path: Path) -> Path:
-    """Mean weight angle per epoch, one line per rule (mean over seeds, band min to max)."""
+    """Mean weight angle over training, one line per rule (mean over seeds, band min to max):
+    every --angle-every steps where the runs logged that, else per epoch."""
     fig, ax = _figure(9, 4.8)
+    every_step = all(run.steps for runs in groups.values() for run in runs)
     for i, (rule, runs) in enumerate(groups.items()):
-        _mean_line(ax, i, _label(rule, runs), [run.series("mean_weight_angle") for run in runs])
-    _finish(ax, "Angle between forward weights W and feedback B, per epoch", "epoch",
-            "mean angle(W, B) over layers (degrees)", integer_x=True)
+        _mean_line(ax, i, _label(rule, runs),
+                   [run.angle_series() if every_step else run.series("mean_weight_angle")
+                    for run in runs])
+    _finish(ax, "Angle between forward weights W and feedback B over training", "epoch",
+            "mean angle(W, B) over layers (degrees)", integer_x=not every_step)
     ax.set_ylim(bottom=-1)
     _legend(fig, ax)
     return _save(fig, path)

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import yaml
 log = logging.getLogger("biograd")
 
 CONFIG, METRICS, STATUS = "config.yaml", "metrics.jsonl", "status.json"
+ANGLES = "angles.jsonl"
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Run:
     metrics: list[dict]
     status: str
     message: str = ""
+    steps: list[dict] = field(default_factory=list)  # angles.jsonl (--angle-every), by step
 
     @property
     def rule(self) -> str:
@@ -65,6 +67,14 @@ class Run:
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(epochs, values) of one metric; NaN where an epoch lacks it."""
         return [m["epoch"] for m in self.metrics], [number(m.get(key)) for m in self.metrics]
+
+    def angle_series(self) -> tuple[list[float], list[float]]:
+        """(epochs, mean weight angle): every --angle-every steps (fractional epochs, from 0)
+        where the run logged them, else per epoch."""
+        if self.steps:
+            return ([number(r.get("epoch")) for r in self.steps],
+                    [number(r.get("mean_weight_angle")) for r in self.steps])
+        return self.series("mean_weight_angle")
 
     def final(self, key: str) -> float:
         """The metric at the last epoch that recorded it; NaN if none did."""
@@ -121,7 +131,23 @@ def load_run(path: str | Path) -> Run:
     if config.get("rule") is None and not (metrics and metrics[0].get("rule")):
         raise ValueError(f"{path / CONFIG} names no rule: expected a 'rule' key")
     status, message = _read_status(path / STATUS, config, metrics)
-    return Run(path=path, config=config, metrics=metrics, status=status, message=message)
+    steps = _read_steps(path / ANGLES) if (path / ANGLES).is_file() else []
+    return Run(path=path, config=config, metrics=metrics, status=status, message=message,
+               steps=steps)
+
+
+def _read_steps(file: Path) -> list[dict]:
+    """angles.jsonl's records by step (a cut-short last line skipped; a later line wins)."""
+    by_step: dict[int, dict] = {}
+    for i, line in enumerate(file.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s:%d: skipping a line that is not JSON", file, i)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            by_step[record["step"]] = record
+    return [by_step[k] for k in sorted(by_step)]
 
 
 class _Loader(yaml.SafeLoader):

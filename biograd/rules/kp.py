@@ -4,6 +4,11 @@ B ← B − η dW − ηλB. B is a Parameter whose .grad is exactly W's gradien
 its weight decay, AMP loss scaling and the DDP all-reduce all update it with no extra code.
 Under SGD with weight decay, W − B shrinks by (1 − ηλ) every step and B turns towards W;
 under Adam the per-element scaling differs between W and B and that identity no longer holds.
+
+λ sets how fast B aligns: with momentum β, W − B shrinks by about exp(−Σ η_t λ / (1 − β)) over
+a run, so a short run needs a larger λ than the weight decay that suits the rest of the
+network. `decay` gives the kp layers' W and B their own λ (biograd's training loop puts them in
+an optimiser group of their own; `biograd.weight_decay_groups` does it for any loop).
 """
 
 from dataclasses import dataclass
@@ -20,15 +25,21 @@ class KP(Rule):
 
     Args:
         scale: how the initial B is drawn, as FA's ("seed" or "weight").
+        decay: λ, the weight decay of this layer's W and B (default None: the optimiser's).
     """
 
     scale: str = "seed"
+    decay: float | None = None
 
     name = "kp"
     aliases = ("kolen_pollack",)
     summary = "B learned: B.grad = W.grad, decays with W (Kolen-Pollack)"
     state = ("feedback",)
     order = 60
+
+    def __post_init__(self) -> None:
+        if self.decay is not None and not self.decay >= 0:
+            raise ValueError(f"kp needs decay >= 0 (or None), got {self.decay}")
 
     def setup(self, layer, generator) -> None:
         b = random_feedback(layer.weight, generator, self.scale)

@@ -1,0 +1,88 @@
+"""experiments/results.py: RESULTS.md, its numbers and its verdicts, from run folders alone.
+
+The run folders are written by the test (what the engine writes: config.yaml, metrics.jsonl,
+status.json), with errors and angles chosen so that each verdict is known beforehand.
+"""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "fc"]
+
+
+@pytest.fixture(scope="module")
+def results():
+    spec = importlib.util.spec_from_file_location("results", ROOT / "experiments" / "results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(folder: Path, rule: str, seed: int, error: float, layer_angles: list[float]):
+    """A finished 2-epoch run whose final test error is `error` and whose final weight angles
+    are `layer_angles` (the classifier, on bp, at 0)."""
+    folder.mkdir(parents=True)
+    config = {"rule": rule, "seed": seed, "epochs": 2, "last_rule": "bp", "model": "resnet_small",
+              "model_options": {"width": 32}, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
+              "schedule": "cosine", "momentum": 0.9, "weight_decay": 5e-4}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    angles = dict(zip(LAYERS, [*layer_angles, 0.0], strict=True))
+    lines = [{"epoch": e, "rule": rule, "seed": seed, "val_top1": 100 - error - (2 - e),
+              "epoch_seconds": 30.0, "elapsed_seconds": 30.0 * e, "weight_angles": angles,
+              "mean_weight_angle": sum(layer_angles) / len(layer_angles)} for e in (1, 2)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "status.json").write_text(json.dumps({"status": "finished", "message": ""}))
+
+
+def make_runs(out: Path, errors: dict, angles: dict) -> None:
+    for data in ("fashion-mnist", "mnist"):
+        for rule, error in errors[data].items():
+            for seed, wobble in enumerate((-0.1, 0.0, 0.1)):
+                write_run(out / data / f"{rule}-seed{seed}", rule, seed, error + wobble,
+                          angles[rule])
+
+
+ANGLES = {"bp": [0.0] * 4, "ss": [50.0, 45.0, 38.0, 33.0], "fa": [88.0] * 4,
+          "kp": [2.0, 3.0, 4.0, 5.0], "wm": [4.0, 5.0, 6.0, 7.0]}
+
+
+def verdicts(text: str) -> list[str]:
+    return re.findall(r"^\d\. .*?: \*\*(.+?)\*\*", text, flags=re.M)
+
+
+def test_every_claim_holds_when_the_runs_say_so(results, tmp_path):
+    errors = {"fashion-mnist": {"bp": 9.0, "ss": 9.3, "fa": 14.0, "kp": 9.2, "wm": 9.4},
+              "mnist": {"bp": 0.9, "ss": 1.0, "fa": 1.6, "kp": 0.9, "wm": 1.0}}
+    make_runs(tmp_path / "runs", errors, ANGLES)
+    page = results.write_results(tmp_path / "runs", tmp_path / "out" / "RESULTS.md").read_text()
+    assert verdicts(page) == ["holds"] * 5
+    # mean ± sample std over the three seeds, next to the published number
+    assert "| ss | 9.30 ± 0.10 | 3 | 9.69 |" in page
+    assert "| kp | 9.20 ± 0.10 | 3 | — |" in page
+    assert "SS − BP = +0.30 points" in page and "FA − BP = +5.00 points" in page
+    assert "from 33.0° to 50.0°" in page  # the classifier (on bp) left out
+    for data in ("fashion-mnist", "mnist"):
+        for name in ("angles-per-layer", "angle-over-training", "accuracy"):
+            figure = tmp_path / "out" / "figures" / f"{data}-{name}.png"
+            assert figure.stat().st_size > 0 and f"figures/{figure.name}" in page
+
+
+def test_claims_that_the_runs_contradict_do_not_hold(results, tmp_path):
+    errors = {"fashion-mnist": {"bp": 9.0, "ss": 10.5, "fa": 9.5, "kp": 9.2, "wm": 9.4},
+              "mnist": {"bp": 0.9, "ss": 1.6, "fa": 1.0, "kp": 0.9, "wm": 1.0}}
+    angles = {**ANGLES, "ss": [33.0, 38.0, 45.0, 50.0], "kp": [20.0] * 4}
+    make_runs(tmp_path / "runs", errors, angles)
+    page = results.write_results(tmp_path / "runs", tmp_path / "RESULTS.md").read_text()
+    assert verdicts(page) == ["does not hold", "does not hold", "does not hold",
+                              "does not hold", "partly holds"]
+
+
+def test_no_runs_is_a_clear_error(results, tmp_path):
+    with pytest.raises(SystemExit, match=r"reproduce\.py"):
+        results.write_results(tmp_path, tmp_path / "RESULTS.md")
