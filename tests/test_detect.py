@@ -1,6 +1,7 @@
 """`biograd detect` and `biograd make-shapes`: a short RetinaNet run on tiny synthetic shapes."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -60,6 +61,30 @@ def test_detect_resumes_exactly(tmp_path, shapes):
                 for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
     assert lines("whole") == lines("parts")
+
+
+def test_detect_stops_on_a_non_finite_loss(tmp_path, shapes, monkeypatch):
+    from biograd.engine import detect as engine
+
+    real, calls = engine.loss, []
+
+    def poisoned(runner, batch):
+        total, n, extra = real(runner, batch)
+        calls.append(1)
+        return (total * float("nan") if len(calls) == 3 else total), n, extra
+
+    monkeypatch.setattr(engine, "loss", poisoned)
+    out = tmp_path / "run"
+    assert detect(shapes, out, "--epochs", "2", "--angle-batch", "0") == 3
+    assert json.loads((out / "status.json").read_text())["status"] == "diverged"
+    assert torch.load(out / checkpoint.NAME, weights_only=True)["epoch"] == 1
+
+
+def test_detect_under_bf16_autocast(tmp_path, shapes):
+    out = tmp_path / "run"
+    assert detect(shapes, out, "--rule", "ss", "--epochs", "1", "--amp", "bf16") == 0
+    (line,) = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(line["train_loss"]) and "AP" in line
 
 
 def test_detect_errors_are_one_line(tmp_path, capsys):

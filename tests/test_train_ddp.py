@@ -69,3 +69,56 @@ def test_two_ranks_end_identical(tmp_path):
         run = tmp_path / rule
         assert sorted(p.name for p in run.iterdir()) == [
             "checkpoint.pt", "config.yaml", "metrics.jsonl", "status.json"]
+
+
+DETECT_WORKER = textwrap.dedent("""
+    import os, sys, torch
+    from biograd.config import DetectConfig, resolve
+    from biograd.detection import model as detection_model
+    from biograd.engine import detect
+
+    torch.set_num_threads(1)
+    out, rank = sys.argv[1], int(os.environ["RANK"])
+    torch.manual_seed(1000 + rank)
+    models = []
+    convert = detection_model.convert
+    detection_model.convert = lambda *a, **k: models.append(convert(*a, **k)) or models[-1]
+    cfg = resolve(None, DetectConfig, data=f"{out}/shapes", rule="wm", epochs=1, steps_per_epoch=2,
+                  batch_size=2, min_size=64, max_size=64, fpn_channels=32, angle_batch=2,
+                  out=f"{out}/run", progress="none", tensorboard=False)
+    detect.train(cfg)
+    torch.save(models[-1].state_dict(), f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+""")
+
+
+def test_two_ranks_detect_and_evaluate_together(tmp_path):
+    """RetinaNet under torchrun: identical weights and feedback on both ranks, and COCOeval
+    over the validation images of both ranks, written by rank 0 alone."""
+    import json
+
+    from biograd.detection.shapes import make_shapes
+
+    make_shapes(tmp_path / "shapes", train=8, val=6, image_size=64)
+    worker = tmp_path / "worker.py"
+    worker.write_text(DETECT_WORKER)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           str(worker), str(tmp_path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in a:
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        if key.endswith("_extra_state"):
+            assert a[key] == b[key], key
+        else:
+            assert torch.equal(a[key], b[key]), key
+    (line,) = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
+               if s]
+    assert "AP" in line and "AP50" in line and line["weight_angles"]
