@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,7 +65,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     cfg = _with_out(resolve(args, DetectConfig), "detect")
     train(cfg)
-    log.info("done: %s", Path(cfg.out) / "metrics.jsonl")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes
+        from biograd.engine.detect import coco_table
+
+        table = coco_table(cfg.out)
+        (Path(cfg.out) / "coco.md").write_text(table)
+        log.info("%s\ndone: %s", table, Path(cfg.out) / "metrics.jsonl")
     return 0
 
 
@@ -72,7 +78,7 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     from biograd.detection import make_shapes
 
     out = make_shapes(args.out, train=args.train, val=args.val, image_size=args.size,
-                      seed=args.seed)
+                      seed=args.seed, min_side=args.min_side)
     print(out)
     return 0
 
@@ -159,7 +165,9 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--train", type=int, default=400, help="training images (default 400)")
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
-    p.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
+    p.add_argument("--min-side", type=int, default=12,
+                   help="smallest shape side in pixels (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
 

@@ -40,6 +40,10 @@ def test_detect_trains_and_evaluates(tmp_path, shapes, rule):
     assert line["weight_angles"] and (rule == "bp" or line["gradient_angles"])
     state = torch.load(out / checkpoint.NAME, weights_only=True)
     assert state["epoch"] == 1 and state["config"]["rule"] == rule
+    table = (out / "coco.md").read_text().splitlines()
+    assert table[0].startswith("| COCO metric (%) | final (epoch 1)")
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| AP", "| AP50", "| AP75", "| AP_small", "| AP_medium", "| AP_large"]
 
 
 def test_detect_resumes_exactly(tmp_path, shapes):

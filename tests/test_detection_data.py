@@ -131,8 +131,19 @@ def test_make_shapes_has_varied_content(tmp_path):
     assert len({a["image_id"] for a in data["annotations"]}) < 60  # some empty images
 
 
+def test_make_shapes_min_side(tmp_path):
+    for side in (6, 20):
+        root = make_shapes(tmp_path / str(side), train=30, val=1, image_size=64, min_side=side)
+        data = json.loads((root / "annotations/instances_train.json").read_text())
+        longest = [max(a["bbox"][2:]) for a in data["annotations"]]
+        assert min(longest) >= side - 1 and max(longest) <= int(0.9 * 64)
+        if side == 6:
+            assert min(longest) < 12  # the smallest allowed sizes do occur
+
+
 @pytest.mark.parametrize("kwargs", [{"classes": ("circle", "hexagon")}, {"image_size": 8},
-                                    {"train": 0}, {"classes": ()}])
+                                    {"train": 0}, {"classes": ()}, {"min_side": 1},
+                                    {"min_side": 60}])
 def test_make_shapes_rejects_bad_options(tmp_path, kwargs):
     with pytest.raises(UsageError):
         make_shapes(tmp_path, **kwargs)

@@ -7,8 +7,8 @@
 
 laid out as MS-COCO 2017 is (`build_detection_data` reads both). Each image holds 0 to 4
 shapes (about one image in ten is empty), of the classes asked for, in random colours and
-sizes from about image_size/16 to 0.9·image_size per side (COCO's small, medium and large, as far
-as the image allows), never overlapping, on a background of noise, a gradient, stripes or a
+sizes from min_side to 0.9·image_size per side (COCO's small, medium and large, as far as the
+image allows), never overlapping, on a background of noise, a gradient, stripes or a
 checkerboard. A shape's box is the tight box of its drawn pixels ([x, y, w, h] in pixel
 edges, as COCO's) and its area the count of those pixels (COCO's area is the mask's too).
 
@@ -113,9 +113,10 @@ def _colour(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
     return best
 
 
-def _place(rng: np.random.Generator, size: int, taken: list[Cell]) -> Cell | None:
-    """A square cell inside the image clear of every taken cell (2 px gap); None if none found."""
-    low, high = max(6, size // 16), int(0.9 * size)
+def _place(rng: np.random.Generator, size: int, low: int, taken: list[Cell]) -> Cell | None:
+    """A square cell, side `low` or more, inside the image and clear of every taken cell (2 px
+    gap); None if none was found."""
+    high = int(0.9 * size)
     # COCO's size bands (side about < 32, 32 to 96, > 96 px) that fit, drawn alike often
     bands = [(a, min(b, high)) for a, b in ((low, 32), (32, 96), (96, high)) if a < high]
     for _ in range(30):
@@ -128,14 +129,14 @@ def _place(rng: np.random.Generator, size: int, taken: list[Cell]) -> Cell | Non
     return None
 
 
-def _image(rng: np.random.Generator, size: int, classes: Sequence[str]):
+def _image(rng: np.random.Generator, size: int, low: int, classes: Sequence[str]):
     """One image (PIL RGB) and its shapes as (class index, [x, y, w, h], pixel area)."""
     canvas = _background(rng, size)
     count = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, MAX_SHAPES + 1))
     taken: list[Cell] = []
     shapes = []
     for _ in range(count):
-        cell = _place(rng, size, taken)
+        cell = _place(rng, size, low, taken)
         if cell is None:
             continue
         taken.append(cell)
@@ -150,12 +151,15 @@ def _image(rng: np.random.Generator, size: int, classes: Sequence[str]):
     return Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8)), shapes
 
 
-def make_shapes(out: str | Path, *, train: int = 400, val: int = 100, image_size: int = 128,
-                seed: int = 0, classes: Sequence[str] = ("circle", "square", "triangle")) -> Path:
+def make_shapes(out: str | Path, *, train: int = 400, val: int = 100, image_size: int = 64,
+                seed: int = 0, classes: Sequence[str] = ("circle", "square", "triangle"),
+                min_side: int = 12) -> Path:
     """Write the shapes data set (train and val splits) under `out`; returns `out`, absolute.
 
     Files already there with the same names are overwritten. classes: any of circle, square,
-    triangle, diamond, cross; category id 2i+1 for the i-th.
+    triangle, diamond, cross; category id 2i+1 for the i-th. min_side: the smallest shape's
+    side in pixels (COCO's small objects are under 32; under about 10 px a detector trained
+    for minutes on a CPU finds almost none). The defaults are the CPU demo's (`biograd detect`).
     """
     unknown = [c for c in classes if c not in SHAPES]
     if unknown or not classes or len(set(classes)) != len(classes):
@@ -163,6 +167,9 @@ def make_shapes(out: str | Path, *, train: int = 400, val: int = 100, image_size
                          f"{', '.join(SHAPES)}")
     if image_size < MIN_SIDE:
         raise UsageError(f"image size {image_size}: give at least {MIN_SIDE} pixels")
+    if not 2 <= min_side <= 0.9 * image_size:
+        raise UsageError(f"smallest shape side {min_side}: give 2 to {int(0.9 * image_size)} "
+                         f"pixels for {image_size}-pixel images")
     if train < 1 or val < 1:
         raise UsageError(f"{train} train and {val} val images: give at least 1 of each")
     root = Path(out).expanduser().absolute()
@@ -176,7 +183,7 @@ def make_shapes(out: str | Path, *, train: int = 400, val: int = 100, image_size
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng((seed, split_no, i))
-            picture, shapes = _image(rng, image_size, classes)
+            picture, shapes = _image(rng, image_size, min_side, classes)
             name = f"{i:06d}.png"
             picture.save(folder / name, compress_level=1)
             images.append({"id": i + 1, "file_name": name, "width": image_size,

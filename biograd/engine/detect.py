@@ -139,4 +139,23 @@ def train(cfg: DetectConfig) -> dict[str, Any]:
     return loop.run(cfg, build)
 
 
+def coco_table(run_dir: str | Path) -> str:
+    """The run's COCO APs as a markdown table: the final epoch's, and the best of each with its
+    epoch (in %; "–" where the validation split has no object of that size)."""
+    from biograd.detection.coco_eval import METRICS
+    from biograd.results import load_run
+
+    run = load_run(run_dir)
+    lines = [f"| COCO metric (%) | final (epoch {run.epochs_done}) | best (epoch) |",
+             "| --- | ---: | ---: |"]
+    for key in METRICS:
+        epochs, values = run.series(key)
+        seen = [(v, e) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+        final = run.final(key)
+        best = max(seen, default=None)
+        lines.append(f"| {key} | {'–' if math.isnan(final) else f'{final:.1f}'} | "
+                     f"{'–' if best is None else f'{best[0]:.1f} ({best[1]})'} |")
+    return "\n".join(lines) + "\n"
+
+
 
