@@ -33,6 +33,7 @@ PUBLISHED = {
 }
 TITLES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "digits": "digits (sklearn)"}
 ORDER = ("fashion-mnist", "mnist", "digits")
+ROOT = Path(__file__).resolve().parents[1]
 
 SS_TARGET = 0.5  # points of error: "SS within 0.5 points of BP" (the issue's target)
 FA_BEHIND = 1.0  # points of error: FA "well behind" BP at least by this much...
@@ -76,7 +77,7 @@ def pm(values: list[float], digits: int = 2) -> str:
 def rule_layers(runs: list) -> dict[str, float]:
     """Final weight angle per layer on the run's rule (mean over seeds), network order; the
     last layer is left out when it was on another rule (last_rule)."""
-    per_seed = [run.final_layers("weight_angles") for run in runs]
+    per_seed = [layers for run in runs if (layers := run.final_layers("weight_angles"))]
     names = list(per_seed[0]) if per_seed else []
     config = runs[0].config
     if names and config.get("last_rule", config.get("rule")) != config.get("rule"):
@@ -125,7 +126,7 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
     verdict = ("cannot be told (runs missing)" if not held else
                "holds" if all(held) else "does not hold" if not any(held) else
                "holds on one data set only")
-    lines += [f"1. **SS trains nearly as well as BP** (target: within {SS_TARGET} points of "
+    lines += [f"- 1. **SS trains nearly as well as BP** (target: within {SS_TARGET} points of "
               f"error): **{verdict}**. " + "; ".join(parts) + "."]
 
     # 2. FA falls well behind on harder tasks.
@@ -138,17 +139,17 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
         harder = fa_hard > fa_easy
         verdict = "holds" if behind and harder else "does not hold"
         lines.append(
-            f"2. **FA falls well behind BP, more so on the harder task** (thresholds: FA − BP "
+            f"- 2. **FA falls well behind BP, more so on the harder task** (thresholds: FA − BP "
             f"at least {FA_BEHIND} point, {FA_VS_SS:.0f}× SS's gap and more than the std's "
             f"added, and larger on Fashion-MNIST than on MNIST): **{verdict}**. FA − BP = "
             f"{fa_hard:+.2f} points on Fashion-MNIST (SS − BP {ss_hard:+.2f}), "
             f"{fa_easy:+.2f} on MNIST.")
     else:
-        lines.append("2. **FA falls well behind on harder tasks**: cannot be told (runs "
+        lines.append("- 2. **FA falls well behind on harder tasks**: cannot be told (runs "
                      "missing).")
 
     # 3. SS learns with feedback 30-55 degrees away, more in early layers.
-    if "ss" in hard:
+    if "ss" in hard and rule_layers(hard["ss"]):
         layers = rule_layers(hard["ss"])
         values = list(layers.values())
         low, high = min(values), max(values)
@@ -158,17 +159,17 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
         g, _ = gap(hard, "ss")
         verdict = "holds" if inside and g <= SS_TARGET else "does not hold"
         lines.append(
-            f"3. **SS learns well although its feedback is {SS_RANGE[0]:.0f}° to "
+            f"- 3a. **SS learns well although its feedback is {SS_RANGE[0]:.0f}° to "
             f"{SS_RANGE[1]:.0f}° from W**: **{verdict}**. On Fashion-MNIST the final SS "
             f"angles per layer run from {low:.1f}° to "
             f"{high:.1f}° (mean over seeds; ±3° of slack on the range), with SS − BP = "
             f"{g:+.2f} points of error.")
         lines.append(
-            f"4. **...more in early layers than in late ones**: "
+            f"- 3b. **SS's angle is larger in early layers than in late ones**: "
             f"**{'holds' if early > late + 2 else 'does not hold'}** (threshold: 2°). The "
             f"first third of the layers averages {early:.1f}°, the last third {late:.1f}°.")
     else:
-        lines.append("3. **SS's angles**: cannot be told (runs missing).")
+        lines.append("- 3. **SS's angles**: cannot be told (runs missing).")
 
     # 4. KP and WM align almost perfectly.
     parts, held = [], []
@@ -178,15 +179,20 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
             if not runs:
                 continue
             m, s = mean_std([r.final("mean_weight_angle") for r in runs])
-            worst = max(rule_layers(runs).values())
+            worst = max(rule_layers(runs).values(), default=math.nan)
             held.append(m < ALIGNED)
             parts.append(f"{rule.upper()} on {TITLES[data]}: mean {m:.1f}° ± {s:.1f}, worst "
                          f"layer {worst:.1f}°")
     verdict = ("cannot be told (runs missing)" if not held else
                "holds" if all(held) else "does not hold" if not any(held) else "partly holds")
-    lines.append(f"5. **KP and WM align their feedback almost perfectly** (target: final mean "
+    lines.append(f"- 4. **KP and WM align their feedback almost perfectly** (target: final mean "
                  f"angle under {ALIGNED:.0f}°): **{verdict}**. " + "; ".join(parts) + ".")
     return lines
+
+
+def _short(command: str) -> str:
+    """A recorded command with the repository's absolute path left out."""
+    return command.replace(f"{ROOT}/", "")
 
 
 def write_results(out: Path, path: Path) -> Path:
@@ -207,18 +213,24 @@ def write_results(out: Path, path: Path) -> Path:
              ""]
     if sessions:
         m = sessions[-1]["machine"]
+        jobs = sessions[-1]["jobs"]
+        trained = sum(r.seconds for groups in found.values() for rs in groups.values()
+                      for r in rs if math.isfinite(r.seconds))
         lines += [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
-                  f"{m['torch']}. {sessions[-1]['jobs']} runs at a time, "
-                  f"{sessions[-1]['threads']} thread each. Wall time: {wall / 60:.0f} minutes "
-                  f"in {len(sessions)} session(s) of the script (started "
-                  f"{sessions[0]['started']}).", ""]
+                  f"{m['torch']}. {jobs} runs at a time, {sessions[-1]['threads']} thread "
+                  f"each. Wall time: {wall / 60:.0f} minutes in {len(sessions)} session(s) of "
+                  f"the script (started {sessions[0]['started']}). Training time summed over "
+                  f"the runs: {trained / 60:.0f} minutes, {trained / 60 / jobs:.0f} per "
+                  f"process (evaluation and start-up excluded).", ""]
     lines += ["## Verdicts", "", *verdicts(found), ""]
     for data, groups in found.items():
         runs = [r for rs in groups.values() for r in rs]
         cfg = runs[0].config
         options = cfg.get("model_options") or {}
+        epochs = cfg.get("epochs")
         lines += [f"## {TITLES[data]}", "",
-                  f"{cfg.get('model')} {options or ''}, {cfg.get('epochs')} epochs, batch "
+                  f"{cfg.get('model')}{f' {options}' if options else ''}, {epochs} "
+                  f"epoch{'s' if epochs != 1 else ''}, batch "
                   f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')} "
                   f"({cfg.get('schedule')}), momentum {cfg.get('momentum')}, weight decay "
                   f"{cfg.get('weight_decay')}, last layer on {cfg.get('last_rule')}, rule "
@@ -232,11 +244,13 @@ def write_results(out: Path, path: Path) -> Path:
             draw(groups, file)
             lines.append(f"![{TITLES[data]}: {name.replace('-', ' ')}](figures/{file.name})")
         lines.append("")
-    lines += ["## Commands", "", "```"]
+    lines += ["## Commands", "",
+              "Run from the repository root (paths shortened to it; the commands ran with "
+              "OMP_NUM_THREADS=1).", "", "```"]
     for session in sessions:
-        lines.append(session["script"])
-        lines += [run["command"] for run in session.get("runs", [])]
-    lines += [*record.get("report_commands", {}).values(), "```", ""]
+        lines.append(_short(session["script"]))
+        lines += [_short(run["command"]) for run in session.get("runs", [])]
+    lines += [*map(_short, record.get("report_commands", {}).values()), "```", ""]
     path.write_text("\n".join(lines))
     return path
 
