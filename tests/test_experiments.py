@@ -53,7 +53,7 @@ ANGLES = {"bp": [0.0] * 4, "ss": [50.0, 45.0, 38.0, 33.0], "fa": [88.0] * 4,
 
 
 def verdicts(text: str) -> list[str]:
-    return re.findall(r"^\d\. .*?: \*\*(.+?)\*\*", text, flags=re.M)
+    return re.findall(r"^- \d[ab]?\. .*?: \*\*(.+?)\*\*", text, flags=re.M)
 
 
 def test_every_claim_holds_when_the_runs_say_so(results, tmp_path):
