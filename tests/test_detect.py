@@ -109,6 +109,7 @@ def test_compare_detection_reports_ap(tmp_path, shapes):
     assert main(argv) == 0
     report = (out / "report.md").read_text()
     assert "best AP (%)" in report and "`bp`" in report and "`ss`" in report
+    assert "model RetinaNet resnet18 FPN" in report
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["rule"] for r in rows] == ["bp", "ss"] and "best_AP" in rows[0]

@@ -217,10 +217,16 @@ def _read_status(file: Path, config: dict, metrics: list[dict]) -> tuple[str, st
 def task_summary(runs: Iterable[Run]) -> str:
     """'model X, data Y, N epochs' from the runs' configs, every distinct value listed."""
     runs = list(runs)
-    model, data, epochs = (
-        " / ".join(dict.fromkeys(describe(run.config.get(key)) for run in runs))
-        for key in ("model", "data", "epochs"))
-    return f"model {model}, data {data}, {epochs} epochs"
+
+    def model(config: dict) -> object:  # a detector's config names its backbone instead
+        if "model" not in config and "backbone" in config:
+            return f"RetinaNet {describe(config['backbone'])} FPN"
+        return config.get("model")
+
+    models = " / ".join(dict.fromkeys(describe(model(run.config)) for run in runs))
+    data, epochs = (" / ".join(dict.fromkeys(describe(run.config.get(key)) for run in runs))
+                    for key in ("data", "epochs"))
+    return f"model {models}, data {data}, {epochs} epochs"
 
 
 def describe(value: object) -> str:
