@@ -43,6 +43,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 import biograd
+from biograd._machine import cpu_name
 
 NATIVE = "native"
 CLOCKS = ("wall", "cpu")
@@ -208,16 +209,8 @@ def rss_of(rule: str, size: int, n: int, threads: int) -> int:
 
 
 def machine() -> dict[str, str | int]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info: dict[str, str | int] = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from biograd._machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE / "recipe.yaml"
 # Epochs per data set: MNIST is learnt within about an epoch; the budget goes to
@@ -87,15 +89,7 @@ def run_job(name: str, command: list[str], logs: Path, threads: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform()}
 
 

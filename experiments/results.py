@@ -150,8 +150,8 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
                      "missing).")
 
     # 3. SS learns with feedback 30-55 degrees away, more in early layers.
-    if "ss" in hard and rule_layers(hard["ss"]):
-        layers = rule_layers(hard["ss"])
+    layers = rule_layers(hard["ss"]) if "ss" in hard else {}
+    if layers:
         values = list(layers.values())
         low, high = min(values), max(values)
         inside = SS_RANGE[0] - 3 <= low and high <= SS_RANGE[1] + 3

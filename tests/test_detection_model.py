@@ -5,6 +5,7 @@ Tiny images (64 px, batch 2, 3 classes) and one thread keep the file quick on tw
 
 import pytest
 import torch
+from checks import assert_every_layer_learnt
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -62,11 +63,7 @@ def train_one_step(model: nn.Module) -> dict[str, torch.Tensor]:
     optimizer.step()
     biograd.after_step(model)
 
-    assert ran == set(converted), f"never called: {sorted(set(converted) - ran)}"
-    no_grad = [n for n, p in params.items() if p.grad is None]
-    assert not no_grad, f"no gradient: {no_grad}"
-    bad = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
-    assert not bad, f"non-finite gradient: {bad}"
+    assert_every_layer_learnt(converted, ran, params)
     return losses
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from checks import assert_every_layer_learnt
 from torch import nn
 
 import biograd
@@ -120,11 +121,7 @@ def convert_and_train_one_step(
     optimizer.step()
     biograd.after_step(model)
 
-    assert ran == set(converted), f"converted, but never called: {sorted(set(converted) - ran)}"
-    no_grad = [n for n, p in params.items() if p.grad is None]
-    assert not no_grad, f"no gradient: {no_grad}"
-    bad_grad = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
-    assert not bad_grad, f"non-finite gradient: {bad_grad}"
+    assert_every_layer_learnt(converted, ran, params)
     # Every parameter that its SGD update can move must have moved. Exactly zero gradients are
     # the models' own doing (zero-initialised residual branches, stochastic depth), and so are
     # updates below float32 resolution (layer scale 1e-6 in front of a LayerNorm).

@@ -30,6 +30,22 @@ def quick(tmp_path, name="run", **overrides) -> TrainConfig:
     return resolve(**values)
 
 
+def interrupt(monkeypatch, name: str, when, cfg: TrainConfig) -> None:
+    """Train `cfg` with a KeyboardInterrupt raised from loop.`name` the first time
+    `when(*its arguments)` holds (a stop mid-run), then put loop.`name` back."""
+    real = getattr(loop, name)
+
+    def stopping(*args):
+        if when(*args):
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(loop, name, stopping)
+    with pytest.raises(KeyboardInterrupt):
+        classify.train(cfg)
+    monkeypatch.setattr(loop, name, real)
+
+
 def metrics(path):
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
@@ -58,18 +74,8 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     whole = quick(tmp_path, "whole", **common)
     classify.train(whole)
 
-    interrupted = quick(tmp_path, "parts", **common)
-    real = loop.train_one_epoch
-
-    def stop_at_third(ctx, loader, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real(ctx, loader, epoch)
-
-    monkeypatch.setattr(loop, "train_one_epoch", stop_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train(interrupted)
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    interrupt(monkeypatch, "train_one_epoch", lambda ctx, loader, epoch: epoch == 3,
+              quick(tmp_path, "parts", **common))
     assert len(metrics(tmp_path / "parts")) == 2
     classify.train(quick(tmp_path, "parts", resume=True, **common))
 
@@ -182,17 +188,8 @@ def test_angle_every_logs_steps_and_resume_trims_them(tmp_path, monkeypatch):
     assert [x["epoch"] for x in lines[:4]] == [0.0, 1 / 3, 2 / 3, 1.0]
     assert lines[0]["mean_weight_angle"] > lines[-1]["mean_weight_angle"]  # wm aligns
 
-    real = loop.step_angles
-
-    def stop_inside_epoch_three(ctx, epoch, step):
-        if step == 8:
-            raise KeyboardInterrupt
-        return real(ctx, epoch, step)
-
-    monkeypatch.setattr(loop, "step_angles", stop_inside_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train(quick(tmp_path, "parts", **common))
-    monkeypatch.setattr(loop, "step_angles", real)
+    interrupt(monkeypatch, "step_angles", lambda ctx, epoch, step: step == 8,
+              quick(tmp_path, "parts", **common))
     cut = (tmp_path / "parts" / "angles.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in cut] == list(range(8))  # 7: inside epoch 3
     classify.train(quick(tmp_path, "parts", resume=True, **common))

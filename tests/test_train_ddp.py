@@ -44,27 +44,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_end_identical(tmp_path):
+def torchrun(tmp_path: Path, source: str, *args: str) -> None:
+    """Run the worker `source` on two gloo ranks on loopback, with tmp_path and `args`."""
     worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
+    worker.write_text(source)
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(worker), str(tmp_path), *RULES]
+           str(worker), str(tmp_path), *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_same_on_both_ranks(path0: Path, path1: Path) -> dict:
+    """The two ranks' saved state dicts agree on everything but BatchNorm statistics (each
+    rank's last forward updates its own); returns rank 0's."""
+    a, b = (torch.load(p, weights_only=True) for p in (path0, path1))
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith(("running_mean", "running_var")):
+            continue
+        if key.endswith("_extra_state"):
+            assert a[key] == b[key], (path0.name, key)
+        else:
+            assert torch.equal(a[key], b[key]), (path0.name, key)
+    return a
+
+
+def test_two_ranks_end_identical(tmp_path):
+    torchrun(tmp_path, WORKER, *RULES)
     for rule in RULES:
-        a = torch.load(tmp_path / f"{rule}-rank0.pt", weights_only=True)
-        b = torch.load(tmp_path / f"{rule}-rank1.pt", weights_only=True)
-        for key in a:
-            if key.endswith(("running_mean", "running_var")):
-                continue  # each rank's last forward updates its own statistics
-            if key.endswith("_extra_state"):
-                assert a[key] == b[key], (rule, key)
-            else:
-                assert torch.equal(a[key], b[key]), (rule, key)
+        a = assert_same_on_both_ranks(tmp_path / f"{rule}-rank0.pt", tmp_path / f"{rule}-rank1.pt")
         assert any(k.endswith("feedback") or k.endswith("feedback_pool") for k in a), rule
         run = tmp_path / rule
         assert sorted(p.name for p in run.iterdir()) == [
@@ -100,25 +112,7 @@ def test_two_ranks_detect_and_evaluate_together(tmp_path):
     from biograd.detection.shapes import make_shapes
 
     make_shapes(tmp_path / "shapes", train=8, val=6, image_size=64)
-    worker = tmp_path / "worker.py"
-    worker.write_text(DETECT_WORKER)
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(worker), str(tmp_path)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for key in a:
-        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
-            continue
-        if key.endswith("_extra_state"):
-            assert a[key] == b[key], key
-        else:
-            assert torch.equal(a[key], b[key]), key
-    (line,) = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
-               if s]
+    torchrun(tmp_path, DETECT_WORKER)
+    assert_same_on_both_ranks(tmp_path / "rank0.pt", tmp_path / "rank1.pt")
+    (line,) = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "AP" in line and "AP50" in line and line["weight_angles"]
