@@ -21,6 +21,7 @@ Memory, per rule:
 
     python benchmarks/step_time.py --sizes 64 96 --batch 32 --repeats 9 --threads 1 --rss
     python benchmarks/step_time.py --device cuda --sizes 128 224 --repeats 20
+    python benchmarks/step_time.py --device cuda --sizes 224 --batch 256 --amp bf16 --channels-last
 
 About 6-9 minutes for the first on 2 shared cores (ResNet-18 steps of 0.7 s and 1.4 s).
 """
@@ -62,16 +63,28 @@ def build(rule: str, seed: int = 0) -> torch.nn.Module:
 class Variant:
     """A model, its optimiser and one training step."""
 
-    def __init__(self, rule: str, device: torch.device):
+    def __init__(self, rule: str, device: torch.device, amp: str = "none",
+                 channels_last: bool = False, compile: bool = False):
         self.rule = rule
         self.device = device
+        self.amp = amp
         self.model = build(rule).to(device).train()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # the step runs the compiled model; memory is read from the eager one
+        self.runner = torch.compile(self.model) if compile else self.model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                    weight_decay=1e-4)
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.amp == "bf16")
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
-        F.cross_entropy(self.model(x), y).backward()
+        with self.autocast():
+            loss = F.cross_entropy(self.runner(x), y)
+        loss.backward()
         self.opt.step()
         biograd.after_step(self.model)
 
@@ -106,7 +119,7 @@ class Variant:
             return t
 
         self.opt.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
             loss = F.cross_entropy(self.model(x), y)
         loss.backward()  # frees the graph; no optimiser step, so the weights do not change
         self.opt.zero_grad(set_to_none=True)
@@ -118,10 +131,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def batch(size: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(size: int, n: int, device: torch.device,
+          channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(size)
     x = torch.randn(n, 3, size, size, generator=g)
     y = torch.randint(0, 1000, (n,), generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x.to(device), y.to(device)
 
 
@@ -237,6 +253,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); on a shared CPU, 1 avoids the "
                    "stalls of OpenMP threads waiting for a descheduled sibling")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="bf16: forward under torch.autocast (every variant alike)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="models and inputs in channels_last memory format")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every variant's model (the warm-up rounds compile)")
     p.add_argument("--rss", action="store_true",
                    help="CPU: also the peak RSS of a fresh process per rule (largest size)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
@@ -255,12 +277,15 @@ def main(args: argparse.Namespace) -> dict:
     for r in rules:
         biograd.get_rule(r)  # unknown names fail now, with the list of valid ones
     command = "python " + shlex.join(sys.argv)
-    variants = [Variant(r, device) for r in [NATIVE, *rules]]
+    variants = [Variant(r, device, args.amp, args.channels_last, args.compile)
+                for r in [NATIVE, *rules]]
 
     result: dict = {"machine": machine(), "command": command, "batch": args.batch,
+                    "amp": args.amp, "channels_last": args.channels_last,
+                    "compile": args.compile,
                     "sizes": {}, "memory": {}}
     for size in args.sizes:
-        x, y = batch(size, args.batch, device)
+        x, y = batch(size, args.batch, device, args.channels_last)
         print(f"batch {args.batch} at {size}x{size}", file=sys.stderr)
         times, ratios = time_interleaved(
             variants[0], variants[1:], x, y, args.warmup, args.repeats, args.group)
@@ -275,7 +300,7 @@ def main(args: argparse.Namespace) -> dict:
                     "times_s": t, "ratios": ratios[clock].get(rule, [])}
         result["sizes"][size] = out
 
-    x, y = batch(max(args.sizes), args.batch, device)
+    x, y = batch(max(args.sizes), args.batch, device, args.channels_last)
     native = variants[0]
     for v in variants:
         mem = {"saved": v.saved_bytes(x, y), "state": v.state_bytes(),
@@ -326,6 +351,9 @@ def table(result: dict) -> str:
     info = result["machine"]
     lines += ["", "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
               f"command: `{result['command']}`",
+              f"variant: autocast {result.get('amp', 'none')}, "
+              f"channels_last {result.get('channels_last', False)}, "
+              f"torch.compile {result.get('compile', False)}",
               "ratio: median over timed rounds of (rule step / mean of the native steps around "
               "it); IQR: its quartiles; [of medians]: median rule step / median native step. "
               "CPU time: this process's (time.process_time), immune to being descheduled "

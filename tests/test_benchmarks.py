@@ -1,0 +1,47 @@
+"""benchmarks/step_time.py runs the variant it names (a tiny ResNet-18 step on the CPU)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_step_time():
+    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks/step_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bf16_channels_last_variant_trains_in_that_format(one_thread):
+    step_time = load_step_time()
+    v = step_time.Variant("ss", torch.device("cpu"), amp="bf16", channels_last=True)
+    conv = v.model.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+    x, y = step_time.batch(32, 2, torch.device("cpu"), channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with v.autocast():
+        assert v.runner(x).dtype == torch.bfloat16
+    before = v.model.layer1[0].conv1.weight.detach().clone()
+    v.step(x, y)
+    assert not torch.equal(v.model.layer1[0].conv1.weight, before)
+    assert v.model.layer1[0].conv1.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_main_records_the_variant_and_times_every_rule(one_thread, capsys):
+    step_time = load_step_time()
+    args = step_time.get_args_parser().parse_args(
+        ["--sizes", "32", "--batch", "2", "--repeats", "1", "--warmup", "0",
+         "--rules", "ss", "kp", "--amp", "bf16", "--channels-last"])
+    result = step_time.main(args)
+    assert (result["amp"], result["channels_last"], result["compile"]) == ("bf16", True, False)
+    timed = result["sizes"][32]
+    assert set(timed) == {"native", "ss", "kp"}
+    for rule in ("ss", "kp"):
+        ratio = timed[rule]["wall"]["ratio"]
+        assert math.isfinite(ratio) and ratio > 0
+    assert "autocast bf16, channels_last True" in capsys.readouterr().out
