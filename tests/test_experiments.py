@@ -24,9 +24,11 @@ def results():
     return module
 
 
-def write_run(folder: Path, rule: str, seed: int, error: float, layer_angles: list[float]):
+def write_run(folder: Path, rule: str, seed: int, error: float, layer_angles: list[float],
+              start_angles: list[float] | None = None):
     """A finished 2-epoch run whose final test error is `error` and whose final weight angles
-    are `layer_angles` (the classifier, on bp, at 0)."""
+    are `layer_angles` (the classifier, on bp, at 0); with `start_angles`, an angles.jsonl
+    with those at step 0 and the final ones at the last step."""
     folder.mkdir(parents=True)
     config = {"rule": rule, "seed": seed, "epochs": 2, "last_rule": "bp", "model": "resnet_small",
               "model_options": {"width": 32}, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
@@ -38,14 +40,19 @@ def write_run(folder: Path, rule: str, seed: int, error: float, layer_angles: li
               "mean_weight_angle": sum(layer_angles) / len(layer_angles)} for e in (1, 2)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "status.json").write_text(json.dumps({"status": "finished", "message": ""}))
+    if start_angles is not None:
+        steps = [{"step": step, "epoch": epoch,
+                  "weight_angles": dict(zip(LAYERS, [*a, 0.0], strict=True))}
+                 for step, epoch, a in ((0, 0.0, start_angles), (100, 2.0, layer_angles))]
+        (folder / "angles.jsonl").write_text("".join(json.dumps(x) + "\n" for x in steps))
 
 
-def make_runs(out: Path, errors: dict, angles: dict) -> None:
+def make_runs(out: Path, errors: dict, angles: dict, start: dict | None = None) -> None:
     for data in ("fashion-mnist", "mnist"):
         for rule, error in errors[data].items():
             for seed, wobble in enumerate((-0.1, 0.0, 0.1)):
                 write_run(out / data / f"{rule}-seed{seed}", rule, seed, error + wobble,
-                          angles[rule])
+                          angles[rule], (start or {}).get(rule))
 
 
 ANGLES = {"bp": [0.0] * 4, "ss": [50.0, 45.0, 38.0, 33.0], "fa": [88.0] * 4,
@@ -81,6 +88,20 @@ def test_claims_that_the_runs_contradict_do_not_hold(results, tmp_path):
     page = results.write_results(tmp_path / "runs", tmp_path / "RESULTS.md").read_text()
     assert verdicts(page) == ["does not hold", "does not hold", "does not hold",
                               "does not hold", "partly holds"]
+
+
+@pytest.mark.parametrize(("start", "verdict"), [
+    ([37.0, 37.0, 37.0, 37.0], "cannot be told at this scale"),  # no layer moved 3°
+    ([45.0, 45.0, 45.0, 45.0], "does not hold"),  # they moved, and not into the claimed order
+])
+def test_ss_depth_order_needs_weights_that_moved(results, tmp_path, start, verdict):
+    errors = {"fashion-mnist": {"bp": 9.0, "ss": 9.3, "fa": 14.0, "kp": 9.2, "wm": 9.4},
+              "mnist": {"bp": 0.9, "ss": 1.0, "fa": 1.6, "kp": 0.9, "wm": 1.0}}
+    angles = {**ANGLES, "ss": [36.5, 37.5, 38.0, 37.0]}  # early third 36.5°, late third 37.0°
+    make_runs(tmp_path / "runs", errors, angles, start={"ss": start})
+    page = results.write_results(tmp_path / "runs", tmp_path / "RESULTS.md").read_text()
+    assert verdicts(page)[3] == verdict
+    assert f"the layers started at {start[0]:.1f}° to {start[0]:.1f}°" in page
 
 
 def test_no_runs_is_a_clear_error(results, tmp_path):
