@@ -37,6 +37,8 @@ def write_run(folder: Path, rule: str, seed: int, error: float, layer_angles: li
     angles = dict(zip(LAYERS, [*layer_angles, 0.0], strict=True))
     lines = [{"epoch": e, "rule": rule, "seed": seed, "val_top1": 100 - error - (2 - e),
               "epoch_seconds": 30.0, "elapsed_seconds": 30.0 * e, "weight_angles": angles,
+              "gradient_angles": dict(zip(LAYERS[:-1], GRADIENT_ANGLES.get(rule, [0.0] * 4),
+                                          strict=True)),
               "mean_weight_angle": sum(layer_angles) / len(layer_angles)} for e in (1, 2)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "status.json").write_text(json.dumps({"status": "finished", "message": ""}))
@@ -55,6 +57,7 @@ def make_runs(out: Path, errors: dict, angles: dict, start: dict | None = None) 
                           angles[rule], (start or {}).get(rule))
 
 
+GRADIENT_ANGLES = {"ss": [40.0, 30.0, 20.0, 0.0]}  # the last under the classifier, on bp
 ANGLES = {"bp": [0.0] * 4, "ss": [50.0, 45.0, 38.0, 33.0], "fa": [88.0] * 4,
           "kp": [2.0, 3.0, 4.0, 5.0], "wm": [4.0, 5.0, 6.0, 7.0]}
 
@@ -74,6 +77,7 @@ def test_every_claim_holds_when_the_runs_say_so(results, tmp_path):
     assert "| kp | 9.20 ± 0.10 | 3 | — |" in page
     assert "SS − BP = +0.30 points" in page and "FA − BP = +5.00 points" in page
     assert "from 33.0° to 50.0°" in page  # the classifier (on bp) left out
+    assert "grows from 0.0° under the classifier to 40.0° at the first layer (conv1" in page
     for data in ("fashion-mnist", "mnist"):
         for name in ("angles-per-layer", "angle-over-training", "accuracy"):
             figure = tmp_path / "out" / "figures" / f"{data}-{name}.png"
