@@ -254,6 +254,12 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         runlog.close()
 
 
+def compile_notes(model: nn.Module) -> list[str]:
+    """The compile_note of every rule in `model` that has one (see biograd.rules.Rule)."""
+    notes = {layer.learning_rule.compile_note for _, layer in biograd.feedback_layers(model)}
+    return sorted(notes - {""})
+
+
 def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, Any]:
     model = task.model
     optimizer = build_optimizer(cfg, model, task.param_groups)
@@ -267,6 +273,8 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         runner = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
+        for note in compile_notes(model):
+            log.warning(note)
         runner = torch.compile(runner)
     ctx = Context(cfg, dist, device, task, runner, optimizer, scheduler, scaler, runlog)
 

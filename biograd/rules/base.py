@@ -40,6 +40,8 @@ class Rule:
         state: names of the buffers and parameters the rule registers on a layer.
         transports_weights: True only for bp, whose layers run torch's own op unchanged.
         order: position in `list_rules()`.
+        compile_note: why torch.compile does not suit the rule ("" where it does); the
+            training loop logs it as a warning under --compile.
     """
 
     name: ClassVar[str]
@@ -48,6 +50,7 @@ class Rule:
     state: ClassVar[tuple[str, ...]] = ()
     transports_weights: ClassVar[bool] = False
     order: ClassVar[int] = 100
+    compile_note: ClassVar[str] = ""
 
     def __str__(self) -> str:
         """The name, with the options that differ from their defaults: "wm(samples=128)"."""
