@@ -77,23 +77,22 @@ def pm(values: list[float], digits: int = 2) -> str:
     return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def layer_means(runs: list, key: str) -> dict[str, float]:
+    """The final epoch's per-layer `key` (weight_angles, gradient_angles), mean over the
+    seeds, network order."""
+    per_seed = [layers for run in runs if (layers := run.final_layers(key))]
+    names = list(per_seed[0]) if per_seed else []
+    return {n: statistics.fmean(s[n] for s in per_seed if n in s) for n in names}
+
+
 def rule_layers(runs: list) -> dict[str, float]:
     """Final weight angle per layer on the run's rule (mean over seeds), network order; the
     last layer is left out when it was on another rule (last_rule)."""
-    per_seed = [layers for run in runs if (layers := run.final_layers("weight_angles"))]
-    names = list(per_seed[0]) if per_seed else []
+    layers = layer_means(runs, "weight_angles")
     config = runs[0].config
-    if names and config.get("last_rule", config.get("rule")) != config.get("rule"):
-        names = names[:-1]
-    return {n: statistics.fmean(s[n] for s in per_seed if n in s) for n in names}
-
-
-def gradient_layers(runs: list) -> dict[str, float]:
-    """Final angle per layer between the rule's weight gradient and backprop's (mean over
-    seeds), network order, as the engine measured it on its angle batch."""
-    per_seed = [layers for run in runs if (layers := run.final_layers("gradient_angles"))]
-    names = list(per_seed[0]) if per_seed else []
-    return {n: statistics.fmean(s[n] for s in per_seed if n in s) for n in names}
+    if layers and config.get("last_rule", config.get("rule")) != config.get("rule"):
+        layers.pop(next(reversed(layers)))
+    return layers
 
 
 def initial_layers(runs: list, names: list[str]) -> dict[str, float]:
@@ -146,7 +145,8 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
                "holds on one data set only")
     line = (f"- 1. **SS trains nearly as well as BP** (target: within {SS_TARGET} points of "
             f"error): **{verdict}**. " + "; ".join(parts) + ".")
-    grads = gradient_layers(hard["ss"]) if "ss" in hard else {}
+    # the angle between SS's weight gradients and backprop's, per layer
+    grads = layer_means(hard["ss"], "gradient_angles") if "ss" in hard else {}
     if grads:
         first, top = next(iter(grads.items())), max(grads.values())
         line += (f" Where SS loses: on Fashion-MNIST the angle of its weight gradients to "

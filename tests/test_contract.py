@@ -26,8 +26,6 @@ from biograd.rules import Feedback
 
 RULES = biograd.list_rules()
 DEVICE = torch.device(os.environ.get("BIOGRAD_TEST_DEVICE", "cpu"))
-
-
 NONDET_TOL = 1e-12 if DEVICE.type == "cuda" else 0.0
 
 
