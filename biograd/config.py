@@ -74,9 +74,10 @@ class RunConfig:
     def rule_for(self, name: str):
         """The Rule object for rule `name`, with its options from rule_options."""
         rule = get_rule(name)
-        return get_rule(rule.name, **self._options_of(rule.name))
+        return get_rule(rule.name, **self.options_of(rule.name))
 
-    def _options_of(self, canonical: str) -> dict[str, Any]:
+    def options_of(self, canonical: str) -> dict[str, Any]:
+        """The options rule_options gives the rule of canonical name `canonical` (a copy)."""
         for key, options in self.rule_options.items():
             if get_rule(key).name == canonical:
                 return dict(options or {})

@@ -1,7 +1,9 @@
 """`biograd detect` and `biograd make-shapes`: a short RetinaNet run on tiny synthetic shapes."""
 
+import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +116,50 @@ def test_compare_detection_reports_ap(tmp_path, shapes):
         rows = list(csv.DictReader(fh))
     assert [r["rule"] for r in rows] == ["bp", "ss"] and "best_AP" in rows[0]
     assert (out / "accuracy.png").stat().st_size > 0
+
+
+def _feedback(state):
+    return {k: v for k, v in state.items() if k.endswith(".feedback")}
+
+
+@pytest.mark.parametrize(("extra", "scale"), [
+    ((), "weight"),                                        # the default --feedback-scale
+    (("--feedback-scale", "seed"), "seed"),
+    (("--rule-options", "{fa: {scale: seed}}"), "seed"),   # a rule's own option wins
+])
+def test_detect_draws_feedback_at_the_scale_asked(tmp_path, shapes, extra, scale):
+    from biograd.detection import build_detection_data, build_retinanet
+
+    out = tmp_path / "run"
+    assert detect(shapes, out, "--rule", "fa", "--epochs", "1", "--angle-batch", "0",
+                  *extra) == 0
+    saved = _feedback(torch.load(out / checkpoint.NAME, weights_only=True)["model"])
+    assert any(k.startswith("head.") for k in saved)
+
+    def built(s):  # the same detector, built with the rule's scale stated outright
+        model = build_retinanet(
+            num_classes=build_detection_data(shapes).num_classes, norm="batchnorm",
+            rule=biograd.get_rule("fa", scale=s), fpn_channels=32, min_size=64, max_size=64)
+        return _feedback(model.state_dict())
+
+    expected, other = built(scale), built({"weight": "seed", "seed": "weight"}[scale])
+    assert saved.keys() == expected.keys()
+    for key, value in saved.items():  # fa's B is drawn once and never learns
+        assert torch.equal(value, expected[key]), key
+    heads = [k for k in saved if k.startswith("head.")]
+    assert not any(torch.equal(saved[k], other[k]) for k in heads)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/coco/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_coco_configs_draw_feedback_at_the_weight_scale(path):
+    from dataclasses import fields
+
+    from biograd.config import DetectConfig, resolve
+    from biograd.engine.detect import rule_for
+
+    cfg = resolve(argparse.Namespace(config=path), DetectConfig)
+    rule = rule_for(cfg, cfg.rule)
+    assert rule.name == cfg.rule
+    if "scale" in {f.name for f in fields(rule)}:
+        assert rule.scale == "weight"

@@ -86,16 +86,17 @@ def _choose(name: str, choices: Mapping[str, object] | tuple[str, ...], what: st
     raise ValueError(f"unknown {what} {name!r}{hint}: choose one of {', '.join(choices)}")
 
 
-def detector_rule(spec: str | Rule, feedback_scale: str = "weight") -> Rule:
-    """The rule `spec`, with `scale=feedback_scale` where a rule name has that option.
+def detector_rule(spec: str | Rule, feedback_scale: str = "weight", **options: object) -> Rule:
+    """The rule `spec` with `options`, and `scale=feedback_scale` where the rule has a scale
+    option that `options` leave unset.
 
     A Rule instance is returned as it is: its options, scale included, are the caller's.
     """
     if isinstance(spec, Rule):
-        return spec
+        return get_rule(spec, **options)
     if "scale" in {f.name for f in fields(rule_class(spec))}:
-        return get_rule(spec, scale=feedback_scale)
-    return get_rule(spec)
+        options.setdefault("scale", feedback_scale)
+    return get_rule(spec, **options)
 
 
 def detector_parts(model: nn.Module) -> dict[str, list[str]]:

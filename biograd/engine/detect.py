@@ -96,6 +96,16 @@ def anchors(scale: float):
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
+def rule_for(cfg: DetectConfig, name: str):
+    """The Rule object for rule `name`: its options from rule_options, and the run's
+    feedback_scale as its `scale` unless rule_options sets one."""
+    from biograd.detection.model import detector_rule
+    from biograd.rules import get_rule
+
+    canonical = get_rule(name).name
+    return detector_rule(canonical, cfg.feedback_scale, **cfg.options_of(canonical))
+
+
 def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:
     from biograd.detection import (
         GroupedBatchSampler,
@@ -108,8 +118,8 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
     data = build_detection_data(_data_root(cfg), keep_empty_train=cfg.keep_empty_train)
     try:
         model = build_retinanet(
-            num_classes=data.num_classes, backbone=cfg.backbone, rule=cfg.rule_for(cfg.rule),
-            parts={k: cfg.rule_for(v) for k, v in cfg.parts.items()}, norm=cfg.norm,
+            num_classes=data.num_classes, backbone=cfg.backbone, rule=rule_for(cfg, cfg.rule),
+            parts={k: rule_for(cfg, v) for k, v in cfg.parts.items()}, norm=cfg.norm,
             min_size=cfg.min_size, max_size=cfg.max_size, seed=cfg.seed,
             feedback_scale=cfg.feedback_scale, fpn_channels=cfg.fpn_channels,
             anchor_generator=anchors(cfg.anchor_scale))
