@@ -12,7 +12,7 @@
 
 from biograd import nn, optim, rules
 from biograd.alignment import angle, cross_entropy_loss, gradient_angles, weight_angles
-from biograd.convert import Report, after_step, convert, feedback_layers, report
+from biograd.convert import Report, after_step, convert, feedback_layers, report, unconvert
 from biograd.rules import Rule, get_rule, list_rules, register
 
 __version__ = "0.1.0"
@@ -33,5 +33,6 @@ __all__ = [
     "register",
     "report",
     "rules",
+    "unconvert",
     "weight_angles",
 ]

@@ -38,7 +38,7 @@ def weight_angles(model: nn.Module) -> dict[str, float]:
     For frsf and brsf this is the effective |M|∘sign(W) (brsf: the latest step's draw), not M.
     Layers on bp give 0.
     """
-    return {name: angle(layer.weight, layer.feedback_weight()) for name, layer in
+    return {name: angle(layer.weight_now(), layer.feedback_weight()) for name, layer in
             feedback_layers(model)}
 
 
@@ -54,39 +54,43 @@ def gradient_angles(
     """{layer name: angle between the rule's weight gradient and true backprop's}, degrees.
 
     Both gradients come from the same batch, the same random draws (dropout) and the same
-    starting state; afterwards the model is as it was: buffers (BatchNorm statistics), rule
-    counters, train/eval mode, random streams and any accumulated .grad are untouched. Only
-    layers whose rule is not bp are listed; trainable weights only.
+    starting state; in the backprop pass every converted layer, frozen ones included, runs
+    backprop. Afterwards the model is as it was: buffers (BatchNorm statistics), every rule
+    counter, train/eval mode, random streams and any accumulated .grad are untouched, even if
+    `loss_fn` raises. Only layers whose rule is not bp are listed; trainable weights only.
 
     loss_fn(model, batch) -> scalar loss; the default is cross-entropy on (inputs, targets).
     """
-    layers = [(n, m) for n, m in feedback_layers(model)
-              if not m.learning_rule.transports_weights and m.weight.requires_grad]
+    converted = [(n, m) for n, m in feedback_layers(model)
+                 if not m.learning_rule.transports_weights]
+    layers = [(n, m) for n, m in converted if m.weight_now().requires_grad]
     if not layers:
         return {}
-    weights = [m.weight for _, m in layers]
+    weights = [m.weight_now() for _, m in layers]
     saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    saved_steps = [(m, m.feedback_step) for _, m in layers]
+    saved_steps = [(m, m.feedback_step) for _, m in converted]  # frozen layers' too
+    saved_rules = [(m, m.learning_rule) for _, m in converted]
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
 
     def grads() -> tuple[Tensor, ...]:
-        with torch.random.fork_rng(devices=devices):
-            loss = loss_fn(model, batch)
-            out = torch.autograd.grad(loss, weights)
-        with torch.no_grad():
-            for buffer, value in saved_buffers:
-                buffer.copy_(value)
-        for m, step in saved_steps:
-            m.feedback_step = step
-        return out
+        try:
+            with torch.random.fork_rng(devices=devices):
+                loss = loss_fn(model, batch)
+                return torch.autograd.grad(loss, weights)
+        finally:
+            with torch.no_grad():
+                for buffer, value in saved_buffers:
+                    buffer.copy_(value)
+            for m, step in saved_steps:
+                m.feedback_step = step
 
     rule_grads = grads()
-    bp, rules = get_rule("bp"), [m.learning_rule for _, m in layers]
-    try:
-        for _, m in layers:
+    bp = get_rule("bp")
+    try:  # the reference: every converted layer on backprop, trainable or frozen
+        for _, m in converted:
             m.learning_rule = bp
         true_grads = grads()
     finally:
-        for (_, m), r in zip(layers, rules, strict=True):
+        for (_, m), (_, r) in zip(converted, saved_rules, strict=True):
             m.learning_rule = r
     return {n: angle(g, t) for (n, _), g, t in zip(layers, rule_grads, true_grads, strict=True)}

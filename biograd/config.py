@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,18 +17,17 @@ from typing import Any
 
 import yaml
 
+from biograd._check import problem
 from biograd.errors import UsageError
 from biograd.rules import get_rule
 
-CHOICES = {
-    "norm": ("batchnorm", "frozen"),
-    "feedback_scale": ("weight", "seed"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("step", "cosine", "constant"),
-    "amp": ("none", "bf16", "fp16"),
-    "device": ("auto", "cpu", "cuda"),
-    "progress": ("auto", "bar", "lines", "none"),
-}
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *,
+            default_factory: Any = dataclasses.MISSING, **accepts: Any) -> Any:
+    """A config field: its default, its --help text, and what it accepts beyond its type
+    (`choices`, or bounds `low` >=, `above` >, `high` <=, `below` <; see biograd._check)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, **accepts})
 
 
 @dataclass
@@ -35,38 +35,39 @@ class RunConfig:
     """What every task shares: the rule, the recipe, the run. One subclass per task adds
     the task's own fields; each is the single source of its defaults."""
 
-    rule: str = field(default="ss", metadata={"help": "the learning rule of every layer"})
-    rule_options: dict = field(default_factory=dict, metadata={
-        "help": "options per rule, e.g. '{wm: {samples: 128}, fa: {scale: weight}}' (YAML)"})
-    epochs: int = field(default=12, metadata={"help": "epochs to train"})
-    batch_size: int = field(default=64, metadata={"help": "images per step, per process"})
-    lr: float = field(default=0.05, metadata={"help": "learning rate"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd, adam or adamw"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay, all parameters"})
-    schedule: str = field(default="cosine", metadata={"help": "step, cosine or constant"})
-    step_size: int = field(default=30, metadata={"help": "step schedule: epochs per decay"})
-    gamma: float = field(default=0.1, metadata={"help": "step schedule: decay factor"})
-    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up, in epochs"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order, feedback"})
-    out: str | None = field(default=None, metadata={
-        "help": "the run folder (default: a new runs/COMMAND-DATE-TIME)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    amp: str = field(default="none", metadata={"help": "autocast: none, bf16 or fp16"})
-    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    steps_per_epoch: int | None = field(default=None, metadata={
-        "help": "cap the steps of an epoch (smoke tests)"})
-    angle_batch: int = field(default=64, metadata={
-        "help": "images in the fixed batch for gradient angles (0: skip)"})
-    angle_every: int | None = field(default=None, metadata={
-        "help": "also log the weight angles every N steps to angles.jsonl (default: per epoch)"})
-    progress: str = field(default="auto", metadata={"help": "auto, bar, lines or none"})
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
-    milestones: list | None = field(default=None, metadata={
-        "help": "step schedule: decay at these epochs instead of every step_size (YAML list)"})
+    rule: str = setting("ss", "the learning rule of every layer")
+    rule_options: dict = setting(default_factory=dict, help="options per rule, e.g. "
+                                 "'{wm: {samples: 128}, fa: {scale: weight}}' (YAML)")
+    epochs: int = setting(12, "epochs to train", low=1)
+    batch_size: int = setting(64, "images per step, per process", low=1)
+    lr: float = setting(0.05, "learning rate", above=0)
+    optimizer: str = setting("sgd", "sgd, adam or adamw", choices=("sgd", "adam", "adamw"))
+    momentum: float = setting(0.9, "SGD momentum", low=0, below=1)
+    weight_decay: float = setting(1e-4, "weight decay, all parameters", low=0)
+    schedule: str = setting("cosine", "step, cosine or constant",
+                            choices=("step", "cosine", "constant"))
+    step_size: int = setting(30, "step schedule: epochs per decay", low=1)
+    gamma: float = setting(0.1, "step schedule: decay factor", above=0)
+    warmup_epochs: float = setting(0.0, "linear warm-up, in epochs", low=0)
+    seed: int = setting(0, "seed of initialisation, data order, feedback", low=0)
+    out: str | None = setting(None, "the run folder (default: a new runs/COMMAND-DATE-TIME)")
+    resume: bool = setting(False, "continue the run in --out")
+    device: str = setting("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    amp: str = setting("none", "autocast: none, bf16 or fp16", choices=("none", "bf16", "fp16"))
+    channels_last: bool = setting(False, "channels_last memory format")
+    compile: bool = setting(False, "torch.compile the model")
+    workers: int = setting(0, "DataLoader worker processes", low=0)
+    steps_per_epoch: int | None = setting(None, "cap the steps of an epoch (smoke tests)",
+                                          low=1)
+    angle_batch: int = setting(64, "images in the fixed batch for gradient angles (0: skip)",
+                               low=0)
+    angle_every: int | None = setting(None, "also log the weight angles every N steps to "
+                                      "angles.jsonl (default: per epoch)", low=1)
+    progress: str = setting("auto", "auto, bar, lines or none",
+                            choices=("auto", "bar", "lines", "none"))
+    tensorboard: bool = setting(True, "write TensorBoard events")
+    milestones: list[int] | None = setting(None, "step schedule: decay at these epochs instead "
+                                           "of every step_size (YAML list)", low=0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,29 +90,27 @@ class TrainConfig(RunConfig):
     """Image classification under a learning rule. Defaults: every rule on the bundled digits
     in a few minutes on a CPU (`biograd compare` with no options)."""
 
-    data: str = field(default="digits", metadata={
-        "help": "digits, mnist, fashion-mnist, fake, or a folder with train/ and val/"})
-    model: str = field(default="small_cnn", metadata={
-        "help": "a biograd model, a torchvision model name, or timm:NAME"})
-    model_options: dict = field(default_factory=dict, metadata={
-        "help": "options of the model's builder, e.g. '{width: 32, blocks: 1}' (YAML)"})
-    last_rule: str = field(default="bp", metadata={
-        "help": "the rule of the last layer (the seed kept it on bp)"})
-    image_size: int | None = field(default=None, metadata={
-        "help": "input size (default: the data set's own, 224 for folders)"})
-    last_lr: float | None = field(default=None, metadata={
-        "help": "the last layer's own learning rate (default: lr)"})
-    manhattan: bool = field(default=False, metadata={
-        "help": "batch Manhattan: step on sign(grad) (the seed's SGD variant)"})
-    no_sign_change: bool = field(default=False, metadata={
-        "help": "clamp weights that would flip sign at ±1e-10 (the seed's SGD variant)"})
-    download: bool = field(default=False, metadata={
-        "help": "let torchvision download MNIST / Fashion-MNIST if not found"})
-    data_root: str | None = field(default=None, metadata={"help": "where to look for data"})
+    data: str = setting("digits", "digits, mnist, fashion-mnist, fake, or a folder with "
+                        "train/ and val/")
+    model: str = setting("small_cnn", "a biograd model, a torchvision model name, or timm:NAME")
+    model_options: dict = setting(default_factory=dict, help="options of the model's builder, "
+                                  "e.g. '{width: 32, blocks: 1}' (YAML)")
+    last_rule: str = setting("bp", "the rule of the last layer (the seed kept it on bp)")
+    image_size: int | None = setting(None, "input size (default: the data set's own, 224 for "
+                                     "folders)", low=1)
+    last_lr: float | None = setting(None, "the last layer's own learning rate (default: lr)",
+                                    above=0)
+    manhattan: bool = setting(False, "batch Manhattan: step on sign(grad) (the seed's SGD "
+                              "variant)")
+    no_sign_change: bool = setting(False, "clamp weights that would flip sign at ±1e-10 (the "
+                                   "seed's SGD variant)")
+    download: bool = setting(False, "let torchvision download MNIST / Fashion-MNIST if not "
+                             "found")
+    data_root: str | None = setting(None, "where to look for data")
 
 
 def _field_type(cls: type[RunConfig], f: dataclasses.Field) -> type:
-    """The plain type of a field: int for `int | None`."""
+    """The plain type of a field: int for `int | None`, list for `list[int]`."""
     hint = typing.get_type_hints(cls)[f.name]
     if isinstance(hint, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
@@ -142,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainC
         elif kind is list:
             kw.update(type=_parse_int_list, metavar="N,N")
         else:
-            kw.update(type=kind, choices=CHOICES.get(f.name))
+            kw.update(type=kind, choices=f.metadata.get("choices"))
         parser.add_argument(flag, **kw)
 
 
@@ -150,8 +149,26 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3 as a float as YAML 1.2 does (PyYAML, following YAML
+    1.1, reads a number with an exponent but no dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as Python values (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _parse_yaml_mapping(text: str) -> dict:
-    value = yaml.safe_load(text)
+    try:
+        value = load_yaml_text(text)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a YAML mapping like '{{samples: 128}}', "
                                          f"got {text!r}")
@@ -170,7 +187,7 @@ def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UsageError(f"config file {path} is not valid YAML: "
                          f"{str(err).splitlines()[0]}") from None
@@ -205,36 +222,69 @@ def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = Train
     return cfg
 
 
+def check_fields(cfg: RunConfig) -> None:
+    """Every field's value against its type and bounds, wherever it came from (defaults, a
+    YAML file, flags, code): a UsageError naming the field, its flag and what it takes."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        wrong = problem(hints[f.name], f.metadata, value)
+        if wrong:
+            flag = "--" + f.name.replace("_", "-")
+            raise UsageError(f"{f.name}={value!r} ({flag}): {wrong}")
+
+
+def _rule_name(field_name: str, value: str) -> None:
+    try:
+        get_rule(value)
+    except ValueError as err:
+        raise UsageError(f"{field_name}={value!r} (--{field_name.replace('_', '-')}): "
+                         f"{err}") from None
+
+
 def validate(cfg: RunConfig) -> None:
-    """Reject unknown names and contradictory options with one line that says what to do."""
-    for name, allowed in CHOICES.items():
-        if hasattr(cfg, name) and getattr(cfg, name) not in allowed:
-            raise UsageError(f"{name} must be one of {', '.join(allowed)}, "
-                             f"not {getattr(cfg, name)!r}")
+    """Reject bad values, unknown names and contradictory options with one line that says
+    what to do."""
+    check_fields(cfg)
     for name in ("rule", "last_rule") if isinstance(cfg, TrainConfig) else ("rule",):
-        try:
-            get_rule(getattr(cfg, name))
-        except ValueError as err:
-            raise UsageError(f"--{name.replace('_', '-')}: {err}") from None
+        _rule_name(name, getattr(cfg, name))
     for name, options in cfg.rule_options.items():
+        if not isinstance(name, str) or not isinstance(options, dict | None):
+            raise UsageError(f"rule_options (--rule-options): {name!r}: {options!r} is not a "
+                             f"rule name with a mapping of its options, like "
+                             f"'{{wm: {{samples: 128}}}}'")
         try:
             get_rule(name, **(options or {}))
         except (ValueError, TypeError) as err:
-            raise UsageError(f"--rule-options: {err}") from None
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
-    for name, value in positive.items():
-        if not value > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise UsageError(f"rule_options (--rule-options): {err}") from None
+    if any(not isinstance(k, str) for k in getattr(cfg, "model_options", {})):
+        raise UsageError(f"model_options (--model-options): option names are words, like "
+                         f"'{{width: 32}}', not {cfg.model_options!r}")
+    if isinstance(cfg, DetectConfig):
+        _check_detector(cfg)
     if isinstance(cfg, TrainConfig) and (cfg.manhattan or cfg.no_sign_change) and \
             cfg.optimizer != "sgd":
         raise UsageError("--manhattan and --no-sign-change are variants of SGD: "
                          "use them with --optimizer sgd")
     if cfg.amp == "fp16" and cfg.device == "cpu":
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
-    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-        raise UsageError("--steps-per-epoch must be at least 1")
-    if cfg.angle_every is not None and cfg.angle_every < 1:
-        raise UsageError("--angle-every must be at least 1 (leave it out to log per epoch)")
+
+
+def _check_detector(cfg: DetectConfig) -> None:
+    from biograd.detection.model import BACKBONES, PARTS
+
+    if cfg.backbone not in BACKBONES:
+        raise UsageError(f"backbone={cfg.backbone!r} (--backbone): use one of "
+                         f"{', '.join(BACKBONES)}")
+    for part, rule in cfg.parts.items():
+        if part not in PARTS:
+            raise UsageError(f"parts (--parts): unknown part {part!r}: use {', '.join(PARTS)}")
+        if not isinstance(rule, str):
+            raise UsageError(f"parts (--parts): {part}: {rule!r} is not a rule name")
+        _rule_name(f"parts.{part}", rule)
+    if cfg.max_size < cfg.min_size:
+        raise UsageError(f"max_size={cfg.max_size} (--max-size) is below min_size="
+                         f"{cfg.min_size} (--min-size): the longer side cannot be the shorter")
 
 
 @dataclass
@@ -243,37 +293,35 @@ class DetectConfig(RunConfig):
     (`biograd make-shapes`: 64-pixel images, a narrow FPN, AdamW, a few minutes a rule);
     configs/coco/ holds torchvision's MS-COCO recipe (SGD, 256 FPN channels, 800 pixels)."""
 
-    epochs: int = field(default=12, metadata={"help": "epochs to train"})
-    batch_size: int = field(default=8, metadata={"help": "images per step, per process"})
-    optimizer: str = field(default="adamw", metadata={
-        "help": "sgd, adam or adamw (torchvision's recipe: sgd)"})
-    lr: float = field(default=0.001, metadata={
-        "help": "learning rate (torchvision's recipe: sgd at 0.01 per 16 images)"})
-    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up, in epochs"})
-    schedule: str = field(default="step", metadata={"help": "step, cosine or constant"})
-    milestones: list | None = field(default_factory=lambda: [9, 11], metadata={
-        "help": "step schedule: decay ×gamma at these epochs"})
-    angle_batch: int = field(default=4, metadata={
-        "help": "images in the fixed batch for gradient angles (0: skip)"})
-    data: str = field(default="runs/shapes", metadata={
-        "help": "a COCO-format folder (images and annotations/instances_*.json); "
-                "made with `biograd make-shapes` if it is missing and named like *shapes*"})
-    backbone: str = field(default="resnet18", metadata={"help": "resnet18 (the seed's), resnet50"})
-    fpn_channels: int = field(default=64, metadata={
-        "help": "channels of the FPN levels and the heads (torchvision's: 256)"})
-    parts: dict = field(default_factory=dict, metadata={
-        "help": "per-part rules, e.g. '{head: bp}' (parts: backbone, fpn, head, "
-                "classification_head, regression_head)"})
-    norm: str = field(default="batchnorm", metadata={
-        "help": "batchnorm (trainable, for training from scratch) or frozen"})
-    feedback_scale: str = field(default="weight", metadata={
-        "help": "feedback scale of rules that take one: weight (W's size) or seed"})
-    min_size: int = field(default=64, metadata={"help": "the model's resize: shorter side"})
-    max_size: int = field(default=64, metadata={"help": "the model's resize: longer side"})
-    anchor_scale: float = field(default=0.25, metadata={
-        "help": "anchor sizes × this (torchvision's 32-512 px suit 800 px images; the default "
-                "0.25 gives 8-128 px for the small shapes images; 1 for MS-COCO)"})
-    aspect_ratio_grouping: bool = field(default=False, metadata={
-        "help": "batch images of similar aspect ratio together"})
-    keep_empty_train: bool = field(default=False, metadata={
-        "help": "train on images without annotations too"})
+    epochs: int = setting(12, "epochs to train", low=1)
+    batch_size: int = setting(8, "images per step, per process", low=1)
+    optimizer: str = setting("adamw", "sgd, adam or adamw (torchvision's recipe: sgd)",
+                             choices=("sgd", "adam", "adamw"))
+    lr: float = setting(0.001, "learning rate (torchvision's recipe: sgd at 0.01 per 16 "
+                        "images)", above=0)
+    warmup_epochs: float = setting(1.0, "linear warm-up, in epochs", low=0)
+    schedule: str = setting("step", "step, cosine or constant",
+                            choices=("step", "cosine", "constant"))
+    milestones: list[int] | None = setting(default_factory=lambda: [9, 11], help="step "
+                                           "schedule: decay ×gamma at these epochs", low=0)
+    angle_batch: int = setting(4, "images in the fixed batch for gradient angles (0: skip)",
+                               low=0)
+    data: str = setting("runs/shapes", "a COCO-format folder (images and "
+                        "annotations/instances_*.json); made with `biograd make-shapes` if it "
+                        "is missing and named like *shapes*")
+    backbone: str = setting("resnet18", "resnet18 (the seed's), resnet50, or another ResNet")
+    fpn_channels: int = setting(64, "channels of the FPN levels and the heads (torchvision's: "
+                                "256)", low=1)
+    parts: dict = setting(default_factory=dict, help="per-part rules, e.g. '{head: bp}' "
+                          "(parts: backbone, fpn, head, classification_head, regression_head)")
+    norm: str = setting("batchnorm", "batchnorm (trainable, for training from scratch) or "
+                        "frozen", choices=("batchnorm", "frozen"))
+    feedback_scale: str = setting("weight", "feedback scale of rules that take one: weight "
+                                  "(W's size) or seed", choices=("weight", "seed"))
+    min_size: int = setting(64, "the model's resize: shorter side", low=1)
+    max_size: int = setting(64, "the model's resize: longer side", low=1)
+    anchor_scale: float = setting(0.25, "anchor sizes × this (torchvision's 32-512 px suit "
+                                  "800 px images; the default 0.25 gives 8-128 px for the "
+                                  "small shapes images; 1 for MS-COCO)", above=0)
+    aspect_ratio_grouping: bool = setting(False, "batch images of similar aspect ratio together")
+    keep_empty_train: bool = setting(False, "train on images without annotations too")

@@ -1,7 +1,8 @@
 """Model surgery: put any torchvision or timm model on a learning rule, and report what changed.
 
-`convert` swaps every nn.Linear and nn.Conv1d/2d/3d (and subclasses that keep torch's forward)
-for its biograd drop-in, reusing the existing weight tensors. `report` says, for any model,
+`convert` swaps every nn.Linear, nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d (and subclasses
+that keep torch's forward) for its biograd drop-in, reusing the existing weight tensors;
+`unconvert` puts them back. `report` says, for any model,
 which layers follow which rule and which parameters still learn through weight transport.
 """
 
@@ -84,6 +85,36 @@ def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module,
             yield from _walk(child, full)
 
 
+def _computed_weight(module: nn.Module) -> bool:
+    """True where W is computed rather than held (weight_norm, spectral_norm)."""
+    return not isinstance(module._parameters.get("weight"), nn.Parameter)
+
+
+def _convertible(model: nn.Module) -> list[tuple[str, nn.Module, type[FeedbackLayer]]]:
+    """(name, module, biograd class) of every layer that can follow a rule, each module once
+    (a module used twice is converted once, under its first name), in registration order."""
+    found, seen = [], set()
+    for name, module, why in _walk(model):
+        if why is not None or id(module) in seen:
+            continue
+        cls = type(module) if isinstance(module, FeedbackLayer) else _drop_in(module)
+        if cls is not None:
+            seen.add(id(module))
+            found.append((name, module, cls))
+    return found
+
+
+def _swap(model: nn.Module, new: Mapping[int, nn.Module]) -> nn.Module:
+    """Put new[id(m)] in every place that holds module m; returns the (new) model."""
+    if id(model) in new:
+        return new[id(model)]
+    for parent in list(model.modules()):
+        for attr, child in parent._modules.items():
+            if child is not None and id(child) in new:
+                parent._modules[attr] = new[id(child)]
+    return model
+
+
 def convert(
     model: nn.Module,
     rule: str | Rule,
@@ -95,14 +126,17 @@ def convert(
     seed: int = 0,
     **options: object,
 ) -> nn.Module:
-    """Put `model`'s Linear and Conv layers on a learning rule, in place; returns the model.
+    """Put `model`'s Linear, Conv and ConvTranspose layers on a learning rule, in place;
+    returns the model.
 
     Args:
         model: any nn.Module (a bare Linear or Conv comes back as a new module).
         rule: the rule for every layer (a name from `list_rules()` or a Rule instance).
         rules: per-layer choices, {pattern: rule}; the first matching pattern wins.
-        last: the rule of the last convertible layer in registration order, the classifier of
-            torchvision and timm models; "bp" keeps it on backprop, as the seed's code did.
+        last: the rule of the model's last convertible layer in registration order (the
+            classifier of torchvision and timm models), whatever include and exclude pick;
+            "bp" keeps it on backprop, as the seed's code did. An excluded last layer stays
+            as it is.
         include, exclude: fnmatch patterns on qualified module names; a pattern matching a
             module matches everything inside it ("layer4", "*.downsample.*").
         seed: the run's seed; each layer's feedback is drawn from (seed, its name), so every
@@ -110,38 +144,52 @@ def convert(
         **options: options of `rule` when it is a name, e.g. convert(m, "wm", samples=128).
 
     Converting again is a no-op for layers already on the asked rule (their feedback is kept);
-    layers on another rule switch. The existing Parameter objects are reused, but rules add
-    state (kp a Parameter): build the optimiser after converting. The report of what changed
-    is logged at INFO on the "biograd" logger; `report(model)` gives it at any time.
+    layers on another rule switch. A module used in several places stays one module, with one
+    feedback. A parametrised weight (torch.nn.utils.parametrize's weight_norm, spectral_norm)
+    stays parametrised: the forward and the feedback use the weight it computes; a rule that
+    writes W (sign_fixed) leaves such a layer alone, and the report says so. The existing
+    Parameter objects are reused, but rules add state (kp a Parameter): build the optimiser
+    after converting. The report of what changed is logged at INFO on the "biograd" logger;
+    `report(model)` gives it at any time.
     """
     default = get_rule(rule, **options)
     choices = {pat: get_rule(r) for pat, r in (rules or {}).items()}
     last_rule = None if last is None else get_rule(last)
-    candidates = [
-        (name, module, cls)
-        for name, module, why in _walk(model)
-        if why is None
-        and (cls := type(module) if isinstance(module, FeedbackLayer) else _drop_in(module))
-        and (include is None or _matches(name, include))
-        and not _matches(name, exclude)
-    ]
-    for i, (name, module, cls) in enumerate(candidates):
+    convertible = _convertible(model)
+    last_name = convertible[-1][0] if convertible else None
+    new: dict[int, nn.Module] = {}
+    for name, module, cls in convertible:
+        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+            continue
         chosen = next((r for pat, r in choices.items() if _matches(name, pat)), None)
         if chosen is None:
-            chosen = last_rule if last_rule is not None and i == len(candidates) - 1 else default
+            chosen = last_rule if last_rule is not None and name == last_name else default
         layer_seed = mix(seed, name)
         if isinstance(module, FeedbackLayer):
             if module.learning_rule != chosen:
                 module.set_rule(chosen, layer_seed)
             continue
-        new = cls.from_torch(module, chosen, layer_seed)
-        if not name:
-            model = new
-        else:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, new)
+        if chosen.writes_weight and _computed_weight(module):
+            log.info("%s: left alone: %s writes W, which its parametrisation computes",
+                     name or type(module).__name__, chosen.name)
+            continue
+        new[id(module)] = cls.from_torch(module, chosen, layer_seed)
+    model = _swap(model, new)
     log.info("%s", report(model))
     return model
+
+
+def unconvert(model: nn.Module) -> nn.Module:
+    """Put `model` back on plain torch, in place; returns the model (a bare biograd layer
+    comes back as a new torch layer).
+
+    Every biograd layer becomes the torch class it was converted from (nn.Linear for one made
+    as biograd.nn.Linear), sharing the same Parameter objects, so an optimiser built before
+    keeps stepping them; the feedback state is dropped. The state dict then has the torch
+    model's keys: it loads into the plain model with strict=True.
+    """
+    new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, FeedbackLayer)}
+    return _swap(model, new)
 
 
 @dataclass
@@ -194,11 +242,20 @@ def report(model: nn.Module) -> Report:
             if module.learning_rule.transports_weights and own:
                 out.transport.append((name, kind, own, "on bp"))
         elif own:
-            if why is None:
-                why = "custom forward, not converted" if isinstance(
-                    module, tuple(DROP_INS)) else "not a Linear or Conv: learns by backprop"
-            out.transport.append((name, kind, own, why))
+            out.transport.append((name, kind, own, why or _why_not(module)))
     return out
+
+
+def _why_not(module: nn.Module) -> str:
+    """Why a module with parameters of its own follows no rule."""
+    if not isinstance(module, tuple(DROP_INS)):
+        return "not a Linear, Conv or ConvTranspose: learns by backprop"
+    if _drop_in(module) is None:
+        return "custom forward, not converted"
+    if _computed_weight(module):
+        return ("parametrised weight, not converted: it was excluded, or its rule writes W "
+                "(sign_fixed), which a parametrisation computes")
+    return "not converted (left out by include/exclude, or not asked)"
 
 
 def after_step(model: nn.Module) -> None:

@@ -78,3 +78,31 @@ def test_gradient_angles_are_zero_when_feedback_is_the_weight():
 
 def test_gradient_angles_of_a_backprop_model_are_empty():
     assert biograd.gradient_angles(net("bp"), batch()) == {}
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("rule", ["fa", "brsf", "kp"])
+def test_frozen_layers_run_backprop_in_the_reference_pass(rule):
+    import copy
+
+    plain = mlp()
+    model = biograd.convert(copy.deepcopy(plain), rule, seed=0)
+    for layer in (model[2], model[4]):  # frozen, still converted
+        layer.requires_grad_(False)
+    x, y = torch.randn(12, 10), torch.randint(0, 3, (12,))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    angles = biograd.gradient_angles(model, (x, y))
+
+    for key, value in model.state_dict().items():  # brsf's counters of frozen layers included
+        assert torch.equal(value, state[key]), key
+    assert set(angles) == {"0", "6"}  # trainable weights only
+    model_grad = torch.autograd.grad(F.cross_entropy(model(x), y), model[0].weight)[0]
+    true_grad = torch.autograd.grad(F.cross_entropy(plain(x), y), plain[0].weight)[0]
+    assert angles["0"] == pytest.approx(biograd.angle(model_grad, true_grad), abs=1e-6)
+    assert angles["0"] > 1

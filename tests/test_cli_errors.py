@@ -78,7 +78,7 @@ def test_bad_model_options(capsys, out):
     one_line_error(capsys, ["train", "--model", "resnet_small", "--model-options", "{depth: 3}",
                             *QUICK, *out], "resnet_small", "depth")
     one_line_error(capsys, ["train", "--model", "resnet_small", "--model-options",
-                            "{width: 0}", *QUICK, *out], "resnet_small", "positive")
+                            "{width: 0}", *QUICK, *out], "resnet_small", "width=0", ">= 1")
 
 
 def test_bad_rule_and_logging_options(capsys, out):

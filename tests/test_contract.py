@@ -1,8 +1,9 @@
-"""The contract every rule keeps, for Linear and each Conv, parametrised over the registry.
+"""The contract every rule keeps, for every drop-in layer, parametrised over the registry.
 
-Identities, not numbers: the forward is torch's; with B = W the gradients are backprop's
-bit for bit; the input gradient is the transposed op applied with the rule's B; weight and
-bias gradients are the true local ones (gradcheck, float64).
+Layers: Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d. Identities, not numbers: the forward
+is torch's; with B = W the gradients are backprop's bit for bit; the input gradient is the
+transposed op applied with the rule's B; weight and bias gradients are the true local ones
+(gradcheck, float64).
 
 On a GPU: BIOGRAD_TEST_DEVICE=cuda python -m pytest tests/test_contract.py runs every check
 there (tensors and layers made on that device, autocast on it), with torch's deterministic
@@ -71,6 +72,13 @@ LAYERS = [
     ("conv2d_replicate_same", lambda: nn.Conv2d(3, 4, 2, padding="same",
                                                 padding_mode="replicate"), (2, 3, 5, 5)),
     ("conv3d", lambda: nn.Conv3d(2, 4, 3, padding=1), (2, 2, 4, 5, 5)),
+    ("convtranspose1d_output_padding",
+     lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1), (2, 4, 5)),
+    ("convtranspose2d_groups_dilation",
+     lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2, dilation=2),
+     (2, 4, 5, 5)),
+    ("convtranspose3d_nobias", lambda: nn.ConvTranspose3d(2, 4, 2, stride=2, bias=False),
+     (1, 2, 3, 3, 3)),
 ]
 LAYER_IDS = [name for name, _, _ in LAYERS]
 
@@ -233,3 +241,53 @@ def test_autocast(case, rule, dtype, monkeypatch):
     _, gx_again, grads_again = run(reference, x, grad_out, dtype=dtype)
     assert_as_torch([gx, *(grads[n] for n in grads_ref)], [gx_ref, *grads_ref.values()],
                     [gx_again, *grads_again.values()])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_transposed_convolution_takes_torchs_output_size(rule):
+    reference, layer = make(lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1), rule)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(layer(x, output_size=[10, 10]), reference(x, output_size=[10, 10]))
+    assert layer(x, output_size=[10, 10]).shape[-2:] == (10, 10)
+
+
+# gradgradcheck is slow on the larger cases: one of each kind of layer
+SECOND_ORDER = [c for c in LAYERS if c[0] in (
+    "linear_3d_input", "conv1d_stride", "conv2d_same_even", "convtranspose1d_output_padding")]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", SECOND_ORDER, ids=[c[0] for c in SECOND_ORDER])
+def test_double_backward_differentiates_the_rules_backward(case, rule, monkeypatch):
+    _, factory, shape = case
+    _, layer = make(factory, rule, torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    params = (layer.weight,) + ((layer.bias,) if layer.bias is not None else ())
+
+    def f(x, *ps):
+        return layer(x)
+
+    if rule != "brsf":  # brsf draws a new B at every forward: no function to differentiate
+        assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True,
+                                            nondet_tol=NONDET_TOL)
+    # with B = W, second derivatives are backprop's own
+    bind = layer.learning_rule.bind
+    monkeypatch.setattr(type(layer.learning_rule), "bind",
+                        lambda self, lay: Feedback(lambda w: w, bind(lay).learned))
+    assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True, nondet_tol=NONDET_TOL)
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "bp"])
+@pytest.mark.parametrize("transform", ["vmap", "grad", "jvp"])
+def test_torch_func_transforms_are_refused_naming_layer_and_rule(rule, transform):
+    from torch import func
+
+    layer = DROP_INS[nn.Conv2d](3, 4, 3, rule=rule)
+    x = torch.randn(2, 3, 5, 5)
+    calls = {"vmap": lambda: func.vmap(layer)(x),
+             "grad": lambda: func.grad(lambda x: layer(x).sum())(x),
+             "jvp": lambda: func.jvp(layer, (x,), (x,))}
+    with pytest.raises(RuntimeError, match=rf"Conv2d on rule {rule}.*torch.func transforms"):
+        calls[transform]()
+    params = dict(layer.named_parameters())  # functional_call alone is fine
+    assert torch.equal(func.functional_call(layer, params, (x,)), layer(x))

@@ -118,6 +118,85 @@ def test_loading_state_of_another_rule_says_what_to_do():
 def test_drop_in_keeps_torch_signature_and_keys():
     layer = Linear(4, 3, bias=False, dtype=torch.float64, rule="kp")
     assert layer.weight.dtype == torch.float64 and layer.bias is None
-    assert set(layer.state_dict()) == {"weight", "feedback", "_extra_state"}
+    assert set(layer.state_dict()) == {"weight", "feedback", "feedback_seed", "feedback_step"}
     conv = Conv2d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode="reflect", rule="fa")
     assert isinstance(conv, nn.Conv2d) and conv.groups == 2 and conv.padding_mode == "reflect"
+
+
+# --- converter gaps: parametrised weights, shared modules, `last`, transposed convolutions ---
+
+PARAMETRIZE = {
+    "weight_norm": lambda m: nn.utils.parametrizations.weight_norm(m),
+    "spectral_norm": lambda m: nn.utils.parametrizations.spectral_norm(m),
+    "old_weight_norm": lambda m: nn.utils.weight_norm(m),  # the hook-based, deprecated one
+}
+
+
+def parametrised_net(how):
+    torch.manual_seed(0)
+    return nn.Sequential(PARAMETRIZE[how](nn.Conv2d(3, 4, 3, padding=1)), nn.ReLU(),
+                         nn.Flatten(), PARAMETRIZE[how](nn.Linear(4 * 5 * 5, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated")
+@pytest.mark.parametrize("how", list(PARAMETRIZE))
+@pytest.mark.parametrize("rule", biograd.list_rules())
+def test_parametrised_layers_convert_and_learn_through_their_parametrisation(how, rule):
+    reference, model = parametrised_net(how), parametrised_net(how)
+    biograd.convert(model, rule, seed=0)
+    layers = dict(biograd.feedback_layers(model))
+    if biograd.get_rule(rule).writes_weight:  # sign_fixed cannot write a computed W
+        assert not layers
+        why = {owner: reason for owner, _, _, reason in biograd.report(model).transport}
+        assert "parametrised" in why["0"] and rule in why["0"]
+        return
+    assert set(layers) == {"0", "3"}
+    reference.eval(), model.eval()  # spectral_norm: no power iteration, same u on both
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(model(x), reference(x))
+    model.train(), reference.train()
+    model(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    grads = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        if name.startswith("3.") and "feedback" not in name:  # the top layer sees true errors
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-6)
+        assert p.grad is not None, name
+    for name, layer in layers.items():  # B follows the weight the parametrisation computes
+        if rule in ("ss", "brsf", "frsf", "bp"):
+            w = layer.weight_now()
+            assert torch.equal(torch.sign(layer.feedback_weight()), torch.sign(w)), name
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    biograd.weight_angles(model)  # in train mode: spectral_norm's power iteration must not run
+    for n, b in model.named_buffers():
+        assert torch.equal(b, before[n]), n
+
+
+def test_a_module_used_twice_stays_one_module():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 2))
+    biograd.convert(model, "fa", last="bp")
+    assert model[0] is model[2] and isinstance(model[0], FeedbackLayer)
+    assert rules_of(model) == {"0": "fa", "4": "bp"}
+    assert model[0].weight is shared.weight
+
+
+def test_last_names_the_models_last_layer_whatever_is_filtered():
+    model = biograd.convert(small_net(), "fa", last="bp", exclude=["6"])
+    assert rules_of(model) == {"0": "fa", "3.0": "fa"}  # the classifier is left alone
+    model = biograd.convert(small_net(), "fa", last="bp", include=["0", "3"])
+    assert rules_of(model) == {"0": "fa", "3.0": "fa"}
+
+
+TRANSPOSED = [
+    (nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1), (2, 4, 5)),
+    (nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2, dilation=2), (2, 4, 5, 5)),
+    (nn.ConvTranspose3d(2, 4, 2, stride=2), (1, 2, 3, 3, 3)),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape"), TRANSPOSED, ids=lambda v: type(v).__name__)
+def test_transposed_convolutions_convert(layer, shape):
+    model = biograd.convert(nn.Sequential(layer), "fa")
+    assert isinstance(model[0], FeedbackLayer) and isinstance(model[0], type(layer))
+    assert not biograd.report(model).transport

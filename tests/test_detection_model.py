@@ -138,7 +138,7 @@ def test_frozen_and_trainable_batchnorm():
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     transport = {name: why for name, _, _, why in biograd.report(model).transport}
     assert set(transport) == norms
-    assert set(transport.values()) == {"not a Linear or Conv: learns by backprop"}
+    assert set(transport.values()) == {"not a Linear, Conv or ConvTranspose: learns by backprop"}
     before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
     train_one_step(model)
     assert all(not torch.equal(b, before[n]) for n, b in model.named_buffers() if n in before)

@@ -263,7 +263,7 @@ def test_brsf_redraws_every_step(ranks, label):
                 redrawn = not torch.equal(drawn[t - 1], drawn[t])
                 assert redrawn, f"layer {layer!r}: step {t} used step {t - 1}'s B"
             # one draw per training forward pass
-            assert result["steps"][-1]["state"][f"{layer}._extra_state"]["step"] == STEPS
+            assert int(result["steps"][-1]["state"][f"{layer}.feedback_step"]) == STEPS
 
 
 def test_kp_feedback_learns_through_ddp(ranks):

@@ -27,6 +27,14 @@ def test_ss_feedback_is_seed_scale_times_sign(layer):
     assert biograd.weight_angles(layer)[""] == pytest.approx(math.degrees(math.acos(cos)))
 
 
+def test_ss_scale_of_a_transposed_convolution_counts_its_output_channels():
+    # W is (C_in, C_out / groups, k, k): s = sqrt(2 / (k k C_out)) with the layer's C_out
+    layer = biograd.nn.ConvTranspose2d(4, 6, 3, groups=2, rule="ss")
+    w = layer.weight.detach()
+    assert w.shape == (4, 3, 3, 3)
+    assert torch.equal(layer.feedback_weight(), math.sqrt(2 / (3 * 3 * 6)) * torch.sign(w))
+
+
 @pytest.mark.parametrize("rule", ["ss", "sign_fixed"])
 def test_sign_feedback_scaled_to_the_weight(rule):
     layer = Conv2d(4, 8, 3, rule=biograd.get_rule(rule, scale="weight"))
@@ -77,6 +85,9 @@ def test_frsf_angle_is_against_effective_feedback_not_magnitudes():
     assert measured < biograd.angle(layer.weight, m) - 10  # biotorch's mistake measures this
 
 
+COUNTERS = ("feedback_seed", "feedback_step")
+
+
 @pytest.mark.parametrize("fresh", ["window", "full"])
 def test_brsf_draws_a_new_feedback_each_training_step(fresh):
     layer = Conv2d(4, 8, 3, rule=biograd.get_rule("brsf", fresh=fresh), seed=5)
@@ -93,7 +104,7 @@ def test_brsf_draws_a_new_feedback_each_training_step(fresh):
         assert torch.equal(torch.sign(b), torch.sign(layer.weight.detach()))
     # the same seed replays the same sequence
     again = Conv2d(4, 8, 3, rule=biograd.get_rule("brsf", fresh=fresh), seed=5)
-    again.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "_extra_state"},
+    again.load_state_dict({k: v for k, v in layer.state_dict().items() if k not in COUNTERS},
                           strict=False)
     again(x).sum().backward()
     assert torch.equal(again.feedback_weight(), draws[0])
@@ -153,11 +164,10 @@ def test_wm_mirror_phase_aligns_feedback(layer):
 def test_rules_without_between_step_work_leave_the_layer_alone():
     for rule in ("bp", "fa", "ss", "frsf", "brsf", "kp"):
         layer = Linear(5, 4, rule=rule)
-        state = {k: v.clone() for k, v in layer.state_dict().items() if k != "_extra_state"}
+        state = {k: v.clone() for k, v in layer.state_dict().items()}
         biograd.after_step(layer)
         for k, v in layer.state_dict().items():
-            if k != "_extra_state":
-                assert torch.equal(v, state[k]), (rule, k)
+            assert torch.equal(v, state[k]), (rule, k)
 
 
 def test_unknown_rule_lists_the_valid_ones():
@@ -166,3 +176,50 @@ def test_unknown_rule_lists_the_valid_ones():
     with pytest.raises(ValueError, match="bad options for rule 'wm'"):
         biograd.get_rule("wm", sample=3)
     assert biograd.get_rule("Kolen-Pollack").name == "kp"
+
+
+def bad_options(rule_cls):
+    """(option, bad value) pairs for every option of a rule, read off its dataclass fields:
+    a value of the wrong type, and one outside what the option accepts."""
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(rule_cls)
+    for f in fields(rule_cls):
+        meta, kind = f.metadata, hints[f.name]
+        yield f.name, [1]  # no option takes a list
+        if meta.get("choices"):
+            yield f.name, meta["choices"][0][:-1] + "x"  # a near miss, like "wieght"
+            continue
+        yield f.name, "abc"
+        yield f.name, True
+        if kind is int or int in typing.get_args(kind):
+            yield f.name, 2.5
+        for key, step in (("low", -1), ("above", 0), ("high", 1)):
+            if meta.get(key) is not None:
+                yield f.name, meta[key] + step * (1 if key != "above" else 0)
+
+
+CASES = [(name, option, value) for name in biograd.list_rules()
+         for option, value in bad_options(biograd.rules.rule_class(name))]
+
+
+def test_every_rule_option_is_covered():
+    assert {(n, o) for n, o, _ in CASES} >= {("fa", "scale"), ("brsf", "fresh"),
+                                             ("wm", "samples"), ("wm", "rate"),
+                                             ("kp", "decay"), ("sign_fixed", "eps")}
+
+
+@pytest.mark.parametrize(("rule", "option", "value"), CASES,
+                         ids=[f"{n}-{o}-{v!r}" for n, o, v in CASES])
+def test_bad_rule_options_are_refused_at_construction(rule, option, value):
+    with pytest.raises(ValueError, match=rf"{rule} {option}=.*: use "):
+        biograd.get_rule(rule, **{option: value})
+
+
+def test_a_bad_rule_option_is_one_line_from_the_command(capsys):
+    from biograd.cli import main
+
+    assert main(["train", "--rule", "fa", "--rule-options", "{fa: {scale: wieght}}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scale='wieght'" in err[0] and "'seed', 'weight'" in err[0]

@@ -83,13 +83,46 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     b = torch.load(tmp_path / "parts" / checkpoint.NAME, weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
-        if key.endswith("_extra_state"):
-            assert a["model"][key] == b["model"][key], key
-        else:
-            assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["model"][key], b["model"][key]), key
     strip = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(tmp_path / "whole")]
     again = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(tmp_path / "parts")]
     assert strip == again
+
+
+@pytest.mark.parametrize("rule", ["brsf", "wm"])
+def test_measuring_angles_moves_nothing_training_uses(tmp_path, rule):
+    # rank 0 alone measures: any state the measurement moved would split the ranks
+    common = dict(rule=rule, epochs=2, steps_per_epoch=3)
+    classify.train(quick(tmp_path, "measured", angle_batch=16, angle_every=1, **common))
+    classify.train(quick(tmp_path, "unmeasured", angle_batch=0, **common))
+    a, b = (torch.load(tmp_path / n / checkpoint.NAME, weights_only=True)
+            for n in ("measured", "unmeasured"))
+    for key in ("model", "optimizer", "rng"):
+        assert repr(a[key]) == repr(b[key]), key
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    losses = [[m["train_loss"] for m in metrics(tmp_path / n)] for n in ("measured",
+                                                                          "unmeasured")]
+    assert losses[0] == losses[1]
+
+
+def test_the_engines_angles_restore_frozen_layers_state():
+    from types import SimpleNamespace
+
+    model = biograd.convert(small_cnn(), "brsf", last="bp", seed=0)
+    first = next(layer for _, layer in biograd.feedback_layers(model))
+    first.requires_grad_(False)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    model(x).sum().backward()  # one draw, so counters are not at their start
+    ctx = SimpleNamespace(model=model, cfg=SimpleNamespace(rule="brsf"), task=SimpleNamespace(
+        angle_batch=(x, y), angle_loss=biograd.cross_entropy_loss))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    out = loop.angles(ctx)
+    assert out["gradient_angles"] and out["weight_angles"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ resume, atomic checkpoints, metrics.jsonl and TensorBoard, clear errors) lives h
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -252,6 +253,11 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         return _fit(cfg, dist, device, task, out, runlog)
     finally:
         runlog.close()
+        if dist.enabled:
+            # DDP holds reference cycles, so only the garbage collector frees it; left to the
+            # interpreter's exit, after the process group is gone, gloo aborted the process
+            # in about one run in three here ("terminate called without an active exception")
+            gc.collect()
 
 
 def compile_notes(model: nn.Module) -> list[str]:

@@ -8,11 +8,13 @@ the registry over those inputs.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
+from biograd._check import problem
 from biograd.errors import UsageError
 
 
@@ -92,6 +94,10 @@ def build_own(
     except TypeError as err:
         raise ModelError(f"{name}: {err}; see help(biograd.models.{info.builder.__name__}) "
                          f"for its options") from None
+    hints = typing.get_type_hints(info.builder)
+    for key, value in options.items():  # every integer option is a size or a count
+        if hints.get(key) is int and problem(int, {"low": 1}, value):
+            raise ModelError(f"{name}: {key}={value!r}: {problem(int, {'low': 1}, value)}")
     try:
         return info.builder(**kwargs, **options)
     except ValueError as err:  # an option's value out of range: say so in one line

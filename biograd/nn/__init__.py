@@ -1,7 +1,16 @@
 """Drop-in layers and the autograd functions behind them."""
 
 from biograd.nn.functional import feedback_conv, feedback_linear
-from biograd.nn.layers import Conv1d, Conv2d, Conv3d, FeedbackLayer, Linear
+from biograd.nn.layers import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    FeedbackLayer,
+    Linear,
+)
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "FeedbackLayer", "Linear", "feedback_conv",
-           "feedback_linear"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+           "FeedbackLayer", "Linear", "feedback_conv", "feedback_linear"]

@@ -3,8 +3,9 @@
 Forward: torch's own op, so outputs are bit for bit the torch layer's. Backward: the weight
 and bias gradients are the true local ones; only the input gradient uses B,
 
-    linear:       δx = δy B             (δy: (..., out), B: (out, in))
-    convolution:  δx = conv_transpose(δy, B)
+    linear:                  δx = δy B             (δy: (..., out), B: (out, in))
+    convolution:             δx = conv_transpose(δy, B)
+    transposed convolution:  δx = conv(δy, B)
 
 computed for convolutions in ONE aten.convolution_backward call with B in W's place (the
 weight gradient does not read the weight's values). B is made in the backward, and only when
@@ -20,7 +21,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from biograd.rules.base import Feedback
 
@@ -59,7 +59,6 @@ class _Linear(torch.autograd.Function):
         return torch.nn.functional.linear(xc, wc, bc)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # grad: (..., out)
         x, weight = ctx.saved_tensors  # x: (..., in), weight: (out, in)
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
@@ -76,21 +75,22 @@ class _Linear(torch.autograd.Function):
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, learned, make, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, learned, make, stride, padding, dilation, groups,
+                transposed, output_padding):
         dtype = _autocast_dtype(x)
         xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
         ctx.save_for_backward(xc, weight)
         ctx.make, ctx.x_dtype = make, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.args = (stride, padding, dilation, groups)
-        return torch.convolution(xc, wc, bc, stride, padding, dilation, False, [0], groups)
+        ctx.args = (stride, padding, dilation, groups, transposed, output_padding)
+        return torch.convolution(xc, wc, bc, stride, padding, dilation, transposed,
+                                 output_padding, groups)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # grad: (N, C_out, *spatial)
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
-        stride, padding, dilation, groups = ctx.args
+        stride, padding, dilation, groups, transposed, output_padding = ctx.args
         # The weight gradient reads only the weight's shape, so B can stand in W's place.
         b = ctx.make(weight) if need_x else weight
         grad_x, grad_w, grad_b = _convolution_backward(
@@ -101,8 +101,8 @@ class _Conv(torch.autograd.Function):
             stride,
             padding,
             dilation,
-            False,
-            [0] * len(stride),
+            transposed,
+            output_padding,
             groups,
             [need_x, need_w or need_learned, need_b],
         )
@@ -110,7 +110,7 @@ class _Conv(torch.autograd.Function):
         grad_w = _as(grad_w, weight.dtype)
         grad_b = _as(grad_b, ctx.bias_dtype)
         return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
-                None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback) -> Tensor:
@@ -135,13 +135,18 @@ def feedback_conv(
     padding: Sequence[int],
     dilation: Sequence[int],
     groups: int,
+    transposed: bool = False,
+    output_padding: Sequence[int] | None = None,
 ) -> Tensor:
-    """An N-d convolution (zero padding given as ints), with δx = conv_transpose(δy, B).
+    """An N-d convolution (zero padding given as ints), with δx = conv_transpose(δy, B);
+    or, `transposed`, an N-d transposed convolution, with δx = conv(δy, B).
 
-    x: (N, C_in, *spatial), weight: (C_out, C_in / groups, *kernel).
+    x: (N, C_in, *spatial); weight: (C_out, C_in / groups, *kernel), or transposed
+    (C_in, C_out / groups, *kernel).
     """
+    output_padding = [0] * len(stride) if output_padding is None else list(output_padding)
     return _Conv.apply(
         x, weight, bias, feedback.learned, feedback.make,
-        list(stride), list(padding), list(dilation), groups,
+        list(stride), list(padding), list(dilation), groups, transposed, output_padding,
     )
 

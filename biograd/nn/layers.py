@@ -1,4 +1,4 @@
-"""Drop-in Linear, Conv1d, Conv2d and Conv3d whose backward follows a learning rule.
+"""Drop-in Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d whose backward follows a rule.
 
 Each subclasses the torch layer and keeps its constructor and parameter names, so state dicts
 load by the same keys; the only additions are the keyword-only `rule` and `seed`, and the
@@ -13,10 +13,11 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from biograd._seed import generator, mix
 from biograd.nn.functional import feedback_conv, feedback_linear
-from biograd.rules.base import Rule, get_rule
+from biograd.rules.base import Rule, get_rule, list_rules
 
 log = logging.getLogger("biograd")
 
@@ -28,6 +29,9 @@ class FeedbackLayer(nn.Module):
         learning_rule: the Rule object; `rule` is its name.
         feedback_seed: the layer's own seed, from which all its random feedback is drawn.
         feedback_step: a per-step counter some rules keep (brsf: draws, wm: mirror passes).
+
+    In the state dict the two counters are int64 tensors (`feedback_seed`, `feedback_step`)
+    beside the rule's state, so a converted model's state dict holds tensors only.
     """
 
     learning_rule: Rule
@@ -40,12 +44,35 @@ class FeedbackLayer(nn.Module):
 
     @classmethod
     def from_torch(cls, module: nn.Module, rule: str | Rule, seed: int | None = None):
-        """A biograd layer that shares `module`'s parameters, buffers and attributes."""
+        """A biograd layer that shares `module`'s parameters, buffers and attributes.
+
+        A module under torch.nn.utils.parametrize (weight_norm, spectral_norm) stays so: the
+        forward and the rule both see the weight the parametrisation computes."""
+        plain = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+        cls = rebase(module, cls)
         new = cls.__new__(cls)
         for key, value in module.__dict__.items():  # hooks and the like: own copies
             new.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+        new.__dict__["torch_class"] = plain
         new.set_rule(rule, seed)
         return new
+
+    def to_torch(self) -> nn.Module:
+        """The torch layer this one stands for (the class it was converted from), sharing its
+        parameters, buffers and attributes; the rule's state is left behind."""
+        cls = self.__dict__.get("torch_class") or next(
+            base for base in type(self).__mro__ if base in DROP_INS)
+        cls = rebase(self, cls)
+        plain = cls.__new__(cls)
+        skip = {"learning_rule", "feedback_seed", "feedback_step", "torch_class"}
+        for key, value in self.__dict__.items():
+            if key not in skip:
+                plain.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+        for name in self.learning_rule.state:
+            plain._parameters.pop(name, None)
+            plain._buffers.pop(name, None)
+            plain._non_persistent_buffers_set.discard(name)
+        return plain
 
     @property
     def rule(self) -> str:
@@ -53,9 +80,11 @@ class FeedbackLayer(nn.Module):
         return self.learning_rule.name
 
     def set_rule(self, rule: str | Rule, seed: int | None = None) -> None:
-        """Switch to `rule`, drawing its state from `seed` (default: torch's global stream).
+        """Switch to `rule`, drawing its state from `seed`.
 
-        Setting the rule a layer already has, with no new seed, keeps its state.
+        Without a seed, one is derived from torch's global stream without advancing it (and
+        from W), so a drop-in layer leaves the stream as its torch layer does. Setting the
+        rule a layer already has, with no new seed, keeps its state.
         """
         new = get_rule(rule)
         old = self.__dict__.get("learning_rule")
@@ -65,9 +94,36 @@ class FeedbackLayer(nn.Module):
             for name in old.state:
                 delattr(self, name)
         if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
+            seed = _default_seed(self.weight_now())
         self.learning_rule, self.feedback_seed, self.feedback_step = new, int(seed), 0
         new.setup(self, generator(mix(seed, "setup")))
+
+    def put_state(self, name: str, value: Tensor, learned: bool = False) -> None:
+        """Give the rule's state `name` the value `value`: written in place (copy_) into the
+        tensor already there, so optimisers and wrappers that hold it keep the live one;
+        registered as a buffer (a Parameter if `learned`) when there is none."""
+        current = (self._parameters if learned else self._buffers).get(name)
+        if current is not None and current.shape == value.shape:
+            with torch.no_grad():
+                current.copy_(value)
+        elif learned:
+            self.register_parameter(name, nn.Parameter(value, self.weight_now().requires_grad))
+        else:
+            self.register_buffer(name, value)
+
+    def weight_now(self) -> Tensor:
+        """W as the forward computes it, without moving any state: a parametrisation (e.g.
+        spectral_norm's power iteration) is evaluated in eval mode."""
+        chain = self._modules.get("parametrizations")
+        if chain is None:
+            return self.weight
+        modes = [(m, m.training) for m in chain.modules()]
+        chain.eval()
+        try:
+            return self.weight
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     def feedback_weight(self) -> Tensor:
         """The B this layer's backward uses (W's shape); for brsf, the latest step's draw."""
@@ -80,40 +136,82 @@ class FeedbackLayer(nn.Module):
     def _feedback(self):
         return self.learning_rule.bind(self)
 
-    # --- state dicts: the seed and counter travel as extra state ---------------------------
+    def _explain(self, err: Exception) -> None:
+        """Raise torch's error for an autograd feature the layers do not support (torch.func
+        transforms, forward-mode AD) again, naming the layer and its rule; else return."""
+        if "setup_context" in str(err) or "jvp" in str(err):
+            raise RuntimeError(
+                f"{type(self).__name__} on rule {self.learning_rule}: torch.func transforms "
+                f"(vmap, grad, jacrev, jvp) and forward-mode AD need an autograd.Function with "
+                f"setup_context and jvp, which biograd's layers leave out (it would cost about "
+                f"120 us per layer per step); put this layer on bp, or biograd.unconvert the "
+                f"model, to use them (functional_call and double backward work)"
+            ) from err
 
-    def get_extra_state(self) -> dict:
-        return {"rule": self.rule, "seed": self.feedback_seed, "step": self.feedback_step}
+    # --- state dicts: the seed and counter travel as int64 tensors -------------------------
 
-    def set_extra_state(self, state: dict) -> None:
-        if state.get("rule", self.rule) != self.rule:
-            raise ValueError(
-                f"this state was saved from a layer on rule {state['rule']!r}, but the layer "
-                f"is on {self.rule!r}: convert the model with the same rules before loading"
-            )
-        self.feedback_seed, self.feedback_step = int(state["seed"]), int(state["step"])
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "feedback_seed"] = torch.tensor(self.feedback_seed)
+        destination[prefix + "feedback_step"] = torch.tensor(self.feedback_step)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        rule = self.learning_rule
+        old = state_dict.get(prefix + "_extra_state")  # the dict earlier versions wrote
+        foreign = sorted(n for n in _all_state() - set(rule.state) if prefix + n in state_dict)
+        saved_rule = old.get("rule", rule.name) if isinstance(old, dict) else rule.name
+        if foreign or saved_rule != rule.name:
+            what = f"rule {saved_rule!r}" if saved_rule != rule.name else \
+                f"feedback state {', '.join(foreign)} of another rule"
+            error_msgs.append(f"{prefix or 'layer'}: the state holds {what}, but the layer is on "
+                              f"{rule.name!r}: convert the model with the same rules before "
+                              f"loading")
+            return
         # A plain torch checkpoint has no feedback state: keep the layer loadable by the torch
         # layer's keys and derive the feedback from the loaded W, as converting after loading.
-        names = [prefix + n for n in self.learning_rule.state] + [prefix + "_extra_state"]
-        absent = [k for k in names if k not in state_dict]
+        absent = [n for n in rule.state if prefix + n not in state_dict]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        for key in absent:
-            if key in missing_keys:
-                missing_keys.remove(key)
-        if any(k != prefix + "_extra_state" for k in absent):
-            rule, self.__dict__["learning_rule"] = self.learning_rule, None
-            for name in rule.state:
-                delattr(self, name)
-            self.learning_rule, self.feedback_step = rule, 0
+        counters = {n: prefix + n for n in ("feedback_seed", "feedback_step")}
+        for key in (*counters.values(), prefix + "_extra_state"):
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
+        for name in absent:
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
+        if isinstance(old, dict):
+            self.feedback_seed, self.feedback_step = int(old["seed"]), int(old["step"])
+        for name, key in counters.items():
+            if key in state_dict:
+                setattr(self, name, int(state_dict[key]))
+        if absent:
+            self.feedback_step = 0
             rule.setup(self, generator(mix(self.feedback_seed, "setup")))
             log.debug("%s: no feedback state in the checkpoint, drawn anew", prefix or "layer")
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.learning_rule}"
+
+
+def _all_state() -> set[str]:
+    """Every state name a registered rule keeps (to tell another rule's in a checkpoint)."""
+    return {name for rule in list_rules() for name in get_rule(rule).state}
+
+
+def _default_seed(weight: Tensor) -> int:
+    """A layer seed for a layer made without one: a draw from torch's global stream on W's
+    device, taken in a fork so the stream does not advance, mixed with W's shape and sums
+    (layers made one after another differ in W even when the stream has not moved)."""
+    device = weight.device if weight.device.type != "meta" else torch.device("cpu")
+    forked = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
+        peek = int(torch.randint(0, 2**62, (1,), device=device).item())
+    sums = ()
+    if weight.device.type != "meta":
+        w = weight.detach().double()
+        sums = (w.sum().item(), w.square().sum().item())
+    return mix(peek, *weight.shape, *sums)
 
 
 class Linear(FeedbackLayer, nn.Linear):
@@ -122,7 +220,11 @@ class Linear(FeedbackLayer, nn.Linear):
     def forward(self, input: Tensor) -> Tensor:
         if self.learning_rule.transports_weights:
             return nn.Linear.forward(self, input)
-        return feedback_linear(input, self.weight, self.bias, self._feedback())
+        try:
+            return feedback_linear(input, self.weight, self.bias, self._feedback())
+        except (RuntimeError, NotImplementedError) as err:
+            self._explain(err)
+            raise
 
 
 class _ConvMixin(FeedbackLayer):
@@ -132,10 +234,12 @@ class _ConvMixin(FeedbackLayer):
         if self.learning_rule.transports_weights:
             return self._conv_forward(input, self.weight, self.bias)
         x, padding = self._pad(input)
-        return feedback_conv(
-            x, self.weight, self.bias, self._feedback(),
-            self.stride, padding, self.dilation, self.groups,
-        )
+        try:
+            return feedback_conv(x, self.weight, self.bias, self._feedback(), self.stride,
+                                 padding, self.dilation, self.groups)
+        except (RuntimeError, NotImplementedError) as err:
+            self._explain(err)
+            raise
 
     def _pad(self, input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """The padded input and the zero padding the convolution itself applies.
@@ -158,6 +262,24 @@ class _ConvMixin(FeedbackLayer):
         return (F.pad(input, extra) if any(extra) else input), left
 
 
+class _ConvTransposeMixin(FeedbackLayer):
+    """The shared forward of ConvTranspose1d/2d/3d (zero padding only, as torch's)."""
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if self.learning_rule.transports_weights:
+            return super().forward(input, output_size)  # the torch layer's
+        n = len(self.kernel_size)
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, n, self.dilation)
+        try:
+            return feedback_conv(input, self.weight, self.bias, self._feedback(), self.stride,
+                                 self.padding, self.dilation, self.groups, transposed=True,
+                                 output_padding=output_padding)
+        except (RuntimeError, NotImplementedError) as err:
+            self._explain(err)
+            raise
+
+
 class Conv1d(_ConvMixin, nn.Conv1d):
     """nn.Conv1d with δx = conv_transpose(δy, B)."""
 
@@ -170,10 +292,36 @@ class Conv3d(_ConvMixin, nn.Conv3d):
     """nn.Conv3d with δx = conv_transpose(δy, B)."""
 
 
+class ConvTranspose1d(_ConvTransposeMixin, nn.ConvTranspose1d):
+    """nn.ConvTranspose1d with δx = conv(δy, B)."""
+
+
+class ConvTranspose2d(_ConvTransposeMixin, nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with δx = conv(δy, B)."""
+
+
+class ConvTranspose3d(_ConvTransposeMixin, nn.ConvTranspose3d):
+    """nn.ConvTranspose3d with δx = conv(δy, B)."""
+
+
 #: torch layer -> biograd layer, most specific first (the converter's lookup table).
 DROP_INS: dict[type[nn.Module], type[FeedbackLayer]] = {
     nn.Linear: Linear,
     nn.Conv1d: Conv1d,
     nn.Conv2d: Conv2d,
     nn.Conv3d: Conv3d,
+    nn.ConvTranspose1d: ConvTranspose1d,
+    nn.ConvTranspose2d: ConvTranspose2d,
+    nn.ConvTranspose3d: ConvTranspose3d,
 }
+
+
+def rebase(module: nn.Module, base: type[nn.Module]) -> type[nn.Module]:
+    """The class a copy of `module` on `base` needs: `base`, or for a module under
+    torch.nn.utils.parametrize, the class torch made for it (one per module: it holds the
+    properties that compute the parametrised tensors) with `base` in place of its own base."""
+    if not parametrize.is_parametrized(module):
+        return base
+    cls = type(module)
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, (base,), namespace)

@@ -8,12 +8,15 @@ gradients are always torch's own.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
+
+from biograd._check import problem
 
 if TYPE_CHECKING:
     from biograd.nn.layers import FeedbackLayer
@@ -31,6 +34,15 @@ class Feedback(NamedTuple):
     learned: Tensor | None = None
 
 
+def option(default: Any, *, choices: tuple[str, ...] | None = None,
+           low: float | None = None, high: float | None = None,
+           above: float | None = None) -> Any:
+    """A rule option (a dataclass field) with what it accepts: `choices`, or numbers in
+    [low, high] (`above`: strictly greater). The type is the field's annotation."""
+    return field(default=default, metadata={"choices": choices, "low": low, "high": high,
+                                            "above": above})
+
+
 @dataclass(frozen=True)
 class Rule:
     """Base class of the learning rules; subclasses are small frozen dataclasses.
@@ -42,6 +54,8 @@ class Rule:
         order: position in `list_rules()`.
         compile_note: why torch.compile does not suit the rule ("" where it does); the
             training loop logs it as a warning under --compile.
+        writes_weight: True for a rule that writes W between steps (sign_fixed holds its
+            signs); the converter leaves a parametrised W, which no one can write, alone.
     """
 
     name: ClassVar[str]
@@ -51,6 +65,16 @@ class Rule:
     transports_weights: ClassVar[bool] = False
     order: ClassVar[int] = 100
     compile_note: ClassVar[str] = ""
+    writes_weight: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        """Every option checked at construction: a ValueError names what it accepts."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            wrong = problem(hints[f.name], f.metadata, value)
+            if wrong:
+                raise ValueError(f"{self.name} {f.name}={value!r}: {wrong}")
 
     def __str__(self) -> str:
         """The name, with the options that differ from their defaults: "wm(samples=128)"."""
@@ -74,22 +98,37 @@ class Rule:
     def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
         """The B the backward uses (for per-step rules, the one of the latest forward pass)."""
         with torch.no_grad():
-            return self.bind_current(layer).make(layer.weight).detach()
+            return self.bind_current(layer).make(layer.weight_now()).detach()
 
     def bind_current(self, layer: FeedbackLayer) -> Feedback:
         """Like `bind`, but without advancing any per-step state."""
         return self.bind(layer)
 
 
-def sign_scale(shape: torch.Size | tuple[int, ...]) -> float:
+def sign_scale(shape: torch.Size | tuple[int, ...], out_channels: int | None = None) -> float:
     """The seed's feedback magnitude s for a weight of this shape.
 
-    Convolution (C_out, C_in/g, *k): s = sqrt(2 / (prod(k) * C_out)) (He, fan-out).
+    Convolution (C_out, C_in/g, *k): s = sqrt(2 / (prod(k) * C_out)) (He, fan-out), C_out
+    being `out_channels` where given (a transposed convolution's W is (C_in, C_out/g, *k)).
     Linear (out, in): s = 1 / sqrt(in).
     """
     if len(shape) == 2:
         return 1.0 / math.sqrt(shape[1])
-    return math.sqrt(2.0 / (math.prod(shape[2:]) * shape[0]))
+    return math.sqrt(2.0 / (math.prod(shape[2:]) * (out_channels or shape[0])))
+
+
+def seed_scale(layer: FeedbackLayer) -> float:
+    """The seed's s for `layer`: `sign_scale` of its W, with its own output channels."""
+    return sign_scale(layer.weight_now().shape, getattr(layer, "out_channels", None))
+
+
+#: How random and sign feedback is scaled: the seed's s, or W's own size.
+SCALES = ("seed", "weight")
+
+
+def scale_option() -> Any:
+    """The `scale` option the rules share (see `random_feedback`)."""
+    return option("seed", choices=SCALES)
 
 
 def random_feedback(
@@ -97,26 +136,27 @@ def random_feedback(
     generator: torch.Generator,
     scale: str = "seed",
     size: tuple[int, ...] | None = None,
+    s: float | None = None,
 ) -> Tensor:
     """A random B for `weight` (of `size`, default W's shape) on `generator`'s device.
 
     The result has W's dtype and lives on W's device.
     scale="seed": the seed's FA initialisation: convolution N(0, s²), linear U(-s, s), with s
-        from `sign_scale` of W's shape.
+        given, or by default `sign_scale` of W's shape (`seed_scale(layer)` for a layer).
     scale="weight": N(0, std(W)²), the standard deviation of W as it is now (what kept a
         RetinaNet under FA from diverging, see REFERENCE.md).
     """
     size = tuple(weight.shape) if size is None else size
     kw = {"generator": generator, "device": generator.device}
+    s = sign_scale(weight.shape) if s is None else s
     if scale == "seed":
-        s = sign_scale(weight.shape)
         if weight.dim() == 2:
             b = torch.rand(size, **kw).mul_(2 * s).sub_(s)
         else:
             b = torch.randn(size, **kw).mul_(s)
     elif scale == "weight":
         std = weight.detach().float().std().item() if weight.numel() > 1 else 0.0
-        b = torch.randn(size, **kw).mul_(std or sign_scale(weight.shape))
+        b = torch.randn(size, **kw).mul_(std or s)
     else:
         raise ValueError(f"unknown feedback scale {scale!r}: use 'seed' or 'weight'")
     return b.to(device=weight.device, dtype=weight.dtype)

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 import torch
 
 from biograd._seed import generator, mix
-from biograd.rules.base import Feedback, Rule, random_feedback, register
+from biograd.rules.base import (
+    Feedback,
+    Rule,
+    option,
+    random_feedback,
+    register,
+    scale_option,
+    seed_scale,
+    sign_scale,
+)
 
 #: pool entries beyond W's size: the number of distinct windows is SLACK + 1.
 SLACK = 4096
@@ -32,8 +41,8 @@ class BRSF(Rule):
         scale: how magnitudes are drawn, as FA's B ("seed" or "weight").
     """
 
-    fresh: str = "window"
-    scale: str = "seed"
+    fresh: str = option("window", choices=("window", "full"))
+    scale: str = scale_option()
 
     name = "brsf"
     aliases = ("batch_random_sign_feedback",)
@@ -49,26 +58,21 @@ class BRSF(Rule):
     def state(self) -> tuple[str, ...]:
         return ("feedback_pool",) if self.fresh == "window" else ()
 
-    def __post_init__(self) -> None:
-        if self.fresh not in ("window", "full"):
-            raise ValueError(f"brsf fresh={self.fresh!r}: use 'window' or 'full'")
-
     def setup(self, layer, generator) -> None:
         if self.fresh == "window":
-            w = layer.weight
-            pool = random_feedback(w, generator, self.scale, size=(w.numel() + SLACK,))
-            layer.register_buffer("feedback_pool", pool.abs_())
+            w, s = layer.weight_now(), seed_scale(layer)
+            pool = random_feedback(w, generator, self.scale, size=(w.numel() + SLACK,), s=s)
+            layer.put_state("feedback_pool", pool.abs_())
 
     def _make(self, layer, draw: int):
         seed = mix(layer.feedback_seed, "brsf", draw)
         if self.fresh == "window":
-            pool, n = layer.feedback_pool, layer.weight.numel()
-            start = seed % (SLACK + 1)
+            pool = layer.feedback_pool
+            start, n = seed % (SLACK + 1), pool.numel() - SLACK
             return lambda w: torch.copysign(pool[start : start + n].view_as(w), w)
-        scale = self.scale
-        return lambda w: torch.copysign(
-            random_feedback(w, generator(seed, w.device), scale).abs_(), w
-        )
+        scale, out_channels = self.scale, getattr(layer, "out_channels", None)
+        return lambda w: torch.copysign(random_feedback(
+            w, generator(seed, w.device), scale, s=sign_scale(w.shape, out_channels)).abs_(), w)
 
     def bind(self, layer) -> Feedback:
         if torch.is_grad_enabled():

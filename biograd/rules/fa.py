@@ -6,7 +6,7 @@ every DDP rank draws the same B.
 
 from dataclasses import dataclass
 
-from biograd.rules.base import Feedback, Rule, random_feedback, register
+from biograd.rules.base import Feedback, Rule, random_feedback, register, scale_option, seed_scale
 
 
 @register
@@ -19,7 +19,7 @@ class FA(Rule):
             B ~ U(-s, s) with s = 1/sqrt(fan_in), as the seed's code; "weight": N(0, std(W)²).
     """
 
-    scale: str = "seed"
+    scale: str = scale_option()
 
     name = "fa"
     aliases = ("feedback_alignment",)
@@ -28,7 +28,8 @@ class FA(Rule):
     order = 10
 
     def setup(self, layer, generator) -> None:
-        layer.register_buffer("feedback", random_feedback(layer.weight, generator, self.scale))
+        b = random_feedback(layer.weight_now(), generator, self.scale, s=seed_scale(layer))
+        layer.put_state("feedback", b)
 
     def bind(self, layer) -> Feedback:
         b = layer.feedback

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from biograd.rules.base import Feedback, Rule, random_feedback, register
+from biograd.rules.base import Feedback, Rule, random_feedback, register, scale_option, seed_scale
 
 
 @register
@@ -20,7 +20,7 @@ class FRSF(Rule):
         scale: how M is drawn, as FA's B ("seed" or "weight").
     """
 
-    scale: str = "seed"
+    scale: str = scale_option()
 
     name = "frsf"
     aliases = ("fixed_random_sign_feedback",)
@@ -29,8 +29,9 @@ class FRSF(Rule):
     order = 30
 
     def setup(self, layer, generator) -> None:
-        m = random_feedback(layer.weight, generator, self.scale).abs_()
-        layer.register_buffer("feedback_magnitude", m)
+        w = layer.weight_now()
+        m = random_feedback(w, generator, self.scale, s=seed_scale(layer)).abs_()
+        layer.put_state("feedback_magnitude", m)
 
     def bind(self, layer) -> Feedback:
         m = layer.feedback_magnitude

@@ -13,9 +13,15 @@ an optimiser group of their own; `biograd.weight_decay_groups` does it for any l
 
 from dataclasses import dataclass
 
-from torch import nn
-
-from biograd.rules.base import Feedback, Rule, random_feedback, register
+from biograd.rules.base import (
+    Feedback,
+    Rule,
+    option,
+    random_feedback,
+    register,
+    scale_option,
+    seed_scale,
+)
 
 
 @register
@@ -28,8 +34,8 @@ class KP(Rule):
         decay: λ, the weight decay of this layer's W and B (default None: the optimiser's).
     """
 
-    scale: str = "seed"
-    decay: float | None = None
+    scale: str = scale_option()
+    decay: float | None = option(None, low=0)
 
     name = "kp"
     aliases = ("kolen_pollack",)
@@ -37,13 +43,9 @@ class KP(Rule):
     state = ("feedback",)
     order = 60
 
-    def __post_init__(self) -> None:
-        if self.decay is not None and not self.decay >= 0:
-            raise ValueError(f"kp needs decay >= 0 (or None), got {self.decay}")
-
     def setup(self, layer, generator) -> None:
-        b = random_feedback(layer.weight, generator, self.scale)
-        layer.register_parameter("feedback", nn.Parameter(b, layer.weight.requires_grad))
+        b = random_feedback(layer.weight_now(), generator, self.scale, s=seed_scale(layer))
+        layer.put_state("feedback", b, learned=True)
 
     def bind(self, layer) -> Feedback:
         b = layer.feedback

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from biograd.functional import hold_sign_
-from biograd.rules.base import Feedback, Rule, register, sign_scale
+from biograd.rules.base import Feedback, Rule, option, register, scale_option, seed_scale
 
 
 @register
@@ -24,21 +24,22 @@ class SignFixed(Rule):
         scale: "seed" (default): the seed's s; "weight": s = rms(W₀).
     """
 
-    eps: float = 1e-10
-    scale: str = "seed"
+    eps: float = option(1e-10, above=0)
+    scale: str = scale_option()
 
     name = "sign_fixed"
     aliases = ("sign_fixed_fa", "signfixed")
     summary = "B = s·sign(W₀) fixed; W kept to the signs of W₀"
     state = ("feedback",)
     order = 50
+    writes_weight = True
 
     def setup(self, layer, generator) -> None:
-        w = layer.weight.detach()
+        w = layer.weight_now().detach()
         coin = torch.rand(w.shape, generator=generator, device=generator.device) < 0.5
         sign = torch.where(w == 0, coin.to(w.device).to(w.dtype).mul_(2).sub_(1), w.sign())
-        s = w.square().mean().sqrt().item() if self.scale == "weight" else sign_scale(w.shape)
-        layer.register_buffer("feedback", sign.mul_(s or sign_scale(w.shape)))
+        s = w.square().mean().sqrt().item() if self.scale == "weight" else seed_scale(layer)
+        layer.put_state("feedback", sign.mul_(s or seed_scale(layer)))
         self.after_step(layer)
 
     def bind(self, layer) -> Feedback:

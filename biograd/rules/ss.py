@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from biograd.rules.base import Feedback, Rule, register, sign_scale
+from biograd.rules.base import Feedback, Rule, register, scale_option, sign_scale
 
 
 def signed(magnitude: float, weight: torch.Tensor) -> torch.Tensor:
@@ -28,19 +28,15 @@ class SS(Rule):
             N(0, 0.01²) against s ≈ 0.03) otherwise multiply the error at every layer.
     """
 
-    scale: str = "seed"
+    scale: str = scale_option()
 
     name = "ss"
     aliases = ("usf", "sign_symmetry")
     summary = "B = s·sign(W), the seed's sign-symmetry (uSF)"
     order = 20
 
-    def __post_init__(self) -> None:
-        if self.scale not in ("seed", "weight"):
-            raise ValueError(f"ss scale={self.scale!r}: use 'seed' or 'weight'")
-
     def bind(self, layer) -> Feedback:
         if self.scale == "weight":
             return Feedback(make=lambda w: torch.copysign(w.detach().square().mean().sqrt(), w))
-        s = sign_scale(layer.weight.shape)
-        return Feedback(make=lambda w: signed(s, w))
+        out_channels = getattr(layer, "out_channels", None)
+        return Feedback(make=lambda w: signed(sign_scale(w.shape, out_channels), w))

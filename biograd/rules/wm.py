@@ -25,7 +25,15 @@ import torch
 from torch import Tensor
 
 from biograd._seed import generator, mix
-from biograd.rules.base import Feedback, Rule, random_feedback, register
+from biograd.rules.base import (
+    Feedback,
+    Rule,
+    option,
+    random_feedback,
+    register,
+    scale_option,
+    seed_scale,
+)
 
 
 def mirror_estimate(weight: Tensor, samples: int, gen: torch.Generator) -> Tensor:
@@ -47,9 +55,9 @@ class WM(Rule):
         scale: how the initial B is drawn, as FA's ("seed" or "weight").
     """
 
-    samples: int = 64
-    rate: float = 0.005
-    scale: str = "seed"
+    samples: int = option(64, low=1)
+    rate: float = option(0.005, above=0, high=1)
+    scale: str = scale_option()
 
     name = "wm"
     aliases = ("weight_mirror", "weight_mirrors")
@@ -57,16 +65,14 @@ class WM(Rule):
     state = ("feedback",)
     order = 70
 
-    def __post_init__(self) -> None:
-        if self.samples < 1 or not 0 < self.rate <= 1:
-            raise ValueError(f"wm needs samples >= 1 and 0 < rate <= 1, got {self}")
-
     def _estimate(self, layer) -> Tensor:
         seed = mix(layer.feedback_seed, "wm", layer.feedback_step)
-        return mirror_estimate(layer.weight, self.samples, generator(seed, layer.weight.device))
+        w = layer.weight_now()
+        return mirror_estimate(w, self.samples, generator(seed, w.device))
 
     def setup(self, layer, generator) -> None:
-        layer.register_buffer("feedback", random_feedback(layer.weight, generator, self.scale))
+        b = random_feedback(layer.weight_now(), generator, self.scale, s=seed_scale(layer))
+        layer.put_state("feedback", b)
         self.after_step(layer)
 
     def bind(self, layer) -> Feedback:

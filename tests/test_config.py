@@ -1,0 +1,127 @@
+"""Every config field is checked for type and range, from a YAML file and from flags alike.
+
+The bad values are generated from the dataclasses themselves (each field's annotation and
+bounds), so a field added later is checked by the same tests."""
+
+import argparse
+import dataclasses
+import types
+import typing
+
+import pytest
+import yaml
+
+from biograd.cli import build_parser, main
+from biograd.config import DetectConfig, TrainConfig, resolve
+from biograd.errors import UsageError
+
+CLASSES = {"train": TrainConfig, "detect": DetectConfig}
+
+
+def _base(kind):
+    if isinstance(kind, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
+WRONG_TYPE = {  # values of another type than the field's
+    int: ["64", 2.5, True, [1]],
+    float: ["abc", True, [1]],
+    str: [5, [1], {"a": 1}],
+    bool: ["maybe", 1, [True]],
+    dict: ["abc", [1]],
+    list: ["abc", 5, ["a"], [1.5]],
+}
+
+
+def bad_values(cls):
+    """(field, value, fits a flag) for every field of `cls`: values of the wrong type, values
+    outside its bounds and, for fields with choices, a near miss."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _base(hints[f.name])
+        base = typing.get_origin(kind) or kind
+        meta = f.metadata
+        if meta.get("choices"):
+            yield f.name, meta["choices"][0] + "x", True
+            yield f.name, 3, False
+            continue
+        for value in WRONG_TYPE[base]:
+            yield f.name, value, False
+        step = 1 if base is int or (base is list) else 0.5
+        for key, delta in (("low", -step), ("above", 0), ("below", 0), ("high", step)):
+            if meta.get(key) is not None:
+                value = meta[key] + delta
+                yield f.name, [value] if base is list else value, True
+
+
+CASES = [(task, name, value, flag) for task, cls in CLASSES.items()
+         for name, value, flag in bad_values(cls)]
+IDS = [f"{task}-{name}-{value!r}" for task, name, value, _ in CASES]
+
+
+def test_the_generated_cases_hold_the_reviews_examples():
+    train = {(name, repr(value)) for task, name, value, _ in CASES if task == "train"}
+    for example in [("epochs", "2.5"), ("momentum", "True"), ("milestones", "'abc'"),
+                    ("lr", "'abc'"), ("batch_size", "'64'"), ("weight_decay", "-0.5"),
+                    ("rule", "[1]"), ("workers", "-1"), ("momentum", "1")]:
+        assert example in train, example
+    fields = {name for _, name, _, _ in CASES}
+    assert fields == {f.name for cls in CLASSES.values() for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize(("task", "name", "value", "flag"), CASES, ids=IDS)
+def test_a_bad_value_in_a_config_file_is_refused(tmp_path, task, name, value, flag):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({name: value}))
+    with pytest.raises(UsageError, match=rf"^{name}=") as err:
+        resolve(argparse.Namespace(config=path), CLASSES[task])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("task", "name", "value", "flag"), [c for c in CASES if c[3]],
+                         ids=[i for i, c in zip(IDS, CASES, strict=True) if c[3]])
+def test_a_bad_value_in_a_flag_is_refused(task, name, value, flag):
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    argv = [task, f"--{name.replace('_', '-')}", text]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse's own check (a choice, a type)
+        assert stop.code == 2
+        return
+    with pytest.raises(UsageError, match=rf"^{name}="):
+        resolve(args, CLASSES[task])
+
+
+def test_shipped_defaults_pass():
+    for cls in CLASSES.values():
+        resolve(None, cls)
+
+
+def test_yaml_numbers_with_an_exponent_are_numbers(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5e-4\nrule_options: {wm: {rate: 2e-3}}\n")
+    cfg = resolve(argparse.Namespace(config=path))
+    assert cfg.lr == 1e-3 and cfg.weight_decay == 5e-4
+    assert cfg.rule_options == {"wm": {"rate": 2e-3}}
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--momentum", "1.5"],
+    ["train", "--workers", "-2"],
+    ["train", "--rule-options", "{fa: {scale: wieght}}"],
+    ["detect", "--parts", "{heads: bp}"],
+    ["detect", "--min-size", "96", "--max-size", "64"],
+])
+def test_the_command_says_what_is_wrong_in_one_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("biograd: error: ")
+
+
+def test_a_bad_model_option_is_one_line(tmp_path, capsys):
+    argv = ["train", "--model-options", "{width: -3}", "--out", str(tmp_path / "run"),
+            "--progress", "none", "--tensorboard", "false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "biograd: error: small_cnn: width=-3: use an integer >= 1"
