@@ -12,7 +12,16 @@
 
 from biograd import nn, optim, rules
 from biograd.alignment import angle, cross_entropy_loss, gradient_angles, weight_angles
-from biograd.convert import Report, after_step, convert, feedback_layers, report, unconvert
+from biograd.convert import (
+    Report,
+    after_step,
+    convert,
+    exclude_feedback_from_ddp,
+    feedback_buffers,
+    feedback_layers,
+    report,
+    unconvert,
+)
 from biograd.rules import Rule, get_rule, list_rules, register
 
 __version__ = "0.1.0"
@@ -24,6 +33,8 @@ __all__ = [
     "angle",
     "convert",
     "cross_entropy_loss",
+    "exclude_feedback_from_ddp",
+    "feedback_buffers",
     "feedback_layers",
     "get_rule",
     "gradient_angles",

@@ -68,6 +68,12 @@ class RunConfig:
     tensorboard: bool = setting(True, "write TensorBoard events")
     milestones: list[int] | None = setting(None, "step schedule: decay at these epochs instead "
                                            "of every step_size (YAML list)", low=0)
+    log_every: int = setting(50, "steps between host syncs (the non-finite loss check); "
+                             "the device otherwise never waits on the host", low=1)
+    accept_changes: bool = setting(False, "on --resume, accept another number of processes "
+                                   "or --epochs: the schedule is recomputed for the new shape")
+    sync_bn: bool = setting(False, "under torchrun, BatchNorm statistics over the global batch "
+                            "(torch's SyncBatchNorm, GPUs only): for small per-GPU batches")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

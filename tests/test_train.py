@@ -251,3 +251,66 @@ def test_compile_warns_for_rules_it_does_not_suit(tmp_path, monkeypatch, caplog,
         assert "recompiles at every step" in warned[0]
     else:
         assert warned == []
+
+
+def test_the_loop_reads_the_device_once_per_log_interval(tmp_path, monkeypatch):
+    reads = []
+    real = torch.Tensor.item
+    package = os.path.dirname(biograd.__file__) + os.sep
+
+    def item(t):  # biograd's own reads of a tensor's value (torch's DataLoader has one too)
+        if sys._getframe(1).f_code.co_filename.startswith(package):
+            reads.append(1)
+        return real(t)
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    cfg = quick(tmp_path, epochs=1, steps_per_epoch=6, log_every=2, angle_batch=0)
+    ctx_steps = []
+    real_epoch = loop.train_one_epoch
+
+    def counted(ctx, loader, epoch):
+        reads.clear()
+        out = real_epoch(ctx, loader, epoch)
+        ctx_steps.append(len(reads))
+        return out
+
+    monkeypatch.setattr(loop, "train_one_epoch", counted)
+    classify.train(cfg)
+    assert ctx_steps == [6 // 2 + 1]  # steps 2, 4, 6 and the epoch's end
+
+
+def test_resume_with_other_epochs_needs_accepting(tmp_path, capsys):
+    from biograd.cli import main
+
+    argv = ["train", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16",
+            "--progress", "none", "--tensorboard", "false", "--angle-batch", "0",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    longer = [*argv[:2], "3", *argv[3:], "--resume"]
+    assert main(longer) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "epochs=1 (now 3)" in err[-1] and "--accept-changes" in err[-1]
+    assert main([*longer, "--accept-changes"]) == 0
+    lrs = [m["lr"] for m in metrics(tmp_path / "run")]
+    # the cosine schedule recomputed for 3 epochs from the end of epoch 1 (the logged lr is
+    # the one after the epoch's last step)
+    expected = [0.05 * loop.lr_factor(resolve(epochs=3), 2)(2 * e) for e in (2, 3)]
+    assert lrs[1:] == pytest.approx(expected)
+
+
+def test_sync_bn_converts_in_place_and_refuses_the_cpu():
+    from torch import nn
+
+    from biograd.engine.distributed import Dist
+    from biograd.errors import UsageError
+
+    model = biograd.convert(small_cnn(), "fa", seed=0)
+    params = dict(model.named_parameters())
+    cfg, two = resolve(sync_bn=True), Dist(rank=0, world_size=2)
+    synced = loop.sync_batchnorm(model, cfg, two, torch.device("cuda"))  # no CUDA op runs
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())
+    assert all(p is params[n] for n, p in synced.named_parameters())
+    assert loop.sync_batchnorm(model, cfg, Dist(), torch.device("cpu")) is model  # alone
+    with pytest.raises(UsageError, match="GPU tensors only"):
+        loop.sync_batchnorm(small_cnn(), cfg, two, torch.device("cpu"))

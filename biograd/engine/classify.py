@@ -29,18 +29,18 @@ def to_device(batch, device: torch.device, channels_last: bool = False):
 def loss(runner, batch) -> tuple[torch.Tensor, int, dict[str, float]]:
     x, y = batch
     logits = runner(x)
-    correct = (logits.argmax(1) == y).sum().item()
+    correct = (logits.detach().argmax(1) == y).sum()  # stays on the device
     return F.cross_entropy(logits, y), len(y), {"train_top1": 100.0 * correct}
 
 
 @torch.no_grad()
 def evaluate(ctx: loop.Context, loader: DataLoader) -> dict[str, float]:
-    ctx.runner.eval()
+    ctx.model.eval()
     loss_sum = top1 = top5 = seen = 0.0
     for batch in loader:
         x, y = ctx.task.to_device(batch, ctx.device)
         with loop.autocast(ctx.cfg, ctx.device):
-            logits = ctx.runner(x)
+            logits = ctx.model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         best = logits.topk(min(5, logits.shape[1]), dim=1).indices
         top1 += (best[:, 0] == y).sum().item()

@@ -34,7 +34,7 @@ def loss(runner, batch) -> tuple[torch.Tensor, int, dict[str, float]]:
     images, targets = batch
     losses = runner(images, targets)  # {"classification": ..., "bbox_regression": ...}
     n = len(images)
-    return sum(losses.values()), n, {f"train_{k}": v.item() * n for k, v in losses.items()}
+    return sum(losses.values()), n, {f"train_{k}": v.detach() * n for k, v in losses.items()}
 
 
 def angle_loss(model, batch) -> torch.Tensor:
@@ -47,7 +47,7 @@ def make_evaluate(data):
 
     @torch.no_grad()
     def evaluate(ctx: loop.Context, loader: DataLoader) -> dict[str, float]:
-        ctx.runner.eval()
+        ctx.model.eval()
         detections: list[dict[str, Any]] = []
         for batch in loader:
             images, targets = ctx.task.to_device(batch, ctx.device)
@@ -62,8 +62,7 @@ def make_evaluate(data):
             detections = [d for part in gathered for d in part]
         if not ctx.dist.main:
             return {}
-        unique = {d["image_id"]: d for d in detections}  # DistributedSampler pads with repeats
-        metrics = evaluate_coco(data.coco_val, list(unique.values()), data.label_to_category_id)
+        metrics = evaluate_coco(data.coco_val, detections, data.label_to_category_id)
         return {k: 100 * v for k, v in metrics.items()}  # percent, as top-1
 
     return evaluate

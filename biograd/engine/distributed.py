@@ -57,8 +57,37 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 def all_reduce_sum(values: list[float], device: torch.device, info: Dist) -> list[float]:
     """Sum a few numbers over all processes (identity when running alone)."""
+    return _all_reduce(values, device, info, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(values: list[float], device: torch.device, info: Dist) -> list[float]:
+    """The largest of a few numbers over all processes (identity when running alone)."""
+    return _all_reduce(values, device, info, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], device: torch.device, info: Dist, op) -> list[float]:
     if not info.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def gather_objects(obj: object, info: Dist) -> list[object]:
+    """[obj of rank 0, obj of rank 1, ...] on every process ([obj] when running alone)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(model: torch.nn.Module, skip: set[str], info: Dist) -> None:
+    """Send rank 0's buffers (BatchNorm statistics) to every rank, but not those in `skip`
+    (feedback, which every rank derives alike): before evaluation, so that every rank scores
+    its shard with the model rank 0 saves."""
+    if not info.enabled:
+        return
+    for name, buffer in model.named_buffers():
+        if name not in skip:
+            dist.broadcast(buffer, 0)

@@ -11,12 +11,15 @@ import gc
 import logging
 import math
 import os
+import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -32,9 +35,10 @@ from biograd.errors import Diverged, UsageError
 
 log = logging.getLogger("biograd")
 
-#: Fields that may differ between a run and its resumption.
-RESUMABLE = {"epochs", "resume", "out", "workers", "progress", "device", "tensorboard",
-             "data_root", "download"}
+#: Fields that may differ between a run and its resumption (epochs only with
+#: accept_changes, which may itself change).
+RESUMABLE = {"resume", "out", "workers", "progress", "device", "tensorboard", "data_root",
+             "download", "log_every", "accept_changes"}
 
 Batch = Any
 
@@ -44,7 +48,8 @@ class Task:
     """What a task hands the loop.
 
     loss(runner, batch) -> (loss, images in the batch, {name: per-batch sum}): the training
-        forward; the sums are averaged over images for the epoch's train metrics.
+        forward; the sums (tensors, kept on the device) are averaged over images for the
+        epoch's train metrics.
     evaluate(ctx, loader) -> {name: value}: validation metrics (all ranks call it).
     angle_loss(model, batch) -> loss, for gradient angles on `angle_batch` (None: skip).
     """
@@ -72,7 +77,8 @@ class Context:
     dist: distributed.Dist
     device: torch.device
     task: Task
-    runner: nn.Module  # what the loop calls: the model, or its DDP / compiled wrapper
+    runner: nn.Module  # what training calls: the model, or its DDP / compiled wrapper
+    # evaluation calls the model itself: no DDP collectives, so ranks may hold unequal shards
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -121,15 +127,37 @@ def build_optimizer(cfg: RunConfig, model: nn.Module,
     return optimizer
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Every `world_size`-th index from `rank`, in order, each index on exactly one rank
+    (DistributedSampler pads with repeats so that every rank has as many: wrong for
+    evaluation, which would count the repeats)."""
+
+    def __init__(self, dataset: Dataset, world_size: int, rank: int) -> None:
+        self.indices = range(rank, len(dataset), world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def make_loader(task: Task, dataset: Dataset, ctx_dist: distributed.Dist, cfg: RunConfig,
                 device: torch.device, shuffle: bool, epoch: int) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): resumable, the same on retry."""
-    sampler = DistributedSampler(dataset, num_replicas=ctx_dist.world_size, rank=ctx_dist.rank,
-                                 shuffle=shuffle, seed=cfg.seed)
-    sampler.set_epoch(epoch)
+    """A loader whose order depends only on (seed, epoch) and whose augmentation draws on
+    (seed, epoch, rank): resumable, the same on retry, different on every rank.
+
+    Training (shuffle): DistributedSampler, every rank a shard of one permutation.
+    Evaluation: each image once, on one rank (`ShardSampler`)."""
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=ctx_dist.world_size,
+                                     rank=ctx_dist.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = ShardSampler(dataset, ctx_dist.world_size, ctx_dist.rank)
+    seed = mix(cfg.seed, "loader", epoch, ctx_dist.rank)  # the workers' augmentation streams
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                  collate_fn=task.collate,
-                  generator=torch.Generator().manual_seed(mix(cfg.seed, "loader", epoch)))
+                  collate_fn=task.collate, generator=torch.Generator().manual_seed(seed))
     if shuffle and task.batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=task.batch_sampler(sampler, cfg.batch_size),
                           **common)
@@ -141,11 +169,22 @@ def autocast(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp != "none")
 
 
+def _check_finite(ctx: Context, first_bad: torch.Tensor, epoch: int) -> None:
+    """Raise Diverged if any rank saw a non-finite loss (one host sync, one all-reduce)."""
+    step = distributed.all_reduce_max([first_bad.item()], ctx.device, ctx.dist)[0]
+    if step > 0:
+        raise Diverged(f"the loss became non-finite at epoch {epoch}, step {int(step)}")
+
+
 def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, float]:
+    """One epoch of training. Nothing waits on the device between log intervals: the loss
+    sums and the first non-finite step stay on the device, read every `log_every` steps and
+    at the end (a non-finite loss then stops the run, naming the step it first appeared)."""
     cfg, device, task = ctx.cfg, ctx.device, ctx.task
     ctx.runner.train()
     total = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
-    sums: dict[str, float] = {"train_loss": 0.0}
+    sums: dict[str, torch.Tensor] = {}
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: every loss finite
     seen = 0
     start = time.perf_counter()
     for step, batch in enumerate(progress(loader, total, f"epoch {epoch}", cfg.progress,
@@ -153,11 +192,10 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
         batch = task.to_device(batch, device)
         with autocast(cfg, device):
             loss, n, extra = task.loss(ctx.runner, batch)
-        value = loss.item()
-        bad = distributed.all_reduce_sum([0.0 if math.isfinite(value) else 1.0], device,
-                                         ctx.dist)[0]
-        if bad:
-            raise Diverged(f"loss became {value} at epoch {epoch}, step {step}")
+        finite = torch.isfinite(loss.detach())
+        first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
+        if step % cfg.log_every == 0:
+            _check_finite(ctx, first_bad, epoch)
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
@@ -167,15 +205,16 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
         done = (epoch - 1) * total + step  # steps of the run so far
         if cfg.angle_every and ctx.dist.main and done % cfg.angle_every == 0:
             ctx.runlog.angles(step_angles(ctx, epoch - 1 + step / total, done))
-        sums["train_loss"] += value * n
-        for key, v in extra.items():
-            sums[key] = sums.get(key, 0.0) + v
+        for key, v in {"train_loss": loss.detach().float() * n, **extra}.items():
+            sums[key] = sums[key] + v if key in sums else v.detach().float()
         seen += n
         if step == total:
             break
+    _check_finite(ctx, first_bad, epoch)
     seconds = time.perf_counter() - start
     keys = sorted(sums)
-    reduced = distributed.all_reduce_sum([sums[k] for k in keys] + [seen], device, ctx.dist)
+    local = [float(v) for v in torch.stack([sums[k] for k in keys]).tolist()]  # one sync
+    reduced = distributed.all_reduce_sum([*local, seen], device, ctx.dist)
     seen_all = reduced[-1]
     return {**{k: v / seen_all for k, v in zip(keys, reduced[:-1], strict=True)},
             "epoch_seconds": seconds, "images_per_second": seen_all / seconds}
@@ -223,13 +262,30 @@ def check_out(cfg: RunConfig, out: Path) -> None:
         raise UsageError(f"--resume: no checkpoint in {out}; start without --resume")
 
 
-def check_compatible(cfg: RunConfig, saved: dict[str, Any], out: Path) -> None:
+def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
+                     dist: distributed.Dist) -> bool:
+    """Refuse a resume whose recipe differs from the checkpoint's. Another world size or
+    another number of epochs changes the schedule's shape: refused too unless
+    cfg.accept_changes; returns True when the shape changed (and was accepted)."""
+    saved = state["config"]
     changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k not in RESUMABLE and saved.get(k) != v)
+                     if k not in RESUMABLE | {"epochs"} and saved.get(k) != v)
     if changed:
         diffs = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
         raise UsageError(f"--resume: {out} was trained with {diffs}; drop the changed options "
                          f"or choose another --out")
+    shape = []
+    if saved.get("epochs") != cfg.epochs:
+        shape.append(f"epochs={saved.get('epochs')} (now {cfg.epochs})")
+    world = state.get("world_size", 1)
+    if world != dist.world_size:
+        shape.append(f"{world} processes, a global batch of {world * cfg.batch_size} (now "
+                     f"{dist.world_size}, {dist.world_size * cfg.batch_size})")
+    if shape and not cfg.accept_changes:
+        raise UsageError(f"--resume: {out} was trained with {'; '.join(shape)}: pass "
+                         f"--accept-changes to continue with the schedule recomputed for the "
+                         f"new shape, or resume as it was")
+    return bool(shape)
 
 
 def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.device], Task]
@@ -260,13 +316,44 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
             gc.collect()
 
 
+def seed_rank_streams(cfg: RunConfig, dist: distributed.Dist, epoch: int) -> None:
+    """Seed torch's, numpy's and Python's global streams from (seed, rank, epoch): dropout,
+    drop-path and the main process's augmentation then differ between ranks, as they would
+    between the batches of one process. Feedback draws none of them."""
+    seed = mix(cfg.seed, "rank", dist.rank, epoch)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def seek(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> None:
+    """Put `scheduler` (and its optimiser's learning rates) at optimiser step `step`."""
+    with warnings.catch_warnings():  # "step() before optimizer.step()": deliberate here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.last_epoch = step - 1
+        scheduler.step()
+
+
 def compile_notes(model: nn.Module) -> list[str]:
     """The compile_note of every rule in `model` that has one (see biograd.rules.Rule)."""
     notes = {layer.learning_rule.compile_note for _, layer in biograd.feedback_layers(model)}
     return sorted(notes - {""})
 
 
+def sync_batchnorm(model: nn.Module, cfg: RunConfig, dist: distributed.Dist,
+                   device: torch.device) -> nn.Module:
+    """With cfg.sync_bn under torchrun, every BatchNorm as torch's SyncBatchNorm (the same
+    Parameter and buffer objects); otherwise the model as it is."""
+    if not cfg.sync_bn or not dist.enabled:
+        return model
+    if device.type == "cpu":
+        raise UsageError("--sync-bn: torch's SyncBatchNorm syncs GPU tensors only; leave it "
+                         "out on the CPU")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, Any]:
+    task.model = sync_batchnorm(task.model, cfg, dist, device)
     model = task.model
     optimizer = build_optimizer(cfg, model, task.param_groups)
     loader = make_loader(task, task.train_set, dist, cfg, device, True, 0)
@@ -275,7 +362,8 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     runner: nn.Module = model
-    if dist.enabled:
+    if dist.enabled:  # feedback buffers agree by their seed: DDP must not send them
+        biograd.exclude_feedback_from_ddp(model)
         runner = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
@@ -285,17 +373,26 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
     ctx = Context(cfg, dist, device, task, runner, optimizer, scheduler, scaler, runlog)
 
     start_epoch, best, elapsed = 1, -math.inf, 0.0
+    seed_rank_streams(cfg, dist, 0)  # initialised alike; from here on, every rank its own
     if cfg.resume:
         state = checkpoint.load(out / checkpoint.NAME, device)
-        check_compatible(cfg, state["config"], out)
+        reshaped = check_compatible(cfg, state, out, dist)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
         start_epoch, best, elapsed = state["epoch"] + 1, state["best"], state["elapsed"]
+        streams = state.get("rng_ranks", [state["rng"]])  # one per rank; older: rank 0's
+        if dist.rank < len(streams):
+            checkpoint.set_rng_state(streams[dist.rank])
+        else:  # a rank the run did not have
+            seed_rank_streams(cfg, dist, state["epoch"])
+        if reshaped:  # the schedule of the new shape, from the epoch reached
+            seek(scheduler, state["epoch"] * steps)
+        else:
+            scheduler.load_state_dict(state["scheduler"])
         runlog.truncate(state["epoch"])
-        log.info("resumed %s after epoch %d", out, state["epoch"])
+        log.info("resumed %s after epoch %d%s", out, state["epoch"],
+                 " (new shape: schedule recomputed)" if reshaped else "")
     if dist.main:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         runlog.status("running")
@@ -315,6 +412,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
             runlog.status("diverged", message)
             raise Diverged(message) from None
         elapsed += stats["epoch_seconds"]
+        distributed.broadcast_buffers(model, set(biograd.feedback_buffers(model)), dist)
         metrics = {"epoch": epoch, "rule": cfg.rule, "seed": cfg.seed, **stats,
                    **task.evaluate(ctx, val_loader), "lr": optimizer.param_groups[0]["lr"],
                    "elapsed_seconds": elapsed}
@@ -323,12 +421,15 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         value = metrics.get(task.best_key, math.nan)
         best = value if math.isnan(best) or value > best else best
         runlog.epoch(metrics)
+        streams = distributed.gather_objects(checkpoint.rng_state(), dist)
         if dist.main:
             checkpoint.save_atomic({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": checkpoint.rng_state(), "epoch": epoch, "best": best,
+                "rng": streams[0], "rng_ranks": streams, "epoch": epoch, "best": best,
                 "elapsed": elapsed, "config": cfg.to_dict(), "version": __version__,
+                "world_size": dist.world_size, "global_batch": dist.world_size * cfg.batch_size,
+                "steps_per_epoch": steps,
             }, out / checkpoint.NAME)
             log.info("epoch %d/%d: %s", epoch, cfg.epochs, task.summary(metrics))
     runlog.status("finished")

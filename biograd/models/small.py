@@ -14,14 +14,18 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
 
 @register_model(inputs=((1, 8), (1, 28)), min_size=2)
 def small_cnn(
-    num_classes: int = 10, in_channels: int = 1, width: int = 32, *, image_size: int = 28
+    num_classes: int = 10, in_channels: int = 1, width: int = 32, *, image_size: int = 28,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
     """A small BatchNorm CNN: conv-bn-relu ×2, max-pool, conv-bn-relu ×2, average pool, linear.
 
     (N, in_channels, H, W) -> (N, num_classes), for any H, W >= 2; the layers do not depend on
-    `image_size` (global average pooling), which is accepted for the registry.
+    `image_size` (global average pooling), which is accepted for the registry. dropout: the
+    probability of nn.Dropout before the linear layer (0: none).
     """
     del image_size
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout={dropout!r}: use a probability >= 0 and < 1")
     return nn.Sequential(
         *_block(in_channels, width),
         *_block(width, width),
@@ -30,6 +34,7 @@ def small_cnn(
         *_block(2 * width, 2 * width),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
+        *([nn.Dropout(dropout)] if dropout else []),
         nn.Linear(2 * width, num_classes),
     )
 
