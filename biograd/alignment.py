@@ -68,7 +68,8 @@ def gradient_angles(
         return {}
     weights = [m.weight_now() for _, m in layers]
     saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    saved_steps = [(m, m.feedback_step) for _, m in converted]  # frozen layers' too
+    saved_steps = [(m, m.feedback_step.clone()) for _, m in converted  # frozen layers' too
+                   if "feedback_step" in m._buffers]
     saved_rules = [(m, m.learning_rule) for _, m in converted]
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
 
@@ -82,7 +83,7 @@ def gradient_angles(
                 for buffer, value in saved_buffers:
                     buffer.copy_(value)
             for m, step in saved_steps:
-                m.feedback_step = step
+                m.feedback_step.copy_(step)
 
     rule_grads = grads()
     bp = get_rule("bp")

@@ -260,10 +260,11 @@ def _why_not(module: nn.Module) -> str:
 
 def feedback_buffers(model: nn.Module) -> list[str]:
     """Qualified names of every feedback buffer of `model` (fa's B, frsf's |M|, brsf's pool,
-    wm's and sign_fixed's B): state that every rank derives from the shared seed, so DDP must
-    not broadcast it. kp's B, a Parameter whose gradient DDP all-reduces, is not one."""
+    wm's and sign_fixed's B, every layer's step counter): state that every rank derives from
+    the shared seed, so DDP must not broadcast it. kp's B, a Parameter whose gradient DDP
+    all-reduces, is not one."""
     return [f"{name}.{key}" if name else key for name, layer in feedback_layers(model)
-            for key in layer.learning_rule.state if key in layer._buffers]
+            for key in (*layer.learning_rule.state, "feedback_step") if key in layer._buffers]
 
 
 def exclude_feedback_from_ddp(model: nn.Module) -> list[str]:

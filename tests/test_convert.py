@@ -118,7 +118,7 @@ def test_loading_state_of_another_rule_says_what_to_do():
 def test_drop_in_keeps_torch_signature_and_keys():
     layer = Linear(4, 3, bias=False, dtype=torch.float64, rule="kp")
     assert layer.weight.dtype == torch.float64 and layer.bias is None
-    assert set(layer.state_dict()) == {"weight", "feedback", "feedback_seed", "feedback_step"}
+    assert set(layer.state_dict()) == {"weight", "feedback", "feedback_seed"}
     conv = Conv2d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode="reflect", rule="fa")
     assert isinstance(conv, nn.Conv2d) and conv.groups == 2 and conv.padding_mode == "reflect"
 

@@ -89,16 +89,17 @@ COUNTERS = ("feedback_seed", "feedback_step")
 
 
 @pytest.mark.parametrize("fresh", ["window", "full"])
-def test_brsf_draws_a_new_feedback_each_training_step(fresh):
+def test_brsf_draws_a_new_feedback_each_optimiser_step(fresh):
     layer = Conv2d(4, 8, 3, rule=biograd.get_rule("brsf", fresh=fresh), seed=5)
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     draws = []
     for _ in range(3):
         layer(x).sum().backward()
-        draws.append(layer.feedback_weight())
-    with torch.no_grad():  # evaluation draws nothing
-        layer(x)
-    assert torch.equal(layer.feedback_weight(), draws[-1])
+        used = layer.feedback_weight()
+        layer(x).sum().backward()  # another batch of the same step (accumulation): same B
+        assert torch.equal(layer.feedback_weight(), used)
+        draws.append(used)
+        biograd.after_step(layer)  # the step is over: the next draw
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
     for b in draws:
         assert torch.equal(torch.sign(b), torch.sign(layer.weight.detach()))
@@ -106,8 +107,16 @@ def test_brsf_draws_a_new_feedback_each_training_step(fresh):
     again = Conv2d(4, 8, 3, rule=biograd.get_rule("brsf", fresh=fresh), seed=5)
     again.load_state_dict({k: v for k, v in layer.state_dict().items() if k not in COUNTERS},
                           strict=False)
-    again(x).sum().backward()
     assert torch.equal(again.feedback_weight(), draws[0])
+
+
+def test_brsf_visits_every_window_before_repeating_one():
+    from biograd.rules.brsf import SLACK, window_walk
+
+    for seed in (0, 5, 17, 2**40 + 3):
+        stride, shift = window_walk(seed)
+        starts = {(t * stride + shift) % (SLACK + 1) for t in range(SLACK + 1)}
+        assert len(starts) == SLACK + 1
 
 
 def test_sign_fixed_never_changes_sign():
@@ -162,7 +171,7 @@ def test_wm_mirror_phase_aligns_feedback(layer):
 
 
 def test_rules_without_between_step_work_leave_the_layer_alone():
-    for rule in ("bp", "fa", "ss", "frsf", "brsf", "kp"):
+    for rule in ("bp", "fa", "ss", "frsf", "kp"):
         layer = Linear(5, 4, rule=rule)
         state = {k: v.clone() for k, v in layer.state_dict().items()}
         biograd.after_step(layer)

@@ -238,16 +238,17 @@ def test_model_options_reach_the_builder(tmp_path):
     assert state["config"]["model_options"] == {"width": 4, "blocks": 1, "stem_stride": 2}
 
 
-@pytest.mark.parametrize("rule", ["brsf", "ss"])
-def test_compile_warns_for_rules_it_does_not_suit(tmp_path, monkeypatch, caplog, rule):
+@pytest.mark.parametrize(("rule", "fresh"), [("brsf", "full"), ("brsf", "window"), ("ss", None)])
+def test_compile_warns_for_rules_it_does_not_suit(tmp_path, monkeypatch, caplog, rule, fresh):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)  # no inductor
+    options = {"brsf": {"fresh": fresh}} if fresh else {}
     with caplog.at_level("WARNING", logger="biograd"):
-        classify.train(quick(tmp_path, rule=rule, compile=True))
+        classify.train(quick(tmp_path, rule=rule, rule_options=options, compile=True))
     assert len(compiled) == 1
     warned = [r.getMessage() for r in caplog.records if "--compile" in r.getMessage()]
-    if rule == "brsf":
-        assert warned == [biograd.get_rule("brsf").compile_note]
+    if fresh == "full":
+        assert warned == [biograd.get_rule("brsf", fresh="full").compile_note]
         assert "recompiles at every step" in warned[0]
     else:
         assert warned == []

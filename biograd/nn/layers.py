@@ -28,15 +28,18 @@ class FeedbackLayer(nn.Module):
     Attributes:
         learning_rule: the Rule object; `rule` is its name.
         feedback_seed: the layer's own seed, from which all its random feedback is drawn.
-        feedback_step: a per-step counter some rules keep (brsf: draws, wm: mirror passes).
+        feedback_step: the step counter of rules that keep one (brsf: draws, wm: mirror
+            passes; `step_counter` makes it), an int64 buffer of shape () that stays on the
+            CPU wherever the layer goes: reading it never waits on a GPU, and torch.compile
+            traces it as a tensor (no recompiling when it moves).
 
-    In the state dict the two counters are int64 tensors (`feedback_seed`, `feedback_step`)
-    beside the rule's state, so a converted model's state dict holds tensors only.
+    In the state dict the seed is an int64 tensor (`feedback_seed`) beside the counter and
+    the rule's state, so a converted model's state dict holds tensors only.
     """
 
     learning_rule: Rule
     feedback_seed: int
-    feedback_step: int
+    feedback_step: Tensor
 
     def __init__(self, *args, rule: str | Rule = "bp", seed: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -64,7 +67,7 @@ class FeedbackLayer(nn.Module):
             base for base in type(self).__mro__ if base in DROP_INS)
         cls = rebase(self, cls)
         plain = cls.__new__(cls)
-        skip = {"learning_rule", "feedback_seed", "feedback_step", "torch_class"}
+        skip = {"learning_rule", "feedback_seed", "torch_class"}
         for key, value in self.__dict__.items():
             if key not in skip:
                 plain.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
@@ -95,7 +98,7 @@ class FeedbackLayer(nn.Module):
                 delattr(self, name)
         if seed is None:
             seed = _default_seed(self.weight_now())
-        self.learning_rule, self.feedback_seed, self.feedback_step = new, int(seed), 0
+        self.learning_rule, self.feedback_seed = new, int(seed)
         new.setup(self, generator(mix(seed, "setup")))
 
     def put_state(self, name: str, value: Tensor, learned: bool = False) -> None:
@@ -103,7 +106,8 @@ class FeedbackLayer(nn.Module):
         tensor already there, so optimisers and wrappers that hold it keep the live one;
         registered as a buffer (a Parameter if `learned`) when there is none."""
         current = (self._parameters if learned else self._buffers).get(name)
-        if current is not None and current.shape == value.shape:
+        if current is not None and current.shape == value.shape and (
+                current.device == value.device or name == "feedback_step"):
             with torch.no_grad():
                 current.copy_(value)
         elif learned:
@@ -150,10 +154,16 @@ class FeedbackLayer(nn.Module):
 
     # --- state dicts: the seed and counter travel as int64 tensors -------------------------
 
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        step = self._buffers.get("feedback_step")
+        if step is not None and step.device.type != "cpu":  # .to(), .cuda(): it stays
+            self._buffers["feedback_step"] = step.cpu()
+        return out
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "feedback_seed"] = torch.tensor(self.feedback_seed)
-        destination[prefix + "feedback_step"] = torch.tensor(self.feedback_step)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -170,24 +180,24 @@ class FeedbackLayer(nn.Module):
             return
         # A plain torch checkpoint has no feedback state: keep the layer loadable by the torch
         # layer's keys and derive the feedback from the loaded W, as converting after loading.
-        absent = [n for n in rule.state if prefix + n not in state_dict]
+        counted = "feedback_step" in rule.state
+        absent = [n for n in rule.state if prefix + n not in state_dict and n != "feedback_step"]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        counters = {n: prefix + n for n in ("feedback_seed", "feedback_step")}
-        for key in (*counters.values(), prefix + "_extra_state"):
+        for key in (prefix + "feedback_seed", prefix + "_extra_state"):
             if key in unexpected_keys:
                 unexpected_keys.remove(key)
-        for name in absent:
+        for name in (*absent, "feedback_step"):
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
         if isinstance(old, dict):
-            self.feedback_seed, self.feedback_step = int(old["seed"]), int(old["step"])
-        for name, key in counters.items():
-            if key in state_dict:
-                setattr(self, name, int(state_dict[key]))
+            self.feedback_seed = int(old["seed"])
+        if prefix + "feedback_seed" in state_dict:
+            self.feedback_seed = int(state_dict[prefix + "feedback_seed"])
         if absent:
-            self.feedback_step = 0
             rule.setup(self, generator(mix(self.feedback_seed, "setup")))
+        elif counted and isinstance(old, dict):
+            self.feedback_step.fill_(int(old["step"]))
             log.debug("%s: no feedback state in the checkpoint, drawn anew", prefix or "layer")
 
     def extra_repr(self) -> str:

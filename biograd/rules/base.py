@@ -105,6 +105,12 @@ class Rule:
         return self.bind(layer)
 
 
+def step_counter(layer: FeedbackLayer) -> None:
+    """Give `layer` a step counter at 0 (`feedback_step`, see FeedbackLayer), for a rule that
+    lists "feedback_step" in its state."""
+    layer.put_state("feedback_step", torch.zeros((), dtype=torch.int64))
+
+
 def sign_scale(shape: torch.Size | tuple[int, ...], out_channels: int | None = None) -> float:
     """The seed's feedback magnitude s for a weight of this shape.
 

@@ -1,16 +1,24 @@
 """Batch random-magnitude sign feedback, brSF (Moskovitz et al. 2018; biotorch's naming).
 
 B_t = |M_t| ∘ sign(W): W's current signs with random magnitudes drawn afresh at every
-training forward pass t. Every draw comes from the layer's seed and t, so all DDP ranks use
-the same B_t, and a resumed run continues the same sequence.
+optimiser step t, in `biograd.after_step` (so every forward and backward of one step, with
+gradient accumulation too, use one B). Every draw comes from the layer's seed and t, so all DDP
+ranks use the same B_t, and a resumed run continues the same sequence. The forward only reads
+the step counter: torch.compile traces it as an input.
 
 A full draw costs a random number per weight per step (about 44 ms for ResNet-18's 11.7M
 weights on one CPU core, 20% of a step). By default (fresh="window") M_t is instead a window
-of a per-layer pool of |M| values, |M| drawn once like FA's B, at an offset drawn afresh each
+of a per-layer pool of |M| values, |M| drawn once like FA's B, at an offset that moves every
 step: every entry of M_t is a new pick among the pool, and B_t costs what frSF's B costs.
-fresh="full" draws the whole M_t with torch.rand on W's device at every step.
+The offset walks the pool's windows with a stride coprime with their number, drawn from the
+layer's seed (`window_walk`), so the step counter, a tensor, gives it without a hash:
+torch.compile traces it with no recompiling (the eager path slices a view at the same offset).
+Checkpoints written before this walk (which drew each offset from a hash) load, and continue
+on the walk. fresh="full" draws the whole M_t with torch.rand on W's device at every step; it
+needs a Python seed per step, so torch.compile recompiles it: train it eagerly.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +33,7 @@ from biograd.rules.base import (
     scale_option,
     seed_scale,
     sign_scale,
+    step_counter,
 )
 
 #: pool entries beyond W's size: the number of distinct windows is SLACK + 1.
@@ -48,36 +57,58 @@ class BRSF(Rule):
     aliases = ("batch_random_sign_feedback",)
     summary = "B = |M_t|∘sign(W), M_t random, drawn afresh at every step"
     order = 40
-    compile_note = (
-        "brsf draws B from a per-layer step counter, a Python int that torch.compile guards "
-        "on: compiled, it recompiles at every step until torch's recompile limit and then "
-        "runs as many small graphs (6.4 times the compiled native step on an H100, against "
-        "1.01 times eager). Train brsf without --compile.")
+    @property
+    def compile_note(self) -> str:
+        return ("" if self.fresh == "window" else
+                "brsf(fresh='full') seeds a generator from its step counter at every step, "
+                "which torch.compile cannot trace: it recompiles at every step until torch's "
+                "limit. Train it without --compile, or use the default fresh='window'.")
 
     @property
     def state(self) -> tuple[str, ...]:
-        return ("feedback_pool",) if self.fresh == "window" else ()
+        return ("feedback_pool", "feedback_step") if self.fresh == "window" else (
+            "feedback_step",)
 
     def setup(self, layer, generator) -> None:
+        step_counter(layer)
         if self.fresh == "window":
             w, s = layer.weight_now(), seed_scale(layer)
             pool = random_feedback(w, generator, self.scale, size=(w.numel() + SLACK,), s=s)
             layer.put_state("feedback_pool", pool.abs_())
 
-    def _make(self, layer, draw: int):
-        seed = mix(layer.feedback_seed, "brsf", draw)
-        if self.fresh == "window":
-            pool = layer.feedback_pool
-            start, n = seed % (SLACK + 1), pool.numel() - SLACK
-            return lambda w: torch.copysign(pool[start : start + n].view_as(w), w)
-        scale, out_channels = self.scale, getattr(layer, "out_channels", None)
-        return lambda w: torch.copysign(random_feedback(
-            w, generator(seed, w.device), scale, s=sign_scale(w.shape, out_channels)).abs_(), w)
+    def _make(self, layer):
+        """B's make for the current step: eager, a view of the pool at a Python offset (free);
+        under torch.compile, the same window gathered at a tensor offset (no recompiling)."""
+        step = layer.feedback_step  # on the CPU, see FeedbackLayer
+        if self.fresh == "full":
+            seed = mix(layer.feedback_seed, "brsf", int(step))
+            scale, out_channels = self.scale, getattr(layer, "out_channels", None)
+            return lambda w: torch.copysign(random_feedback(
+                w, generator(seed, w.device), scale, s=sign_scale(w.shape, out_channels)
+            ).abs_(), w)
+        pool = layer.feedback_pool
+        n = pool.numel() - SLACK
+        stride, shift = window_walk(layer.feedback_seed)
+        if torch.compiler.is_compiling():
+            start = (step * stride + shift).remainder(SLACK + 1).to(pool.device)
+            return lambda w: torch.copysign(
+                pool.index_select(0, torch.arange(n, device=pool.device) + start).view_as(w), w)
+        start = (int(step) * stride + shift) % (SLACK + 1)
+        return lambda w: torch.copysign(pool[start : start + n].view_as(w), w)
 
     def bind(self, layer) -> Feedback:
-        if torch.is_grad_enabled():
-            layer.feedback_step += 1
-        return Feedback(make=self._make(layer, layer.feedback_step))
+        return Feedback(make=self._make(layer))
 
-    def bind_current(self, layer) -> Feedback:
-        return Feedback(make=self._make(layer, layer.feedback_step))
+    @torch.no_grad()
+    def after_step(self, layer) -> None:
+        layer.feedback_step.add_(1)  # the next step's draw
+
+
+def window_walk(seed: int) -> tuple[int, int]:
+    """(stride, shift) of a layer's walk over the pool's SLACK + 1 windows: at step t the
+    window starts at (t * stride + shift) mod (SLACK + 1). The stride is coprime with
+    SLACK + 1, so the walk visits every window before it repeats one."""
+    stride, shift = 1 + seed % SLACK, (seed >> 16) % (SLACK + 1)
+    while math.gcd(stride, SLACK + 1) != 1:
+        stride += 1
+    return stride, shift

@@ -33,6 +33,7 @@ from biograd.rules.base import (
     register,
     scale_option,
     seed_scale,
+    step_counter,
 )
 
 
@@ -62,15 +63,16 @@ class WM(Rule):
     name = "wm"
     aliases = ("weight_mirror", "weight_mirrors")
     summary = "B learned in a mirror phase: noise in, B towards y ξᵀ (Akrout et al. 2019)"
-    state = ("feedback",)
+    state = ("feedback", "feedback_step")
     order = 70
 
     def _estimate(self, layer) -> Tensor:
-        seed = mix(layer.feedback_seed, "wm", layer.feedback_step)
+        seed = mix(layer.feedback_seed, "wm", int(layer.feedback_step))
         w = layer.weight_now()
         return mirror_estimate(w, self.samples, generator(seed, w.device))
 
     def setup(self, layer, generator) -> None:
+        step_counter(layer)
         b = random_feedback(layer.weight_now(), generator, self.scale, s=seed_scale(layer))
         layer.put_state("feedback", b)
         self.after_step(layer)
@@ -81,5 +83,5 @@ class WM(Rule):
 
     @torch.no_grad()
     def after_step(self, layer) -> None:
-        layer.feedback_step += 1
+        layer.feedback_step.add_(1)
         layer.feedback.lerp_(self._estimate(layer), self.rate)
