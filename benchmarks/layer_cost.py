@@ -4,9 +4,10 @@ A layer so small that its kernels take a few microseconds shows what each rule a
 and autograd machinery over torch's own layer, the cost that dominates short GPU steps
 (ResNet-18 at bf16, batch 128, on an H100: 13 ms for 62 layers' forward and backward).
 
-Interleaved rounds (native, then every rule, order rotated each round), each the CPU time of
-`--calls` forward + backward calls; the table gives the median µs per call and the median of
-the per-round differences to native.
+Interleaved rounds (native, a minimal autograd.Function, then every rule, order rotated each
+round), each the CPU time of `--calls` forward + backward calls; the table gives the median µs
+per call and the median of the per-round differences to native. The minimal Function (torch's
+op forward, one backward call with W) is the floor of any rule written as a Function.
 
     python benchmarks/layer_cost.py --threads 1
 """
@@ -35,9 +36,49 @@ LAYERS = {
 }
 
 
+MINIMAL = "minimal Function"
+
+_convolution_backward = torch.ops.aten.convolution_backward.default
+
+
+class _Minimal(torch.autograd.Function):
+    """The least an autograd.Function can do for a layer: torch's op forward, one backward
+    call with W (what every rule's Function builds on)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = conv
+        if conv is None:
+            return torch.nn.functional.linear(x, weight, bias)
+        return torch.convolution(x, weight, bias, *conv, False, [0, 0], 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        if ctx.conv is None:
+            return grad @ weight, grad.T @ x, grad.sum(0), None
+        gx, gw, gb = _convolution_backward(grad, x, weight, [grad.shape[1]], *ctx.conv,
+                                           False, [0, 0], 1, [True, True, True])
+        return gx, gw, gb, None
+
+
+class Minimal(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        is_conv = isinstance(module, nn.Conv2d)
+        self.conv = (module.stride, module.padding, module.dilation) if is_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Minimal.apply(x, self.module.weight, self.module.bias, self.conv)
+
+
 def layer(factory, rule: str) -> nn.Module:
     torch.manual_seed(0)
     module = factory()
+    if rule == MINIMAL:
+        return Minimal(module)
     return module if rule == NATIVE else biograd.convert(module, rule, seed=0)
 
 
@@ -65,7 +106,7 @@ def measure(factory, shape, rules: list[str], rounds: int, calls: int) -> dict[s
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    rules = args.rules or biograd.list_rules()
+    rules = [MINIMAL, *(args.rules or biograd.list_rules())]
     lines = []
     for name, (factory, shape) in LAYERS.items():
         times = measure(factory, shape, rules, args.rounds, args.calls)

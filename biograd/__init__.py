@@ -15,6 +15,7 @@ from biograd.alignment import angle, cross_entropy_loss, gradient_angles, weight
 from biograd.convert import (
     Report,
     after_step,
+    attach,
     convert,
     exclude_feedback_from_ddp,
     feedback_buffers,
@@ -31,6 +32,7 @@ __all__ = [
     "Rule",
     "after_step",
     "angle",
+    "attach",
     "convert",
     "cross_entropy_loss",
     "exclude_feedback_from_ddp",

@@ -179,8 +179,33 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     return parser
 
 
+#: Modules of the optional extras, and the extra that brings each.
+EXTRAS = {"yaml": "train", "sklearn": "train", "matplotlib": "train",
+          "tqdm": "train", "tensorboard": "train", "pycocotools": "detect"}
+
+
+def _missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The one-line message for a module of an extra that is not installed, else None."""
+    root = (err.name or "").split(".")[0]
+    if root not in EXTRAS:
+        return None
+    return (f"biograd: error: this needs {root}, which comes with biograd's {EXTRAS[root]} "
+            f"extra: pip install 'biograd[{EXTRAS[root]}]'")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as err:
+        message = _missing_extra(err)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser(_task_of(argv)).parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -56,6 +56,9 @@ class RunConfig:
     amp: str = setting("none", "autocast: none, bf16 or fp16", choices=("none", "bf16", "fp16"))
     channels_last: bool = setting(False, "channels_last memory format")
     compile: bool = setting(False, "torch.compile the model")
+    compile_mode: str = setting("default", "torch.compile's mode with --compile: "
+                                "reduce-overhead (CUDA graphs) for small GPU steps",
+                                choices=("default", "reduce-overhead", "max-autotune"))
     workers: int = setting(0, "DataLoader worker processes", low=0)
     steps_per_epoch: int | None = setting(None, "cap the steps of an epoch (smoke tests)",
                                           low=1)

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from biograd._seed import mix
 from biograd.nn.layers import DROP_INS, FeedbackLayer
@@ -293,3 +295,46 @@ def after_step(model: nn.Module) -> None:
     for _, layer in feedback_layers(model):
         if type(layer.learning_rule).after_step is not Rule.after_step:
             layer.after_step()
+
+
+def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandle:
+    """Run `after_step(model)` after every `optimizer.step()`, from the optimiser's step
+    post-hook: a Lightning, Hugging Face Trainer, accelerate or hand-written loop then needs
+    no other change. Returns a handle whose `remove()` detaches it. Attaching the same model
+    to the same optimiser again returns the handle it has (after_step still runs once a step).
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        biograd.attach(opt, model)
+
+    A step a gradient scaler skips (fp16 overflow) runs no optimiser step, and so no
+    after_step: brsf draws no new B, wm mirrors nothing, for a step that did not happen.
+    """
+    attached = optimizer.__dict__.setdefault("_biograd_attached", {})
+    handle = attached.get(id(model))
+    if handle is not None and id(model) in attached:
+        return handle
+
+    def hook(opt, args, kwargs) -> None:
+        after_step(model)
+
+    inner = optimizer.register_step_post_hook(hook)
+    handle = _Detach(inner, attached, id(model))
+    attached[id(model)] = handle
+    return handle
+
+
+class _Detach:
+    """The handle `attach` returns: `remove()` stops the hook."""
+
+    def __init__(self, inner: RemovableHandle, attached: dict, key: int) -> None:
+        self.inner, self.attached, self.key = inner, attached, key
+
+    def remove(self) -> None:
+        self.inner.remove()
+        self.attached.pop(self.key, None)
+
+    def __enter__(self) -> _Detach:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

@@ -45,3 +45,27 @@ def test_main_records_the_variant_and_times_every_rule(one_thread, capsys):
         ratio = timed[rule]["wall"]["ratio"]
         assert math.isfinite(ratio) and ratio > 0
     assert "autocast bf16, channels_last True" in capsys.readouterr().out
+
+
+def test_ddp_benchmark_counts_gradients_only(capsys):
+    """benchmarks/ddp.py on 1 and 2 gloo ranks: DDP all-reduces the gradients (kp's B's
+    too) and broadcasts BatchNorm statistics, never feedback."""
+    spec = importlib.util.spec_from_file_location("ddp_bench", ROOT / "benchmarks/ddp.py")
+    ddp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ddp)
+    args = ddp.get_args_parser().parse_args(
+        ["--rules", "fa", "kp", "--size", "16", "--batch", "2", "--steps", "1", "--rounds", "1"])
+    args.rules = ["fa", "kp"]
+    result = ddp.launch(args, 2)
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    grads = sum(p.numel() * 4 for p in model.parameters())
+    stats = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert result["native"]["allreduce"] == result["fa"]["allreduce"] == grads
+    import biograd
+
+    kp = biograd.convert(torchvision.models.resnet18(num_classes=10), "kp")
+    with_b = sum(p.numel() * 4 for p in kp.parameters())  # B's gradient, W's own, goes too
+    assert result["kp"]["allreduce"] == with_b > 1.9 * grads
+    assert result["native"]["broadcast"] == result["fa"]["broadcast"] == stats

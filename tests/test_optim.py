@@ -79,3 +79,24 @@ def test_weight_decay_groups_leave_models_without_their_own_decay_alone():
     model = biograd.convert(torch.nn.Sequential(torch.nn.Linear(3, 3)), "kp")
     (group,) = weight_decay_groups(model)
     assert "weight_decay" not in group and len(group["params"]) == len(list(model.parameters()))
+
+
+def test_attach_runs_after_step_once_per_optimiser_step_until_removed():
+    import biograd
+
+    model = biograd.convert(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)),
+                            "wm", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = biograd.attach(opt, model)
+    assert biograd.attach(opt, model) is handle  # once, however often attached
+    steps = [int(layer.feedback_step) for _, layer in biograd.feedback_layers(model)]
+    for _ in range(3):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    after = [int(layer.feedback_step) for _, layer in biograd.feedback_layers(model)]
+    assert after == [s + 3 for s in steps]  # one mirror pass per step
+    handle.remove()
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    assert [int(layer.feedback_step) for _, layer in biograd.feedback_layers(model)] == after

@@ -200,8 +200,7 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
         ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.scheduler.step()
-        biograd.after_step(ctx.model)
+        ctx.scheduler.step()  # the rules' after_step ran in the optimiser's step (attach)
         done = (epoch - 1) * total + step  # steps of the run so far
         if cfg.angle_every and ctx.dist.main and done % cfg.angle_every == 0:
             ctx.runlog.angles(step_angles(ctx, epoch - 1 + step / total, done))
@@ -356,6 +355,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
     task.model = sync_batchnorm(task.model, cfg, dist, device)
     model = task.model
     optimizer = build_optimizer(cfg, model, task.param_groups)
+    biograd.attach(optimizer, model)  # after_step after every optimiser step, as a user's loop
     loader = make_loader(task, task.train_set, dist, cfg, device, True, 0)
     steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader),
                                                                 cfg.steps_per_epoch)
@@ -369,7 +369,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
     if cfg.compile:
         for note in compile_notes(model):
             log.warning(note)
-        runner = torch.compile(runner)
+        runner = torch.compile(runner, mode=cfg.compile_mode)
     ctx = Context(cfg, dist, device, task, runner, optimizer, scheduler, scaler, runlog)
 
     start_epoch, best, elapsed = 1, -math.inf, 0.0

@@ -144,9 +144,13 @@ def feedback_conv(
     x: (N, C_in, *spatial); weight: (C_out, C_in / groups, *kernel), or transposed
     (C_in, C_out / groups, *kernel).
     """
-    output_padding = [0] * len(stride) if output_padding is None else list(output_padding)
-    return _Conv.apply(
-        x, weight, bias, feedback.learned, feedback.make,
-        list(stride), list(padding), list(dilation), groups, transposed, output_padding,
-    )
+    # tuples as the layers keep them: aten takes any int sequence, and a list() per argument
+    # per call is host time on every step
+    if output_padding is None:
+        output_padding = _ZEROS[len(stride)]
+    return _Conv.apply(x, weight, bias, feedback.learned, feedback.make, stride, padding,
+                       dilation, groups, transposed, output_padding)
+
+
+_ZEROS = {n: (0,) * n for n in (1, 2, 3)}
 

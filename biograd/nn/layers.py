@@ -263,7 +263,7 @@ class _ConvMixin(FeedbackLayer):
             x = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return x, (0,) * n
         if not isinstance(self.padding, str):
-            return input, tuple(self.padding)
+            return input, self.padding
         pads = self._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
         left = tuple(pads[2 * (n - 1 - i)] for i in range(n))
         extra = [0] * (2 * n)

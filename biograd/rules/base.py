@@ -7,6 +7,7 @@ gradients are always torch's own.
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from collections.abc import Callable
@@ -111,6 +112,7 @@ def step_counter(layer: FeedbackLayer) -> None:
     layer.put_state("feedback_step", torch.zeros((), dtype=torch.int64))
 
 
+@functools.lru_cache(maxsize=4096)
 def sign_scale(shape: torch.Size | tuple[int, ...], out_channels: int | None = None) -> float:
     """The seed's feedback magnitude s for a weight of this shape.
 

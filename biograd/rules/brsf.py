@@ -18,6 +18,7 @@ on the walk. fresh="full" draws the whole M_t with torch.rand on W's device at e
 needs a Python seed per step, so torch.compile recompiles it: train it eagerly.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -104,6 +105,7 @@ class BRSF(Rule):
         layer.feedback_step.add_(1)  # the next step's draw
 
 
+@functools.lru_cache(maxsize=4096)
 def window_walk(seed: int) -> tuple[int, int]:
     """(stride, shift) of a layer's walk over the pool's SLACK + 1 windows: at step t the
     window starts at (t * stride + shift) mod (SLACK + 1). The stride is coprime with

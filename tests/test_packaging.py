@@ -1,0 +1,54 @@
+"""What `pip install biograd` alone gives: the library without the command line's extras, and
+a one-line error naming the extra where one is missing."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Every module of the train and detect extras (Pillow comes with torchvision), made
+#: unimportable in a fresh interpreter.
+BLOCK = textwrap.dedent("""
+    import sys
+
+    BLOCKED = {"yaml", "sklearn", "matplotlib", "tqdm", "tensorboard", "pycocotools", "scipy"}
+    for name in BLOCKED:  # as if not installed: import fails, importlib's find_spec says None
+        sys.modules[name] = None
+""")
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_library_needs_no_extra():
+    result = run("""
+        import torch, torchvision, biograd
+        model = biograd.convert(torchvision.models.resnet18(num_classes=4), "ss", last="bp")
+        x = torch.randn(2, 3, 32, 32)
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        handle = biograd.attach(opt, model)
+        opt.step()
+        assert biograd.weight_angles(model) and biograd.gradient_angles(
+            model, (x, torch.tensor([0, 1])))
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(("argv", "extra"), [(["train"], "train"), (["rules"], "train")])
+def test_the_command_line_names_the_extra_it_needs(argv, extra):
+    result = run(f"""
+        from biograd.cli import main
+        raise SystemExit(main({argv!r}))
+    """)
+    assert result.returncode == 2, result.stderr[-2000:]
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and f"pip install 'biograd[{extra}]'" in err[0], err
