@@ -17,7 +17,9 @@ log = logging.getLogger("biograd")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
-        self.exit(2, f"biograd: error: {message} (see 'biograd {self.prog.split()[-1]} --help')\n")
+        command = " ".join(self.prog.split()[1:])  # "" for biograd itself
+        where = f"biograd {command} --help" if command else "biograd --help"
+        self.exit(2, f"biograd: error: {message} (see '{where}')\n")
 
 
 def _rules(text: str) -> list[str]:
@@ -155,7 +157,7 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("detect", help="train a RetinaNet detector under one rule",
-                       description="Train torchvision's RetinaNet (ResNet-18 FPN, the seed's "
+                       description="Train torchvision's RetinaNet (ResNet-18 FPN, the paper's "
                        "setting) under a learning rule on COCO-format data; COCOeval AP every "
                        "epoch. With no options: the synthetic shapes on the CPU.")
     add_arguments(p, DetectConfig)

@@ -19,7 +19,7 @@ import yaml
 
 from biograd._check import problem
 from biograd.errors import UsageError
-from biograd.rules import get_rule
+from biograd.rules import get_rule, list_rules
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *,
@@ -70,7 +70,7 @@ class RunConfig:
                             choices=("auto", "bar", "lines", "none"))
     tensorboard: bool = setting(True, "write TensorBoard events")
     milestones: list[int] | None = setting(None, "step schedule: decay at these epochs instead "
-                                           "of every step_size (YAML list)", low=0)
+                                           "of every step_size", low=0)
     log_every: int = setting(50, "steps between host syncs (the non-finite loss check); "
                              "the device otherwise never waits on the host", low=1)
     accept_changes: bool = setting(False, "on --resume, accept another number of processes "
@@ -104,15 +104,15 @@ class TrainConfig(RunConfig):
     model: str = setting("small_cnn", "a biograd model, a torchvision model name, or timm:NAME")
     model_options: dict = setting(default_factory=dict, help="options of the model's builder, "
                                   "e.g. '{width: 32, blocks: 1}' (YAML)")
-    last_rule: str = setting("bp", "the rule of the last layer (the seed kept it on bp)")
+    last_rule: str = setting("bp", "the rule of the last layer (the paper kept it on bp)")
     image_size: int | None = setting(None, "input size (default: the data set's own, 224 for "
                                      "folders)", low=1)
     last_lr: float | None = setting(None, "the last layer's own learning rate (default: lr)",
                                     above=0)
-    manhattan: bool = setting(False, "batch Manhattan: step on sign(grad) (the seed's SGD "
+    manhattan: bool = setting(False, "batch Manhattan: step on sign(grad) (the paper's SGD "
                               "variant)")
     no_sign_change: bool = setting(False, "clamp weights that would flip sign at ±1e-10 (the "
-                                   "seed's SGD variant)")
+                                   "paper's SGD variant)")
     download: bool = setting(False, "let torchvision download MNIST / Fashion-MNIST if not "
                              "found")
     data_root: str | None = setting(None, "where to look for data")
@@ -141,8 +141,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainC
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = _field_type(cls, f)
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{f.metadata['help']} (default: {_default(f)})"}
+        text = f.metadata["help"]
+        if f.name in ("rule", "last_rule"):
+            text += f": {', '.join(list_rules())}"
+        if kind is list:
+            text += " (on the command line comma-separated, e.g. 16,22; a list in YAML)"
+        if "default" not in text:  # a help text that names its default says it once
+            text += f" (default: {_default(f)})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             kw.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
         elif kind is dict:
@@ -191,10 +197,34 @@ def _parse_int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 16,22, got {text!r}") from None
 
 
+#: The recipes installed with biograd: `--config imagenet/resnet18-ss` names
+#: biograd/configs/imagenet/resnet18-ss.yaml.
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    """The names of the installed recipes, e.g. "coco/retinanet-r18-ss"."""
+    return sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
+
+
+def find_config(path: Path | str) -> Path:
+    """A config file's path: `path` itself, or the installed recipe it names."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIGS / path, CONFIGS / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    folders = sorted({n.split("/")[0] for n in bundled_configs()})
+    raise UsageError(f"config file {path} does not exist, and no installed recipe has that "
+                     f"name: give a path, or a name like {bundled_configs()[0]} (all are in "
+                     f"{CONFIGS}: {', '.join(f + '/' for f in folders)})")
+
+
 def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
-    """The fields a YAML config file sets, checked against the task's config class."""
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
+    """The fields a YAML config file (or installed recipe) sets, checked against the task's
+    config class."""
+    path = find_config(path)
     try:
         data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -300,7 +330,7 @@ def _check_detector(cfg: DetectConfig) -> None:
 class DetectConfig(RunConfig):
     """RetinaNet detection under a learning rule. Defaults: the CPU demo on synthetic shapes
     (`biograd make-shapes`: 64-pixel images, a narrow FPN, AdamW, a few minutes a rule);
-    configs/coco/ holds torchvision's MS-COCO recipe (SGD, 256 FPN channels, 800 pixels)."""
+    biograd/configs/coco/ holds torchvision's MS-COCO recipe (SGD, 256 FPN channels, 800 pixels)."""
 
     epochs: int = setting(12, "epochs to train", low=1)
     batch_size: int = setting(8, "images per step, per process", low=1)
@@ -318,7 +348,7 @@ class DetectConfig(RunConfig):
     data: str = setting("runs/shapes", "a COCO-format folder (images and "
                         "annotations/instances_*.json); made with `biograd make-shapes` if it "
                         "is missing and named like *shapes*")
-    backbone: str = setting("resnet18", "resnet18 (the seed's), resnet50, or another ResNet")
+    backbone: str = setting("resnet18", "resnet18 (the paper's), resnet50, or another ResNet")
     fpn_channels: int = setting(64, "channels of the FPN levels and the heads (torchvision's: "
                                 "256)", low=1)
     parts: dict = setting(default_factory=dict, help="per-part rules, e.g. '{head: bp}' "

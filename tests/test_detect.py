@@ -148,8 +148,10 @@ def test_detect_draws_feedback_at_the_scale_asked(tmp_path, shapes, extra, scale
     assert not any(torch.equal(saved[k], other[k]) for k in heads)
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/coco/*.yaml")),
-                         ids=lambda p: p.stem)
+COCO = sorted(Path(__file__).parents[1].glob("biograd/configs/coco/*.yaml"))
+
+
+@pytest.mark.parametrize("path", COCO, ids=lambda p: p.stem)
 def test_coco_configs_draw_feedback_at_the_weight_scale(path):
     from dataclasses import fields
 

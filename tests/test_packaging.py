@@ -52,3 +52,33 @@ def test_the_command_line_names_the_extra_it_needs(argv, extra):
     assert result.returncode == 2, result.stderr[-2000:]
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and f"pip install 'biograd[{extra}]'" in err[0], err
+
+
+def test_the_wheel_ships_configs_license_and_type_marker(tmp_path):
+    import zipfile
+
+    import biograd
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("biograd-*.whl")
+    assert wheel.name.startswith(f"biograd-{biograd.__version__}-")  # one source: __init__
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "biograd/py.typed" in names
+    assert any(n.endswith("/LICENSE") for n in names)
+    shipped = {n for n in names if n.startswith("biograd/configs/")}
+    here = {str(p.relative_to(ROOT)) for p in (ROOT / "biograd" / "configs").rglob("*.yaml")}
+    assert shipped == here and len(here) >= 24
+
+
+def test_config_names_an_installed_recipe(capsys):
+    from biograd.config import bundled_configs, find_config
+
+    assert "imagenet/resnet18-ss" in bundled_configs()
+    assert find_config("imagenet/resnet18-ss").name == "resnet18-ss.yaml"
+    from biograd.cli import main
+
+    assert main(["train", "--config", "imagenet/resnet18-sss"]) == 2
+    err = capsys.readouterr().err
+    assert "no installed recipe has that name" in err and "imagenet/" in err

@@ -191,7 +191,7 @@ def test_shipped_configs_resolve(tmp_path):
 
     from biograd.config import DetectConfig, add_arguments
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[1] / "biograd" / "configs"
     for folder, cls, least in (("imagenet", TrainConfig, 16), ("coco", DetectConfig, 8)):
         configs = sorted((root / folder).glob("*.yaml"))
         assert len(configs) >= least, folder
@@ -200,6 +200,8 @@ def test_shipped_configs_resolve(tmp_path):
         for path in configs:
             cfg = resolve(parser.parse_args(["--config", str(path)]), cls)
             assert cfg.rule in biograd.list_rules() and cfg.epochs > 0, path
+            by_name = resolve(parser.parse_args(["--config", f"{folder}/{path.stem}"]), cls)
+            assert by_name == cfg, path  # the installed recipe, by its name
 
 
 def test_bf16_channels_last_workers_and_tensorboard(tmp_path):
