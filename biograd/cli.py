@@ -86,8 +86,8 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from biograd.compare import compare
     from biograd.config import resolve
+    from biograd.engine.compare import compare
 
     rules, seeds = args.__dict__.pop("rules"), args.__dict__.pop("seeds")
     from biograd.config import DetectConfig, TrainConfig

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from biograd.functional import keep_sign_
+from biograd.signs import keep_sign_
 
 
 def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = None

@@ -125,3 +125,21 @@ def test_a_bad_model_option_is_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "biograd: error: small_cnn: width=-3: use an integer >= 1"
+
+
+@pytest.mark.parametrize("command", ["train", "detect", "compare"])
+def test_help_gives_each_default_once_and_the_rule_names(command, capsys):
+    import re
+
+    import biograd
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = capsys.readouterr().out
+    blocks = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    assert len(blocks) > 20
+    for block in blocks:
+        assert block.count("(default") <= 1, block
+    rule = next(b for b in blocks if b.startswith("--rule RULE"))
+    assert all(name in rule for name in biograd.list_rules())
+    assert "the seed's" not in text  # --seed is the run's seed; the paper is "the paper"

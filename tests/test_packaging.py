@@ -55,12 +55,16 @@ def test_the_command_line_names_the_extra_it_needs(argv, extra):
 
 
 def test_the_wheel_ships_configs_license_and_type_marker(tmp_path):
+    import shutil
     import zipfile
 
     import biograd
 
+    source = tmp_path / "src"  # a copy: setuptools writes build/ beside the project
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "runs", "build", "*.egg-info", "__pycache__", ".*_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], check=True,
+                    "--no-build-isolation", "-w", str(tmp_path), str(source)], check=True,
                    capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("biograd-*.whl")
     assert wheel.name.startswith(f"biograd-{biograd.__version__}-")  # one source: __init__

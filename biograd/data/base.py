@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from biograd._names import name_key
 from biograd.errors import UsageError
 
 _WORKER_PREFIX = "Caught DataError"
@@ -69,16 +70,18 @@ Source = Callable[[DataOptions], DataBundle]
 
 _SOURCES: dict[str, Source] = {}
 _ORDER: dict[str, int] = {}
+_KEYS: dict[str, str] = {}  # name_key -> the registered name
 
 
 def register(name: str, *, order: int = 100) -> Callable[[Source], Source]:
     """Decorator: make `build(options) -> DataBundle` available as the data set `name`."""
 
     def add(build: Source) -> Source:
-        if name in _SOURCES:
+        if name_key(name) in _KEYS:
             raise ValueError(f"data set name {name!r} is already taken")
         _SOURCES[name] = build
         _ORDER[name] = order
+        _KEYS[name_key(name)] = name
         return build
 
     return add
@@ -91,4 +94,5 @@ def list_datasets() -> list[str]:
 
 def get_source(name: str) -> Source | None:
     """The source registered as `name` (case and "_" vs "-" do not matter), or None."""
-    return _SOURCES.get(name.strip().lower().replace("_", "-"))
+    registered = _KEYS.get(name_key(name))
+    return None if registered is None else _SOURCES[registered]

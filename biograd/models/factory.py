@@ -16,7 +16,8 @@ from functools import cache
 import torchvision
 from torch import nn
 
-from biograd.models.registry import ModelError, build_own, list_models
+from biograd._names import name_key
+from biograd.models.registry import ModelError, build_own, list_models, own_name
 
 TIMM_PREFIX = "timm:"
 
@@ -83,17 +84,22 @@ def build_model(
                        ("image_size", image_size)):
         if not isinstance(value, int) or value < 1:
             raise ModelError(f"{arg} must be a positive integer, got {value!r}")
-    if name.startswith(TIMM_PREFIX):
+    if name.startswith(TIMM_PREFIX):  # timm's own names, exactly
         builder = _build_timm
         name = name[len(TIMM_PREFIX):]
-    elif name in list_models():
-        builder = build_own
-    elif name in torchvision_models():
-        builder = _build_torchvision
+    elif (own := own_name(name)) is not None:
+        builder, name = build_own, own
+    elif (theirs := _torchvision_name(name)) is not None:
+        builder, name = _build_torchvision, theirs
     else:
         raise ModelError(_unknown_model_message(name))
     return builder(name, num_classes=num_classes, in_channels=in_channels,
                    image_size=image_size, **options)
+
+
+def _torchvision_name(name: str) -> str | None:
+    """torchvision's model `name` (case and "-" vs "_" do not matter), or None."""
+    return next((m for m in torchvision_models() if name_key(m) == name_key(name)), None)
 
 
 def _unknown_model_message(name: str) -> str:

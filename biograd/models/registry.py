@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from biograd._check import problem
+from biograd._names import name_key
 from biograd.errors import UsageError
 
 
@@ -70,11 +71,17 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def own_name(name: str) -> str | None:
+    """biograd's model registered under `name` (case and "-" vs "_" do not matter), or None."""
+    return next((m for m in _MODELS if name_key(m) == name_key(name)), None)
+
+
 def model_info(name: str) -> ModelInfo:
     """The registration of biograd's model `name`; ModelError if there is none."""
-    if name not in _MODELS:
+    registered = own_name(name)
+    if registered is None:
         raise ModelError(f"{name!r} is not one of biograd's models ({', '.join(list_models())})")
-    return _MODELS[name]
+    return _MODELS[registered]
 
 
 def build_own(

@@ -5,8 +5,8 @@
     plot_run("runs/ss-0")                      # one run's figures, into its folder
 """
 
-from biograd.results.compare import write_report
 from biograd.results.figures import plot_run
+from biograd.results.report import write_report
 from biograd.results.runs import Run, load_run
 
 __all__ = ["Run", "load_run", "plot_run", "write_report"]

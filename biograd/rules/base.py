@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from biograd._check import problem
+from biograd._names import name_key
 
 if TYPE_CHECKING:
     from biograd.nn.layers import FeedbackLayer
@@ -178,7 +179,7 @@ _NAMES: dict[str, str] = {}
 
 def register(cls: type[Rule]) -> type[Rule]:
     """Class decorator: make a rule available by its name and aliases."""
-    for key in (cls.name, *cls.aliases):
+    for key in map(name_key, (cls.name, *cls.aliases)):
         if key in _NAMES and _NAMES[key] != cls.name:
             raise ValueError(f"rule name {key!r} is already taken by {_NAMES[key]!r}")
         _NAMES[key] = cls.name
@@ -205,7 +206,7 @@ def rules_table() -> str:
 
 def rule_class(name: str) -> type[Rule]:
     """The rule class registered under `name` or one of its aliases."""
-    key = name.strip().lower().replace("-", "_")
+    key = name_key(name)
     if key not in _NAMES:
         raise ValueError(f"unknown rule {name!r}: choose one of {', '.join(list_rules())}")
     return _RULES[_NAMES[key]]

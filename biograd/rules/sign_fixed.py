@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from biograd.functional import hold_sign_
 from biograd.rules.base import Feedback, Rule, option, register, scale_option, seed_scale
+from biograd.signs import hold_sign_
 
 
 @register

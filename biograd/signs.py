@@ -1,4 +1,4 @@
-"""Small tensor helpers shared by rules and optimisers."""
+"""Holding weights to signs: the clamps sign_fixed and the no-sign-change optimiser share."""
 
 from __future__ import annotations
 
