@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from biograd.engine.classify import train
 
     cfg = _with_out(resolve(args), "train")
-    train(cfg)
+    train(cfg, args.command_line)
     log.info("done: %s", Path(cfg.out) / "metrics.jsonl")
     return 0
 
@@ -66,7 +66,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from biograd.engine.detect import train
 
     cfg = _with_out(resolve(args, DetectConfig), "detect")
-    train(cfg)
+    train(cfg, args.command_line)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes
         from biograd.engine.detect import coco_table
 
@@ -94,7 +94,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cls = DetectConfig if args.__dict__.pop("task") == "detection" else TrainConfig
     base = _with_out(resolve(args, cls), "compare")
-    paths = compare(base, rules, seeds)
+    paths = compare(base, rules, seeds, args.command_line)
     print(paths["report.md"].read_text().split("\n\n![")[0].strip())
     print(f"\nreport, figures and runs: {paths['report.md'].parent}")
     return 0
@@ -209,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser(_task_of(argv)).parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args.command_line = ["biograd", *argv]  # recorded in each run's environment.jsonl
+    if not logging.getLogger().handlers:  # rank 0 alone prints what is not a warning
+        from biograd.engine.loop import LOG_DATES, LOG_FORMAT
+
+        level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+        logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATES, stream=sys.stderr)
     try:
         return args.func(args)
     except UsageError as err:  # DataError and ModelError included

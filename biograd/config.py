@@ -71,8 +71,9 @@ class RunConfig:
     tensorboard: bool = setting(True, "write TensorBoard events")
     milestones: list[int] | None = setting(None, "step schedule: decay at these epochs instead "
                                            "of every step_size", low=0)
-    log_every: int = setting(50, "steps between host syncs (the non-finite loss check); "
-                             "the device otherwise never waits on the host", low=1)
+    log_interval: int = setting(50, "steps between progress lines (loss, lr, images/s, ETA) "
+                                "and the non-finite-loss check, the only times the host waits "
+                                "on the device in an epoch (and its last step)", low=1)
     accept_changes: bool = setting(False, "on --resume, accept another number of processes "
                                    "or --epochs: the schedule is recomputed for the new shape")
     sync_bn: bool = setting(False, "under torchrun, BatchNorm statistics over the global batch "

@@ -259,28 +259,41 @@ def test_compile_warns_for_rules_it_does_not_suit(tmp_path, monkeypatch, caplog,
 
 def test_the_loop_reads_the_device_once_per_log_interval(tmp_path, monkeypatch):
     reads = []
-    real = torch.Tensor.item
     package = os.path.dirname(biograd.__file__) + os.sep
 
-    def item(t):  # biograd's own reads of a tensor's value (torch's DataLoader has one too)
-        if sys._getframe(1).f_code.co_filename.startswith(package):
-            reads.append(1)
-        return real(t)
+    def counting(real):
+        def read(t):  # biograd's own reads of a tensor's values (torch's DataLoader has one)
+            if sys._getframe(1).f_code.co_filename.startswith(package):
+                reads.append(1)
+            return real(t)
+        return read
 
-    monkeypatch.setattr(torch.Tensor, "item", item)
-    cfg = quick(tmp_path, epochs=1, steps_per_epoch=6, log_every=2, angle_batch=0)
-    ctx_steps = []
+    for name in ("item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    cfg = quick(tmp_path, epochs=1, steps_per_epoch=7, log_interval=3, angle_batch=0)
+    counts = []
     real_epoch = loop.train_one_epoch
 
     def counted(ctx, loader, epoch):
         reads.clear()
         out = real_epoch(ctx, loader, epoch)
-        ctx_steps.append(len(reads))
+        counts.append(len(reads))
         return out
 
     monkeypatch.setattr(loop, "train_one_epoch", counted)
     classify.train(cfg)
-    assert ctx_steps == [6 // 2 + 1]  # steps 2, 4, 6 and the epoch's end
+    assert counts == [3 + 1]  # steps 3 and 6, the last step (7), and the epoch's sums
+
+
+def test_progress_lines_give_loss_lr_speed_and_eta(tmp_path, caplog):
+    cfg = quick(tmp_path, epochs=2, steps_per_epoch=5, log_interval=2, angle_batch=0,
+                progress="lines")
+    with caplog.at_level("INFO", logger="biograd"):
+        classify.train(cfg)
+    lines = [r.getMessage() for r in caplog.records if ", step " in r.getMessage()]
+    steps = [line.split(", step ")[1].split(":")[0] for line in lines]
+    assert steps == ["2/5", "4/5", "5/5"] * 2  # every interval, and the last step
+    assert all(k in lines[0] for k in ("epoch 1/2", "loss ", "lr ", "img/s", "eta "))
 
 
 def test_resume_with_other_epochs_needs_accepting(tmp_path, capsys):
@@ -318,3 +331,23 @@ def test_sync_bn_converts_in_place_and_refuses_the_cpu():
     assert loop.sync_batchnorm(model, cfg, Dist(), torch.device("cpu")) is model  # alone
     with pytest.raises(UsageError, match="GPU tensors only"):
         loop.sync_batchnorm(small_cnn(), cfg, two, torch.device("cpu"))
+
+
+def test_the_run_folder_keeps_its_log_and_environment(tmp_path):
+    from biograd.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16",
+            "--progress", "lines", "--log-interval", "1", "--tensorboard", "false",
+            "--angle-batch", "0", "--out", str(out)]
+    assert main(argv) == 0
+    log_lines = (out / "train.log").read_text().splitlines()
+    assert any("layers converted" in line for line in log_lines)  # the report, once
+    assert sum("layers converted" in line for line in log_lines) == 1
+    assert any(" INFO epoch 1/1, step 2/2: loss " in line for line in log_lines)
+    assert log_lines[0][:4].isdigit()  # each line starts with its time
+    (start,) = [json.loads(line) for line in (out / "environment.jsonl").open()]
+    assert start["command"] == ["biograd", *argv]
+    for key in ("torch", "device", "world_size", "git_commit", "python"):
+        assert key in start, key
+    assert start["device"] == "cpu" and start["world_size"] == 1

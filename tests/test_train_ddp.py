@@ -1,6 +1,7 @@
 """`biograd train` under torchrun: two gloo ranks on loopback end with identical weights and
 feedback, and only rank 0 writes the run folder."""
 
+import json
 import os
 import socket
 import subprocess
@@ -133,8 +134,11 @@ def test_two_ranks_end_identical(two_ranks):
         assert_same_state(a, b, rule)
         assert any(k.endswith("feedback") or k.endswith("feedback_pool") for k in a), rule
         run = two_ranks / rule
-        assert sorted(p.name for p in run.iterdir()) == [
-            "checkpoint.pt", "config.yaml", "metrics.jsonl", "status.json"]
+        assert sorted(p.name for p in run.iterdir()) == [  # rank 0's alone
+            "checkpoint.pt", "config.yaml", "environment.jsonl", "metrics.jsonl",
+            "status.json", "train.log"]
+        (start,) = [json.loads(line) for line in (run / "environment.jsonl").open()]
+        assert start["world_size"] == 2 and start["device"] == "cpu"
 
 
 def test_feedback_agrees_by_its_seed_alone(two_ranks):
@@ -253,9 +257,13 @@ def test_two_nodes_of_one_process_each(tmp_path):
          "--tensorboard", "false", "--out", str(tmp_path / "run")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in (0, 1)]
+    outputs = []
     for run in runs:
         output, _ = run.communicate(timeout=300)
         assert run.returncode == 0, output[-3000:]
+        outputs.append(output)
+    # rank 0 alone prints: the conversion report once, though both ranks convert
+    assert sum(o.count("layers converted") for o in outputs) == 1
     state = assert_same_on_both_ranks(tmp_path / "node-rank0.pt", tmp_path / "node-rank1.pt")
     assert any(k.endswith(".feedback") for k in state)
     assert (tmp_path / "run" / "checkpoint.pt").exists()

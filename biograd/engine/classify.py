@@ -98,6 +98,7 @@ def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict[str, Any
             {"params": list(last.parameters()), "lr": cfg.last_lr}]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one classification run into cfg.out; returns its last epoch's metrics."""
-    return loop.run(cfg, build)
+def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
+    """Train one classification run into cfg.out; returns its last epoch's metrics.
+    command: the command line to record (default: sys.argv)."""
+    return loop.run(cfg, build, command)

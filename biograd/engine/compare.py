@@ -32,8 +32,8 @@ def _status(path: Path) -> str | None:
         return None
 
 
-def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None
-            ) -> dict[str, Path]:
+def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
+            command: list[str] | None = None) -> dict[str, Path]:
     """Train every (rule, seed) of `base` into base.out, then write the report there.
 
     The task follows the config: a DetectConfig trains detectors (`biograd detect`), a
@@ -63,7 +63,7 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None
             validate(cfg)
             log.info("== %s, seed %d -> %s", rule, seed, path)
             try:
-                train(cfg)
+                train(cfg, command)
             except Diverged as err:
                 log.warning("%s: %s", rule, err)
     return write_report([load_run(p) for p in paths], out)

@@ -143,9 +143,10 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
     )
 
 
-def train(cfg: DetectConfig) -> dict[str, Any]:
-    """Train one detection run into cfg.out; returns its last epoch's metrics."""
-    return loop.run(cfg, build)
+def train(cfg: DetectConfig, command: list[str] | None = None) -> dict[str, Any]:
+    """Train one detection run into cfg.out; returns its last epoch's metrics.
+    command: the command line to record (default: sys.argv)."""
+    return loop.run(cfg, build, command)
 
 
 def coco_table(run_dir: str | Path) -> str:

@@ -30,15 +30,18 @@ from biograd import __version__
 from biograd._seed import mix
 from biograd.config import RunConfig
 from biograd.engine import checkpoint, distributed
-from biograd.engine.runlog import RunLog, progress
+from biograd.engine.runlog import Progress, RunLog
 from biograd.errors import Diverged, UsageError
 
 log = logging.getLogger("biograd")
 
+#: How log lines look, on the terminal and in RUN/train.log: time, level, message.
+LOG_FORMAT, LOG_DATES = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
+
 #: Fields that may differ between a run and its resumption (epochs only with
 #: accept_changes, which may itself change).
 RESUMABLE = {"resume", "out", "workers", "progress", "device", "tensorboard", "data_root",
-             "download", "log_every", "accept_changes"}
+             "download", "log_interval", "accept_changes"}
 
 Batch = Any
 
@@ -169,33 +172,39 @@ def autocast(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp != "none")
 
 
-def _check_finite(ctx: Context, first_bad: torch.Tensor, epoch: int) -> None:
-    """Raise Diverged if any rank saw a non-finite loss (one host sync, one all-reduce)."""
-    step = distributed.all_reduce_max([first_bad.item()], ctx.device, ctx.dist)[0]
+def _check_finite(ctx: Context, first_bad: float, epoch: int) -> None:
+    """Raise Diverged if any rank saw a non-finite loss (first_bad: its step, 0 for none)."""
+    step = distributed.all_reduce_max([first_bad], ctx.device, ctx.dist)[0]
     if step > 0:
         raise Diverged(f"the loss became non-finite at epoch {epoch}, step {int(step)}")
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, float]:
     """One epoch of training. Nothing waits on the device between log intervals: the loss
-    sums and the first non-finite step stay on the device, read every `log_every` steps and
-    at the end (a non-finite loss then stops the run, naming the step it first appeared)."""
+    sums and the first non-finite step stay on the device, read every `log_interval` steps
+    and at the epoch's last step, where a non-finite loss stops the run (naming the step it
+    first appeared) and rank 0 reports the interval's loss, the lr, images/s and the ETA."""
     cfg, device, task = ctx.cfg, ctx.device, ctx.task
     ctx.runner.train()
     total = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
     sums: dict[str, torch.Tensor] = {}
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: every loss finite
-    seen = 0
-    start = time.perf_counter()
-    for step, batch in enumerate(progress(loader, total, f"epoch {epoch}", cfg.progress,
-                                          ctx.dist.main), 1):
+    interval_loss = torch.zeros((), dtype=torch.float64, device=device)
+    seen = interval_seen = 0
+    start = tick = time.perf_counter()
+    bar = Progress(loader, total, f"epoch {epoch}", cfg.progress, ctx.dist.main)
+    for step, batch in enumerate(bar, 1):
         batch = task.to_device(batch, device)
         with autocast(cfg, device):
             loss, n, extra = task.loss(ctx.runner, batch)
         finite = torch.isfinite(loss.detach())
         first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
-        if step % cfg.log_every == 0:
-            _check_finite(ctx, first_bad, epoch)
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
@@ -206,10 +215,24 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
             ctx.runlog.angles(step_angles(ctx, epoch - 1 + step / total, done))
         for key, v in {"train_loss": loss.detach().float() * n, **extra}.items():
             sums[key] = sums[key] + v if key in sums else v.detach().float()
+        interval_loss += loss.detach().double() * n
         seen += n
+        interval_seen += n
+        if step % cfg.log_interval == 0 or step == total:
+            bad, loss_sum = torch.stack([first_bad.double(), interval_loss]).tolist()  # 1 sync
+            _check_finite(ctx, bad, epoch)
+            now = time.perf_counter()
+            if ctx.dist.main:
+                eta = (now - start) / step * ((cfg.epochs - epoch) * total + total - step)
+                line = (f"loss {loss_sum / interval_seen:.4f}, lr "
+                        f"{ctx.optimizer.param_groups[0]['lr']:.4g}, "
+                        f"{ctx.dist.world_size * interval_seen / (now - tick):.0f} img/s, "
+                        f"eta {_duration(eta)}")
+                bar.report(f"epoch {epoch}/{cfg.epochs}, step {step}/{total}: {line}", line)
+            interval_loss.zero_()
+            interval_seen, tick = 0, now
         if step == total:
             break
-    _check_finite(ctx, first_bad, epoch)
     seconds = time.perf_counter() - start
     keys = sorted(sums)
     local = [float(v) for v in torch.stack([sums[k] for k in keys]).tolist()]  # one sync
@@ -287,8 +310,8 @@ def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
     return bool(shape)
 
 
-def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.device], Task]
-        ) -> dict[str, Any]:
+def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.device], Task],
+        command: list[str] | None = None) -> dict[str, Any]:
     """Train one run into cfg.out with the task `build` makes; returns the last epoch's
     metrics. Raises Diverged (the run is marked so and keeps its last good checkpoint)."""
     if cfg.out is None:
@@ -300,14 +323,24 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         check_out(cfg, out)
         out.mkdir(parents=True, exist_ok=True)
     runlog = RunLog(out, dist.main, cfg.tensorboard)
+    handler, level = None, log.level
+    if dist.main:  # the run's log lines, also in its folder, whatever the root logger keeps
+        handler = logging.FileHandler(out / "train.log")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATES))
+        log.addHandler(handler)
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+        runlog.environment(device, dist, command)
     try:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        task = build(cfg, dist, device)
-        if dist.main:
-            log.info("%s", biograd.report(task.model))
+        task = build(cfg, dist, device)  # (convert logs the conversion report)
         return _fit(cfg, dist, device, task, out, runlog)
     finally:
         runlog.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            log.setLevel(level)
         if dist.enabled:
             # DDP holds reference cycles, so only the garbage collector frees it; left to the
             # interpreter's exit, after the process group is gone, gloo aborted the process

@@ -77,6 +77,39 @@ class RunLog:
                     self.writer.add_scalar(f"{group}/{layer}", value, step)
             self.writer.flush()
 
+    def environment(self, device, dist, command: list[str] | None = None) -> None:
+        """Append what this start of the run ran on to environment.jsonl: the command line,
+        versions, the device actually used, the world size, the git commit of biograd's
+        checkout when it is one."""
+        if not self.main:
+            return
+        import platform
+        import subprocess
+        import time
+
+        import torch
+
+        import biograd
+        from biograd._machine import cpu_name
+
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(biograd.__file__).parent,
+                capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or sys.argv,
+            "biograd": biograd.__version__, "git_commit": commit,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "device": str(device),
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else cpu_name()),
+            "world_size": dist.world_size, "threads": torch.get_num_threads(),
+        }
+        with open(self.out / "environment.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
     def status(self, status: str, message: str = "") -> None:
         if self.main:
             (self.out / "status.json").write_text(
@@ -87,18 +120,25 @@ class RunLog:
             self.writer.close()
 
 
-def progress(items: Iterable, total: int, desc: str, mode: str, main: bool) -> Iterator:
-    """A progress bar on a terminal, a few plain lines otherwise, nothing off the main rank."""
-    if not main or mode == "none":
-        yield from items
-        return
-    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
-        from tqdm import tqdm
+class Progress:
+    """The batches of an epoch, with the epoch's progress shown: a bar on a terminal (mode
+    "auto" or "bar"), log lines at each `report` otherwise ("auto" off a terminal, "lines"),
+    nothing with "none" or off the main rank."""
 
-        yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
-        return
-    every = max(1, total // 4)
-    for i, item in enumerate(items, 1):
-        yield item
-        if i % every == 0 or i == total:
-            log.info("%s: step %d/%d", desc, i, total)
+    def __init__(self, items: Iterable, total: int, desc: str, mode: str, main: bool) -> None:
+        self.items, self.bar = items, None
+        self.lines = main and (mode == "lines" or (mode == "auto" and not sys.stderr.isatty()))
+        if main and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
+            from tqdm import tqdm
+
+            self.bar = tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.bar if self.bar is not None else self.items)
+
+    def report(self, line: str, short: str) -> None:
+        """One log line (lines mode), or the bar's postfix (bar mode)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(short, refresh=False)
+        elif self.lines:
+            log.info("%s", line)
