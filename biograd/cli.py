@@ -100,6 +100,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from biograd.engine.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.target, which=args.checkpoint, data=args.data,
+                                 data_root=args.data_root, device=args.device)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    print(f"written to {Path(result['checkpoint']).parent / 'eval.json'}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from biograd.results import load_run, plot_run
 
@@ -172,6 +185,18 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                    help="smallest shape side in pixels (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
+
+    p = sub.add_parser("eval", help="score a saved model on its validation split",
+                       description="Score a run's saved model (best.pt, or checkpoint.pt) "
+                       "on the validation split its config names, as training scored it; "
+                       "print the numbers and write eval.json beside the checkpoint.")
+    p.add_argument("target", type=Path, help="a run folder, or a checkpoint file in one")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="in a run folder: best.pt (default) or the last epoch's checkpoint.pt")
+    p.add_argument("--data", default=None, help="another data set than the run's own")
+    p.add_argument("--data-root", default=None, help="where to look for the data")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot", help="redraw the figures of a run folder")
     p.add_argument("run_dir", type=Path)

@@ -76,6 +76,9 @@ class RunConfig:
                                 "on the device in an epoch (and its last step)", low=1)
     accept_changes: bool = setting(False, "on --resume, accept another number of processes "
                                    "or --epochs: the schedule is recomputed for the new shape")
+    init_checkpoint: str | None = setting(None, "start from the weights in this file: a torch "
+                                          "or biograd state dict, a biograd checkpoint, or "
+                                          ".safetensors (feedback is derived where absent)")
     sync_bn: bool = setting(False, "under torchrun, BatchNorm statistics over the global batch "
                             "(torch's SyncBatchNorm, GPUs only): for small per-GPU batches")
 
@@ -117,6 +120,8 @@ class TrainConfig(RunConfig):
     download: bool = setting(False, "let torchvision download MNIST / Fashion-MNIST if not "
                              "found")
     data_root: str | None = setting(None, "where to look for data")
+    pretrained: bool = setting(False, "start from torchvision's (or timm's) pretrained weights, "
+                               "from the local cache: nothing is downloaded")
 
 
 def _field_type(cls: type[RunConfig], f: dataclasses.Field) -> type:

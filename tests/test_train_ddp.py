@@ -135,7 +135,7 @@ def test_two_ranks_end_identical(two_ranks):
         assert any(k.endswith("feedback") or k.endswith("feedback_pool") for k in a), rule
         run = two_ranks / rule
         assert sorted(p.name for p in run.iterdir()) == [  # rank 0's alone
-            "checkpoint.pt", "config.yaml", "environment.jsonl", "metrics.jsonl",
+            "best.pt", "checkpoint.pt", "config.yaml", "environment.jsonl", "metrics.jsonl",
             "status.json", "train.log"]
         (start,) = [json.loads(line) for line in (run / "environment.jsonl").open()]
         assert start["world_size"] == 2 and start["device"] == "cpu"

@@ -18,7 +18,8 @@ import torch
 
 from biograd.errors import UsageError
 
-NAME = "checkpoint.pt"
+NAME = "checkpoint.pt"  # the latest epoch's, to resume from
+BEST = "best.pt"  # the model of the epoch with the best validation score (top-1, or AP)
 
 
 def save_atomic(obj: Any, path: Path) -> None:

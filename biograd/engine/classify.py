@@ -66,7 +66,7 @@ def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loo
                         download=cfg.download)
     model = build_model(cfg.model, num_classes=bundle.num_classes,
                         in_channels=bundle.in_channels, image_size=bundle.image_size,
-                        **cfg.model_options)
+                        pretrained=cfg.pretrained, **cfg.model_options)
     biograd.convert(model, cfg.rule_for(cfg.rule), last=cfg.rule_for(cfg.last_rule),
                     seed=cfg.seed)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else

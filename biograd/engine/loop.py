@@ -334,6 +334,8 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
     try:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         task = build(cfg, dist, device)  # (convert logs the conversion report)
+        if cfg.init_checkpoint and not cfg.resume:
+            load_weights(task.model, cfg.init_checkpoint, device)
         return _fit(cfg, dist, device, task, out, runlog)
     finally:
         runlog.close()
@@ -346,6 +348,31 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
             # interpreter's exit, after the process group is gone, gloo aborted the process
             # in about one run in three here ("terminate called without an active exception")
             gc.collect()
+
+
+def load_weights(model: nn.Module, path: str | Path, device: torch.device) -> None:
+    """Weights from `path` into `model`, in place (strict): a torch or biograd state dict, a
+    biograd checkpoint (its "model"), or a .safetensors file. Feedback a plain file lacks is
+    derived from the loaded weights, as converting after loading would."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--init-checkpoint: no file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path, device=str(device))
+    else:
+        state = checkpoint.load(path, device)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UsageError(f"--init-checkpoint: {path} holds no state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+        raise UsageError(f"--init-checkpoint: {path} does not fit the model ({detail[:300]})"
+                         ) from None
+    log.info("weights from %s", path)
 
 
 def seed_rank_streams(cfg: RunConfig, dist: distributed.Dist, epoch: int) -> None:
@@ -452,9 +479,15 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         if dist.main:
             metrics.update(angles(ctx))
         value = metrics.get(task.best_key, math.nan)
-        best = value if math.isnan(best) or value > best else best
+        improved = math.isfinite(value) and (math.isnan(best) or value > best)
+        best = value if improved else best
         runlog.epoch(metrics)
         streams = distributed.gather_objects(checkpoint.rng_state(), dist)
+        if dist.main and improved:  # the model at its best validation score, beside the last
+            checkpoint.save_atomic({
+                "model": model.state_dict(), "epoch": epoch, "metric": task.best_key,
+                "value": value, "config": cfg.to_dict(), "version": __version__,
+            }, out / checkpoint.BEST)
         if dist.main:
             checkpoint.save_atomic({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),

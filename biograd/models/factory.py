@@ -64,7 +64,8 @@ def torchvision_models() -> tuple[str, ...]:
 
 
 def build_model(
-    name: str, *, num_classes: int, in_channels: int, image_size: int, **options: object
+    name: str, *, num_classes: int, in_channels: int, image_size: int,
+    pretrained: bool = False, **options: object
 ) -> nn.Module:
     """Build the classifier `name` with random weights: (N, in_channels, S, S) -> (N, num_classes).
 
@@ -93,8 +94,42 @@ def build_model(
         builder, name = _build_torchvision, theirs
     else:
         raise ModelError(_unknown_model_message(name))
-    return builder(name, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, **options)
+    if pretrained and builder is build_own:
+        raise ModelError(f"biograd's {name} has no pretrained weights: leave out --pretrained, "
+                         f"or start from a file with --init-checkpoint")
+    if pretrained and builder is _build_timm:
+        options["pretrained"] = True
+    model = builder(name, num_classes=num_classes, in_channels=in_channels,
+                    image_size=image_size, **options)
+    if pretrained and builder is _build_torchvision:
+        load_cached_weights(model, name)
+    return model
+
+
+def load_cached_weights(model: nn.Module, name: str) -> None:
+    """torchvision's default weights for `name`, from torch's hub cache (never downloaded),
+    into `model`: every tensor of the same shape; a classifier of another size is left as
+    built (and said so). ModelError when the file is not in the cache."""
+    import logging
+    import os
+
+    import torch
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if not os.path.isfile(path):
+        raise ModelError(f"--pretrained: torchvision's {name} weights are not in the local "
+                         f"cache ({path}) and nothing is downloaded: fetch {weights.url} "
+                         f"there, or leave out --pretrained")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    fits = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
+    left = sorted(set(own) - set(fits))
+    if left:
+        logging.getLogger("biograd").info(
+            "--pretrained: %s from %s; left as built (other shape or absent): %s",
+            name, path, ", ".join(left))
 
 
 def _torchvision_name(name: str) -> str | None:
@@ -154,7 +189,13 @@ def _build_timm(
         kwargs["img_size"] = image_size
     kwargs.update(options)
     try:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, **{"pretrained": False, **kwargs})
+    except (OSError, RuntimeError) as err:  # pretrained weights neither cached nor reachable
+        if not kwargs.get("pretrained"):
+            raise
+        raise ModelError(f"--pretrained: timm:{name} weights are not in the local cache and "
+                         f"could not be fetched ({type(err).__name__}); leave out --pretrained"
+                         ) from err
     except TypeError as err:  # an option the model's class does not take
         if "img_size" in str(err) and "img_size" not in options:
             side = cfg.input_size[-1]
