@@ -243,7 +243,7 @@ class DetectConfig(RunConfig):
     (`biograd make-shapes`: 64-pixel images, a narrow FPN, AdamW, a few minutes a rule);
     configs/coco/ holds torchvision's MS-COCO recipe (SGD, 256 FPN channels, 800 pixels)."""
 
-    epochs: int = field(default=12, metadata={"help": "epochs to train"})
+    epochs: int = field(default=6, metadata={"help": "epochs to train"})
     batch_size: int = field(default=8, metadata={"help": "images per step, per process"})
     optimizer: str = field(default="adamw", metadata={
         "help": "sgd, adam or adamw (torchvision's recipe: sgd)"})
@@ -251,7 +251,7 @@ class DetectConfig(RunConfig):
         "help": "learning rate (torchvision's recipe: sgd at 0.01 per 16 images)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up, in epochs"})
     schedule: str = field(default="step", metadata={"help": "step, cosine or constant"})
-    milestones: list | None = field(default_factory=lambda: [9, 11], metadata={
+    milestones: list | None = field(default_factory=lambda: [5], metadata={
         "help": "step schedule: decay ×gamma at these epochs"})
     angle_batch: int = field(default=4, metadata={
         "help": "images in the fixed batch for gradient angles (0: skip)"})
@@ -270,10 +270,13 @@ class DetectConfig(RunConfig):
         "help": "feedback scale of rules that take one: weight (W's size) or seed"})
     min_size: int = field(default=64, metadata={"help": "the model's resize: shorter side"})
     max_size: int = field(default=64, metadata={"help": "the model's resize: longer side"})
-    anchor_scale: float = field(default=0.25, metadata={
+    anchor_scale: float = field(default=0.5, metadata={
         "help": "anchor sizes × this (torchvision's 32-512 px suit 800 px images; the default "
-                "0.25 gives 8-128 px for the small shapes images; 1 for MS-COCO)"})
+                "0.5 gives 16-256 px for the small shapes images; 1 for MS-COCO)"})
     aspect_ratio_grouping: bool = field(default=False, metadata={
         "help": "batch images of similar aspect ratio together"})
     keep_empty_train: bool = field(default=False, metadata={
         "help": "train on images without annotations too"})
+    head_norm: str = field(default="groupnorm", metadata={
+        "help": "the heads' normalisation: none (torchvision's v1 heads) or groupnorm "
+                "(GroupNorm after each head convolution, as torchvision's v2 heads)"})
