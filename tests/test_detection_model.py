@@ -145,8 +145,8 @@ def test_frozen_and_trainable_batchnorm():
 
 
 
-@pytest.mark.parametrize("channels", [256, 48])
-def test_groupnorm_heads(channels):
+@pytest.mark.parametrize(("channels", "groups"), [(256, 32), (48, 8), (32, 16)])
+def test_groupnorm_heads(channels, groups):
     from biograd.engine.detect import anchors
 
     generator = anchors(0.5)  # 9 anchors a place, as torchvision's
@@ -157,7 +157,7 @@ def test_groupnorm_heads(channels):
         for block in half.conv:  # torchvision's v2 head: conv (no bias), GroupNorm, ReLU
             conv, norm, _ = block
             assert conv.bias is None and isinstance(norm, nn.GroupNorm)
-            assert norm.num_groups == (32 if channels == 256 else 16)
+            assert norm.num_groups == groups
     assert model.head.classification_head.num_anchors == 9
     norms = {n for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
     assert len(norms) == 8 and all(n.startswith("head.") for n in norms)
@@ -168,6 +168,8 @@ def test_groupnorm_heads(channels):
     plain = build_retinanet(rule="ss", fpn_channels=channels, **TINY)
     assert not any(isinstance(m, nn.GroupNorm) for m in plain.modules())
     train_one_step(model)
+    images, targets = _batch()  # one image: P7 is 1x1, and every group holds 2 values or more
+    assert all(torch.isfinite(v) for v in model(images[:1], targets[:1]).values())
 
 def test_frozen_backbone_layers_are_converted_but_do_not_learn():
     model = build_retinanet(rule="kp", trainable_backbone_layers=2, **TINY)

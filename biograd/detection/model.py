@@ -182,10 +182,13 @@ def build_retinanet(
             (see the module's doc).
         fpn_channels: the channels of every FPN level and of the heads' convolutions (256,
             torchvision's and the paper's; fewer make a small, fast detector for small images).
-        head_norm: "none" (torchvision's v1 heads, the default) or "groupnorm": GroupNorm of
-            32 groups (fewer where fpn_channels is not a multiple of 32) after each of the four
-            convolutions of both heads, as torchvision's v2 heads; its scale and shift learn by
-            backprop, and the convolutions before it lose their bias.
+        head_norm: "none" (torchvision's v1 heads, the default) or "groupnorm": GroupNorm
+            after each of the four convolutions of both heads, as torchvision's v2 heads; its
+            scale and shift learn by backprop, and the convolutions before it lose their bias.
+            32 groups, as torchvision's, where fpn_channels is a multiple of 64; otherwise the
+            largest power of two under 32 that leaves 2 channels or more a group (1 group for
+            an odd number): on a 1x1 level (P7 of a 64-px image) a group of one channel holds
+            a single value for one image, and GroupNorm cannot train on it.
         **options: passed on to torchvision's RetinaNet (score_thresh, detections_per_img,
             anchor_generator, ...).
 
@@ -210,7 +213,7 @@ def build_retinanet(
         if head_norm == "groupnorm":
             generator = options.get("anchor_generator")
             anchors = generator.num_anchors_per_location()[0] if generator is not None else 9
-            groups = math.gcd(32, fpn_channels)
+            groups = math.gcd(32, fpn_channels // 2) if fpn_channels % 2 == 0 else 1
             options["head"] = RetinaNetHead(
                 fpn_channels, anchors, num_classes,
                 norm_layer=lambda c: nn.GroupNorm(groups, c))
