@@ -178,7 +178,7 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-shapes", help="write a synthetic COCO-format detection data set")
     p.add_argument("out", type=Path)
-    p.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    p.add_argument("--train", type=int, default=1600, help="training images (default 1600)")
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
     p.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     p.add_argument("--min-side", type=int, default=12,

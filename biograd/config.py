@@ -338,7 +338,7 @@ class DetectConfig(RunConfig):
     (`biograd make-shapes`: 64-pixel images, a narrow FPN, AdamW, a few minutes a rule);
     biograd/configs/coco/ holds torchvision's MS-COCO recipe (SGD, 256 FPN channels, 800 pixels)."""
 
-    epochs: int = setting(12, "epochs to train", low=1)
+    epochs: int = setting(6, "epochs to train", low=1)
     batch_size: int = setting(8, "images per step, per process", low=1)
     optimizer: str = setting("adamw", "sgd, adam or adamw (torchvision's recipe: sgd)",
                              choices=("sgd", "adam", "adamw"))
@@ -347,7 +347,7 @@ class DetectConfig(RunConfig):
     warmup_epochs: float = setting(1.0, "linear warm-up, in epochs", low=0)
     schedule: str = setting("step", "step, cosine or constant",
                             choices=("step", "cosine", "constant"))
-    milestones: list[int] | None = setting(default_factory=lambda: [9, 11], help="step "
+    milestones: list[int] | None = setting(default_factory=lambda: [5], help="step "
                                            "schedule: decay ×gamma at these epochs", low=0)
     angle_batch: int = setting(4, "images in the fixed batch for gradient angles (0: skip)",
                                low=0)
@@ -365,8 +365,11 @@ class DetectConfig(RunConfig):
                                   "(W's size) or seed", choices=("weight", "seed"))
     min_size: int = setting(64, "the model's resize: shorter side", low=1)
     max_size: int = setting(64, "the model's resize: longer side", low=1)
-    anchor_scale: float = setting(0.25, "anchor sizes × this (torchvision's 32-512 px suit "
-                                  "800 px images; the default 0.25 gives 8-128 px for the "
+    anchor_scale: float = setting(0.5, "anchor sizes × this (torchvision's 32-512 px suit "
+                                  "800 px images; the default 0.5 gives 16-256 px for the "
                                   "small shapes images; 1 for MS-COCO)", above=0)
     aspect_ratio_grouping: bool = setting(False, "batch images of similar aspect ratio together")
     keep_empty_train: bool = setting(False, "train on images without annotations too")
+    head_norm: str = setting("groupnorm", "the heads' normalisation: none (torchvision's v1 "
+                             "heads) or groupnorm (GroupNorm after each head convolution, as "
+                             "torchvision's v2 heads)", choices=("none", "groupnorm"))

@@ -126,6 +126,7 @@ def _feedback(state):
     (("--rule-options", "{fa: {scale: seed}}"), "seed"),   # a rule's own option wins
 ])
 def test_detect_draws_feedback_at_the_scale_asked(tmp_path, shapes, extra, scale):
+    from biograd.config import DetectConfig
     from biograd.detection import build_detection_data, build_retinanet
 
     out = tmp_path / "run"
@@ -137,7 +138,8 @@ def test_detect_draws_feedback_at_the_scale_asked(tmp_path, shapes, extra, scale
     def built(s):  # the same detector, built with the rule's scale stated outright
         model = build_retinanet(
             num_classes=build_detection_data(shapes).num_classes, norm="batchnorm",
-            rule=biograd.get_rule("fa", scale=s), fpn_channels=32, min_size=64, max_size=64)
+            rule=biograd.get_rule("fa", scale=s), fpn_channels=32, min_size=64, max_size=64,
+            head_norm=DetectConfig().head_norm)
         return _feedback(model.state_dict())
 
     expected, other = built(scale), built({"weight": "seed", "seed": "weight"}[scale])
@@ -163,3 +165,11 @@ def test_coco_configs_draw_feedback_at_the_weight_scale(path):
     assert rule.name == cfg.rule
     if "scale" in {f.name for f in fields(rule)}:
         assert rule.scale == "weight"
+
+
+@pytest.mark.parametrize("path", COCO, ids=lambda p: p.stem)
+def test_coco_configs_keep_torchvisions_heads_and_anchors(path):
+    from biograd.config import DetectConfig, resolve
+
+    cfg = resolve(argparse.Namespace(config=path), DetectConfig)
+    assert (cfg.head_norm, cfg.anchor_scale, cfg.min_size, cfg.max_size) == ("none", 1.0, 800, 1333)

@@ -144,6 +144,33 @@ def test_frozen_and_trainable_batchnorm():
     assert all(not torch.equal(b, before[n]) for n, b in model.named_buffers() if n in before)
 
 
+
+@pytest.mark.parametrize(("channels", "groups"), [(256, 32), (48, 8), (32, 16)])
+def test_groupnorm_heads(channels, groups):
+    from biograd.engine.detect import anchors
+
+    generator = anchors(0.5)  # 9 anchors a place, as torchvision's
+    model = build_retinanet(rule="ss", head_norm="groupnorm", fpn_channels=channels,
+                            anchor_generator=generator, **TINY)
+    for half in (model.head.classification_head, model.head.regression_head):
+        assert len(half.conv) == 4
+        for block in half.conv:  # torchvision's v2 head: conv (no bias), GroupNorm, ReLU
+            conv, norm, _ = block
+            assert conv.bias is None and isinstance(norm, nn.GroupNorm)
+            assert norm.num_groups == groups
+    assert model.head.classification_head.num_anchors == 9
+    norms = {n for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
+    assert len(norms) == 8 and all(n.startswith("head.") for n in norms)
+    assert _convs(model) == set(dict(biograd.feedback_layers(model)))
+    transport = {name: why for name, _, _, why in biograd.report(model).transport}
+    assert set(transport) == norms
+    assert set(transport.values()) == {"not a Linear, Conv or ConvTranspose: learns by backprop"}
+    plain = build_retinanet(rule="ss", fpn_channels=channels, **TINY)
+    assert not any(isinstance(m, nn.GroupNorm) for m in plain.modules())
+    train_one_step(model)
+    images, targets = _batch()  # one image: P7 is 1x1, and every group holds 2 values or more
+    assert all(torch.isfinite(v) for v in model(images[:1], targets[:1]).values())
+
 def test_frozen_backbone_layers_are_converted_but_do_not_learn():
     model = build_retinanet(rule="kp", trainable_backbone_layers=2, **TINY)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -240,6 +267,7 @@ def test_detector_parts_cover_every_parameter_once():
     ("backbone", "resnet19", "resnet18"),
     ("norm", "frozenbn", "frozen"),
     ("feedback_scale", "weights", "weight"),
+    ("head_norm", "group", "groupnorm"),
     ("parts", {"heads": "bp"}, "head"),
     ("rule", "sf", None),
 ])

@@ -9,7 +9,9 @@ The seed's MS-COCO model (Xiao et al. 2019): torchvision's RetinaNet with a ResN
 backbone. It is built as torchvision's `retinanet_resnet50_fpn` (v1): FPN levels P3-P5 from
 the ResNet's C3-C5 (`returned_layers=[2, 3, 4]`) and P6, P7 from P5 (`LastLevelP6P7(256,
 256)`, which works for every ResNet since P5 always has 256 channels), with the v1 heads,
-whose convolutions have no normalisation. All weights are random: nothing is downloaded.
+whose convolutions have no normalisation (`head_norm="groupnorm"`: GroupNorm in them, as the
+v2 heads; trained from scratch, the shapes demo needs it). All weights are random: nothing is
+downloaded.
 
 Every convolution, of the backbone, the FPN and both heads, is put on the rule. Nothing stays
 on backprop by default: a detector has no single "last layer". `parts` sets per-part rules.
@@ -39,6 +41,7 @@ backprop's, and with "weight" within 25% of them.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 
@@ -47,6 +50,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -62,6 +66,10 @@ BACKBONES = (
 
 #: The backbone's normalisation layer, by `norm`.
 NORMS: dict[str, type[nn.Module]] = {"frozen": FrozenBatchNorm2d, "batchnorm": nn.BatchNorm2d}
+
+#: The heads' normalisation, by `head_norm`: none (torchvision's v1 heads, the paper's) or
+#: GroupNorm after each of the four convolutions of both heads, as torchvision's v2 heads.
+HEAD_NORMS = ("none", "groupnorm")
 
 #: How random feedback is drawn (the `scale` option of fa, frsf, brsf and kp).
 FEEDBACK_SCALES = ("weight", "seed")
@@ -148,6 +156,7 @@ def build_retinanet(
     seed: int = 0,
     feedback_scale: str = "weight",
     fpn_channels: int = 256,
+    head_norm: str = "none",
     **options: object,
 ) -> RetinaNet:
     """A RetinaNet with random weights, every convolution on a learning rule.
@@ -173,6 +182,13 @@ def build_retinanet(
             (see the module's doc).
         fpn_channels: the channels of every FPN level and of the heads' convolutions (256,
             torchvision's and the paper's; fewer make a small, fast detector for small images).
+        head_norm: "none" (torchvision's v1 heads, the default) or "groupnorm": GroupNorm
+            after each of the four convolutions of both heads, as torchvision's v2 heads; its
+            scale and shift learn by backprop, and the convolutions before it lose their bias.
+            32 groups, as torchvision's, where fpn_channels is a multiple of 64; otherwise the
+            largest power of two under 32 that leaves 2 channels or more a group (1 group for
+            an odd number): on a 1x1 level (P7 of a 64-px image) a group of one channel holds
+            a single value for one image, and GroupNorm cannot train on it.
         **options: passed on to torchvision's RetinaNet (score_thresh, detections_per_img,
             anchor_generator, ...).
 
@@ -183,6 +199,7 @@ def build_retinanet(
     backbone = _choose(backbone, BACKBONES, "backbone")
     norm_layer = NORMS[_choose(norm, NORMS, "norm")]
     feedback_scale = _choose(feedback_scale, FEEDBACK_SCALES, "feedback scale")
+    head_norm = _choose(head_norm, HEAD_NORMS, "head norm")
     default = detector_rule(rule, feedback_scale)
     chosen = {_choose(part, PARTS, "detector part"): detector_rule(r, feedback_scale)
               for part, r in (parts or {}).items()}
@@ -193,5 +210,12 @@ def build_retinanet(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         body = _fpn_backbone(backbone, norm_layer, trainable_backbone_layers, fpn_channels)
+        if head_norm == "groupnorm":
+            generator = options.get("anchor_generator")
+            anchors = generator.num_anchors_per_location()[0] if generator is not None else 9
+            groups = math.gcd(32, fpn_channels // 2) if fpn_channels % 2 == 0 else 1
+            options["head"] = RetinaNetHead(
+                fpn_channels, anchors, num_classes,
+                norm_layer=lambda c: nn.GroupNorm(groups, c))
         model = RetinaNet(body, num_classes, min_size=min_size, max_size=max_size, **options)
     return convert(model, default, rules=rules, seed=seed)

@@ -151,7 +151,7 @@ def _image(rng: np.random.Generator, size: int, low: int, classes: Sequence[str]
     return Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8)), shapes
 
 
-def make_shapes(out: str | Path, *, train: int = 400, val: int = 100, image_size: int = 64,
+def make_shapes(out: str | Path, *, train: int = 1600, val: int = 100, image_size: int = 64,
                 seed: int = 0, classes: Sequence[str] = ("circle", "square", "triangle"),
                 min_side: int = 12) -> Path:
     """Write the shapes data set (train and val splits) under `out`; returns `out`, absolute.

@@ -121,6 +121,7 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
             parts={k: rule_for(cfg, v) for k, v in cfg.parts.items()}, norm=cfg.norm,
             min_size=cfg.min_size, max_size=cfg.max_size, seed=cfg.seed,
             feedback_scale=cfg.feedback_scale, fpn_channels=cfg.fpn_channels,
+            head_norm=cfg.head_norm,
             anchor_generator=anchors(cfg.anchor_scale))
     except (ValueError, KeyError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
