@@ -63,7 +63,8 @@ def worker(args: argparse.Namespace) -> None:
         model = torchvision.models.resnet18(num_classes=10)
         if rule != NATIVE:
             biograd.convert(model, rule, seed=0)
-            biograd.exclude_feedback_from_ddp(model)
+            if not args.sync_feedback:
+                biograd.exclude_feedback_from_ddp(model)
         ddp = DDP(model)
         ddp.register_comm_hook(None, allreduce)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -116,7 +117,7 @@ def launch(args: argparse.Namespace, ranks: int) -> dict:
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__,
                "--worker", "--out", str(out), "--size", str(args.size), "--batch",
                str(args.batch), "--steps", str(args.steps), "--rounds", str(args.rounds),
-               "--rules", *args.rules]
+               *(["--sync-feedback"] if args.sync_feedback else []), "--rules", *args.rules]
         env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
         subprocess.run(cmd, check=True, env=env)
         return json.loads(out.read_text())
@@ -153,6 +154,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--rules", nargs="+", default=None)
+    p.add_argument("--sync-feedback", action="store_true",
+                   help="leave DDP's default buffer sync on for feedback (what biograd avoids)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     return p

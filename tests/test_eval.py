@@ -1,0 +1,98 @@
+"""Saved models: best.pt, `biograd eval`, --init-checkpoint and --pretrained."""
+
+import json
+
+import pytest
+import torch
+
+from biograd.cli import main
+from biograd.engine import checkpoint
+
+RUN = ["--steps-per-epoch", "3", "--batch-size", "16", "--progress", "none",
+       "--tensorboard", "false", "--angle-batch", "0"]
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    assert main(["train", "--rule", "fa", "--epochs", "3", "--lr", "0.2", *RUN,
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_best_pt_holds_the_best_epochs_model(run):
+    lines = metrics(run)
+    best = max(lines, key=lambda m: m["val_top1"])
+    saved = torch.load(run / checkpoint.BEST, weights_only=True)
+    assert (saved["epoch"], saved["metric"]) == (best["epoch"], "val_top1")
+    assert saved["value"] == pytest.approx(best["val_top1"])
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_eval_scores_the_saved_model_as_training_did(run, which, capsys):
+    assert main(["eval", str(run), "--checkpoint", which]) == 0
+    lines = metrics(run)
+    expected = max(lines, key=lambda m: m["val_top1"]) if which == "best" else lines[-1]
+    result = json.loads((run / "eval.json").read_text())
+    assert result["epoch"] == expected["epoch"] and result["split"] == "val"
+    assert result["val_top1"] == pytest.approx(expected["val_top1"], abs=1e-9)
+    assert result["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    assert "val_top1" in capsys.readouterr().out
+
+
+def test_eval_says_what_it_cannot_read(tmp_path, capsys):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")
+    assert main(["eval", str(tmp_path / "plain.pt")]) == 2
+    assert "not a biograd checkpoint" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+
+
+def test_init_checkpoint_starts_from_plain_weights(run, tmp_path):
+    from biograd.models import small_cnn
+
+    plain = small_cnn(num_classes=10, in_channels=1)  # a plain torch model's state dict
+    torch.nn.init.constant_(plain[0].weight, 0.01)
+    torch.save(plain.state_dict(), tmp_path / "plain.pt")
+    out = tmp_path / "tuned"
+    assert main(["train", "--rule", "sign_fixed", "--epochs", "1", "--lr", "1e-9", *RUN,
+                 "--init-checkpoint", str(tmp_path / "plain.pt"), "--out", str(out)]) == 0
+    state = torch.load(out / checkpoint.NAME, weights_only=True)["model"]
+    torch.testing.assert_close(state["0.weight"], plain[0].weight.detach(), atol=1e-6, rtol=0)
+    # feedback derived from the loaded weights: sign_fixed's B has their signs (all +)
+    assert (state["0.feedback"] > 0).all()
+
+
+def test_init_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys):
+    torch.save({"something": torch.zeros(3)}, tmp_path / "other.pt")
+    assert main(["train", *RUN, "--init-checkpoint", str(tmp_path / "other.pt"),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("biograd: error: --init-checkpoint:")
+
+
+def test_pretrained_reads_the_local_cache_and_never_downloads(tmp_path, monkeypatch, capsys):
+    import torchvision
+
+    from biograd.config import resolve
+    from biograd.engine import classify, distributed
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    argv = ["train", "--model", "resnet18", "--data", "fake", "--image-size", "32",
+            "--pretrained", *RUN, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2  # nothing in the cache, and nothing is fetched
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not in the local cache" in err[-1] and "resnet18-f37072fd.pth" in err[-1]
+
+    cached = torchvision.models.resnet18()  # stands in for the downloaded file
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(cached.state_dict(), folder / "resnet18-f37072fd.pth")
+    cfg = resolve(model="resnet18", data="fake", image_size=32, pretrained=True, rule="ss",
+                  out=str(tmp_path / "run"))
+    task = classify.build(cfg, distributed.Dist(), torch.device("cpu"))
+    assert torch.equal(task.model.conv1.weight, cached.conv1.weight)
+    assert task.model.fc.weight.shape == (10, 512)  # its own classifier, not the cache's
