@@ -120,6 +120,9 @@ class TrainConfig(RunConfig):
     download: bool = setting(False, "let torchvision download MNIST / Fashion-MNIST if not "
                              "found")
     data_root: str | None = setting(None, "where to look for data")
+    val_split: int | None = setting(None, "hold this many training images out as the "
+                                    "validation split (the test split is then scored once, "
+                                    "with the best validation epoch's model: test.json)", low=1)
     pretrained: bool = setting(False, "start from torchvision's (or timm's) pretrained weights, "
                                "from the local cache: nothing is downloaded")
 

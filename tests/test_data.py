@@ -98,7 +98,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 # --- the registry and build_data ------------------------------------------------------------
 
 def test_list_datasets():
-    assert list_datasets() == ["digits", "mnist", "fashion-mnist", "fake"]
+    assert list_datasets() == ["digits", "mnist", "fashion-mnist", "fake", "cifar10", "cifar100"]
 
 
 def test_unknown_name_lists_the_names_and_the_folder_layout():

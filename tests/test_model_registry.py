@@ -29,6 +29,10 @@ INTENDED = {
     "mlp": {(1, 8), (1, 28)},
     "resnet_small": {(1, 28), (3, 32)},
     "alexnet_bn": {(3, 64)},
+    "lenet": {(3, 32)},
+    "lenet_mnist": {(1, 32)},
+    "resnet20": {(3, 32)},
+    "resnet56": {(3, 32)},
 }
 SWEEP = [(name, c, side) for name in list_models() for c, side in model_info(name).inputs]
 

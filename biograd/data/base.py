@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from biograd._names import name_key
 from biograd.errors import UsageError
@@ -39,7 +39,8 @@ class DataBundle:
     """The two splits of a data set and what a model needs to know about them.
 
     Items of `train` and `val` are (image, label): a float tensor (in_channels, image_size,
-    image_size), already normalised, and an int in [0, num_classes).
+    image_size), already normalised, and an int in [0, num_classes). `val` is the test split
+    unless `hold_out` made it a part of the training split (then `test` is the test split).
     """
 
     train: Dataset
@@ -48,6 +49,9 @@ class DataBundle:
     in_channels: int
     image_size: int  # H = W of the tensors the model sees
     name: str  # "digits", "fashion-mnist", "imagefolder:/abs/path", ...
+    train_plain: Dataset | None = None  # the training split without augmentation, if it has
+    test: Dataset | None = None  # the test split, when val is held out of the training split
+    val_split: str = "test"  # what val is: "test" (the test split) or "held out of train"
 
 
 @dataclass(frozen=True)
@@ -96,3 +100,24 @@ def get_source(name: str) -> Source | None:
     """The source registered as `name` (case and "_" vs "-" do not matter), or None."""
     registered = _KEYS.get(name_key(name))
     return None if registered is None else _SOURCES[registered]
+
+
+def hold_out(bundle: DataBundle, count: int) -> DataBundle:
+    """`bundle` with `count` training images held out as its validation split (without the
+    training augmentation), the test split kept as `test`. The images held out are the same
+    for every run, rule and seed: a permutation drawn from the data set's name and `count`."""
+    import torch
+
+    from biograd._seed import mix
+
+    total = len(bundle.train)
+    if not 0 < count < total:
+        raise DataError(f"--val-split {count}: {bundle.name} has {total} training images; hold "
+                        f"out between 1 and {total - 1}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(
+        mix("val-split", bundle.name, count))).tolist()
+    keep, held = sorted(order[count:]), sorted(order[:count])
+    plain = bundle.train_plain if bundle.train_plain is not None else bundle.train
+    return DataBundle(Subset(bundle.train, keep), Subset(plain, held), bundle.num_classes,
+                      bundle.in_channels, bundle.image_size, bundle.name,
+                      test=bundle.val, val_split="held out of train")

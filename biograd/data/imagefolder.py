@@ -96,4 +96,5 @@ def build_imagefolder(path: str | Path, options: DataOptions) -> DataBundle:
                         f"{', '.join(only_train) or 'none'}; only in val/: "
                         f"{', '.join(only_val) or 'none'}): give both the same class folders")
     return DataBundle(train, val, num_classes=len(train.classes), in_channels=3,
-                      image_size=size, name=f"imagefolder:{folder}")
+                      image_size=size, name=f"imagefolder:{folder}",
+                      train_plain=_split(folder / "train", val_transform(size)))

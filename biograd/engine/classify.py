@@ -60,10 +60,13 @@ def summary(m: dict[str, Any]) -> str:
 
 def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:
     from biograd.data import build_data
+    from biograd.data.base import hold_out
     from biograd.models import build_model
 
     bundle = build_data(cfg.data, image_size=cfg.image_size, root=cfg.data_root,
                         download=cfg.download)
+    if cfg.val_split:
+        bundle = hold_out(bundle, cfg.val_split)
     model = build_model(cfg.model, num_classes=bundle.num_classes,
                         in_channels=bundle.in_channels, image_size=bundle.image_size,
                         pretrained=cfg.pretrained, **cfg.model_options)
@@ -84,6 +87,7 @@ def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loo
         model=model, train_set=bundle.train, val_set=bundle.val, loss=loss, evaluate=evaluate,
         to_device=move, best_key="val_top1", summary=summary, angle_batch=fixed,
         angle_loss=biograd.cross_entropy_loss, param_groups=param_groups(cfg, model),
+        test_set=bundle.test,
     )
 
 

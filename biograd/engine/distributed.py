@@ -82,6 +82,12 @@ def gather_objects(obj: object, info: Dist) -> list[object]:
     return out
 
 
+def barrier(info: Dist) -> None:
+    """Wait for every process (nothing when running alone)."""
+    if info.enabled:
+        dist.barrier()
+
+
 def broadcast_buffers(model: torch.nn.Module, skip: set[str], info: Dist) -> None:
     """Send rank 0's buffers (BatchNorm statistics) to every rank, but not those in `skip`
     (feedback, which every rank derives alike): before evaluation, so that every rank scores

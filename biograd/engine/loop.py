@@ -8,6 +8,7 @@ resume, atomic checkpoints, metrics.jsonl and TensorBoard, clear errors) lives h
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -70,6 +71,7 @@ class Task:
     collate: Callable | None = None
     batch_sampler: Callable[[DistributedSampler, int], Any] | None = None
     param_groups: list[dict[str, Any]] | None = None  # default: one group of everything
+    test_set: Dataset | None = None  # scored once at the end, by the best epoch's model
 
 
 @dataclass
@@ -498,5 +500,26 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
                 "steps_per_epoch": steps,
             }, out / checkpoint.NAME)
             log.info("epoch %d/%d: %s", epoch, cfg.epochs, task.summary(metrics))
+    if task.test_set is not None and (out / checkpoint.BEST).exists():
+        metrics.update(score_test(ctx, out))
     runlog.status("finished")
     return metrics
+
+
+def score_test(ctx: Context, out: Path) -> dict[str, float]:
+    """The test split scored once, with the model of the best validation epoch (best.pt, as
+    biotorch's benchmark and He et al. 2016 select): {"test_top1", ...}, also written to
+    RUN/test.json by rank 0."""
+    distributed.barrier(ctx.dist)  # rank 0 wrote best.pt
+    best = checkpoint.load(out / checkpoint.BEST, ctx.device)
+    ctx.model.load_state_dict(best["model"])
+    loader = make_loader(ctx.task, ctx.task.test_set, ctx.dist, ctx.cfg, ctx.device, False, 0)
+    scores = {k.replace("val_", "test_", 1): v for k, v in
+              ctx.task.evaluate(ctx, loader).items()}
+    if ctx.dist.main:
+        record = {"epoch": best["epoch"], "selected_by": best["metric"], "split": "test",
+                  **scores}
+        (out / "test.json").write_text(json.dumps(record, indent=1) + "\n")
+        log.info("test split, model of epoch %d (best %s): %s", best["epoch"], best["metric"],
+                 ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    return scores

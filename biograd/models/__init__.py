@@ -4,13 +4,15 @@
 
 biograd's own (`list_models()`): small_cnn and mlp for 8×8 and 28×28 images, resnet_small (a
 CIFAR-style ResNet-20) for 28×28 and 32×32, alexnet_bn (the seed's AlexNet with BatchNorm) for
-224×224. Any torchvision classification model works by its name, and timm's as "timm:NAME".
+224×224; lenet, lenet_mnist, resnet20 and resnet56 as biotorch's benchmark defines them. Any
+torchvision classification model works by its name, and timm's as "timm:NAME".
 """
 
 from biograd.models.alexnet import alexnet_bn
 from biograd.models.factory import RepeatChannels, build_model
+from biograd.models.lenet import lenet, lenet_mnist
 from biograd.models.registry import ModelError, list_models, model_info, register_model
-from biograd.models.resnet import resnet_small
+from biograd.models.resnet import resnet20, resnet56, resnet_small
 from biograd.models.small import mlp, small_cnn
 
 __all__ = [
@@ -18,10 +20,14 @@ __all__ = [
     "RepeatChannels",
     "alexnet_bn",
     "build_model",
+    "lenet",
+    "lenet_mnist",
     "list_models",
     "mlp",
     "model_info",
     "register_model",
+    "resnet20",
+    "resnet56",
     "resnet_small",
     "small_cnn",
 ]

@@ -23,11 +23,14 @@ from biograd.results.runs import Run, task_metrics, task_summary
 def numbers(runs: list[Run]) -> list[tuple[str, str, int]]:
     """(key in results.csv, table heading, decimals) for the task of `runs`."""
     (first, first_label), (second, second_label) = task_metrics(runs)
+    tested = [("test_top1", "test top-1 (%), best val epoch", 2)] if any(
+        run.test for run in runs) else []
     return [
         (f"best_{first}", f"best {first_label}", 2),
         (f"final_{first}", f"final {first_label}", 2),
         (f"best_{second}", f"best {second_label}", 2),
         (f"final_{second}", f"final {second_label}", 2),
+        *tested,
         ("final_mean_weight_angle", "final mean angle(W, B) (°)", 1),
         ("seconds", "time (s)", 1),
     ]
@@ -46,6 +49,9 @@ def summarize(run: Run, keys: list[tuple[str, str, int]] | None = None) -> dict[
     """The run's numbers for the table and results.csv (NaN where not recorded)."""
     values = {"final_mean_weight_angle": run.final("mean_weight_angle"), "seconds": run.seconds}
     for key, _, _ in keys or numbers([run]):
+        if key == "test_top1":  # test.json, with --val-split
+            values[key] = float(run.test.get("test_top1", math.nan))
+            continue
         kind, _, metric = key.partition("_")
         if kind in ("best", "final") and key not in values:
             values[key] = run.best(metric) if kind == "best" else run.final(metric)

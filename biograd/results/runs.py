@@ -22,6 +22,7 @@ import yaml
 log = logging.getLogger("biograd")
 
 CONFIG, METRICS, STATUS = "config.yaml", "metrics.jsonl", "status.json"
+TEST = "test.json"  # with --val-split: the test split, scored by the best validation epoch
 ANGLES = "angles.jsonl"
 
 
@@ -41,6 +42,7 @@ class Run:
     status: str
     message: str = ""
     steps: list[dict] = field(default_factory=list)  # angles.jsonl (--angle-every), by step
+    test: dict = field(default_factory=dict)  # test.json (--val-split), else empty
 
     @property
     def rule(self) -> str:
@@ -132,8 +134,9 @@ def load_run(path: str | Path) -> Run:
         raise ValueError(f"{path / CONFIG} names no rule: expected a 'rule' key")
     status, message = _read_status(path / STATUS, config, metrics)
     steps = _read_steps(path / ANGLES) if (path / ANGLES).is_file() else []
+    test = json.loads((path / TEST).read_text()) if (path / TEST).is_file() else {}
     return Run(path=path, config=config, metrics=metrics, status=status, message=message,
-               steps=steps)
+               steps=steps, test=test)
 
 
 def _read_steps(file: Path) -> list[dict]:
@@ -226,7 +229,15 @@ def task_summary(runs: Iterable[Run]) -> str:
     models = " / ".join(dict.fromkeys(describe(model(run.config)) for run in runs))
     data, epochs = (" / ".join(dict.fromkeys(describe(run.config.get(key)) for run in runs))
                     for key in ("data", "epochs"))
-    return f"model {models}, data {data}, {epochs} epochs"
+    held = {run.config.get("val_split") for run in runs if "model" in run.config}
+    split = ""
+    if held and held != {None}:
+        split = (f"; validation: {' / '.join(str(h) for h in sorted(held - {None}))} images "
+                 f"held out of the training split; test: the test split, scored with the "
+                 f"model of the best validation epoch")
+    elif held:
+        split = "; validation: the test split"
+    return f"model {models}, data {data}, {epochs} epochs{split}"
 
 
 def describe(value: object) -> str:
