@@ -23,13 +23,17 @@ def load(name: str):
     ("plain_loop", {"epochs": 1, "steps": 5}, 5),
     ("accelerate_loop", {"epochs": 1}, 512 // 32),
     ("lightning_module", {"epochs": 1}, 512 // 32),
+    ("hf_trainer", {"epochs": 1, "out": None}, 512 // 32),
 ])
-def test_example_runs_after_step_once_per_step(name, args, steps, monkeypatch, capsys):
+def test_example_runs_after_step_once_per_step(name, args, steps, monkeypatch, capsys,
+                                               tmp_path):
     example = load(name)
     calls = []
     converter = importlib.import_module("biograd.convert")  # the module, not the function
     real = converter.after_step
     monkeypatch.setattr(converter, "after_step", lambda model: calls.append(1) or real(model))
+    if "out" in args:
+        args = {**args, "out": str(tmp_path / "out")}
     example.main(argparse.Namespace(rule="wm", **args))
     assert len(calls) == steps
     assert "°" in capsys.readouterr().out  # it printed the angles
