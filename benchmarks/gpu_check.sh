@@ -4,8 +4,10 @@
 #      backprop's gradients, bf16 and fp16 autocast;
 #   2. ResNet-18 step time per rule against the native step, fp32 and bf16 + channels_last;
 #   3. `biograd train` on the GPU with bf16, channels_last and torch.compile;
-#   4. compiled steps (bf16, channels_last) for native, bp, ss and kp.
-# Each part writes its table or log into OUT (default gpu-check/) as it finishes: 7 files.
+#   4. compiled steps (bf16, channels_last) for every rule, torch.compile's default mode and
+#      reduce-overhead (CUDA graphs), batch 128: the host cost per layer, compiled away or not.
+# Each part writes its table or log into OUT (default gpu-check/) as it finishes: 8 files.
+# (Parts 3 and 4 were extended after the last GPU run, of 2026-11-27; they have not run yet.)
 #
 #     bash benchmarks/gpu_check.sh [OUT]
 set -u
@@ -28,13 +30,16 @@ $bench --repeats 15 | tee "$out/step_fp32.md"
 $bench --repeats 15 --amp bf16 --channels-last | tee "$out/step_bf16_cl.md"
 
 echo "== 3. biograd train on cuda: bf16, channels_last, torch.compile"
-for rule in ss kp; do
+for rule in ss kp brsf; do
     $py -m biograd train --data fake --model resnet18 --rule "$rule" --device cuda --amp bf16 \
-        --channels-last --compile --epochs 2 --steps-per-epoch 30 --batch-size 128 \
+        --channels-last --compile --compile-mode reduce-overhead --epochs 2 \
+        --steps-per-epoch 30 --batch-size 128 \
         --out "${TMPDIR:-/tmp}/gpu-check-train-$rule" --progress none 2>&1 | tail -n 8 \
         | tee "$out/train-$rule.txt"
 done
 
 echo "== 4. compiled steps"
-$bench --repeats 10 --warmup 2 --amp bf16 --channels-last --compile --rules bp ss kp \
+$bench --repeats 10 --warmup 2 --amp bf16 --channels-last --compile \
     | tee "$out/step_compiled.md"
+$bench --repeats 10 --warmup 2 --amp bf16 --channels-last --compile \
+    --compile-mode reduce-overhead | tee "$out/step_cudagraphs.md"

@@ -64,7 +64,8 @@ class Variant:
     """A model, its optimiser and one training step."""
 
     def __init__(self, rule: str, device: torch.device, amp: str = "none",
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False,
+                 compile_mode: str = "default"):
         self.rule = rule
         self.device = device
         self.amp = amp
@@ -72,7 +73,7 @@ class Variant:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the step runs the compiled model; memory is read from the eager one
-        self.runner = torch.compile(self.model) if compile else self.model
+        self.runner = torch.compile(self.model, mode=compile_mode) if compile else self.model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                    weight_decay=1e-4)
 
@@ -259,6 +260,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="models and inputs in channels_last memory format")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every variant's model (the warm-up rounds compile)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile's mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--rss", action="store_true",
                    help="CPU: also the peak RSS of a fresh process per rule (largest size)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
@@ -277,12 +281,12 @@ def main(args: argparse.Namespace) -> dict:
     for r in rules:
         biograd.get_rule(r)  # unknown names fail now, with the list of valid ones
     command = "python " + shlex.join(sys.argv)
-    variants = [Variant(r, device, args.amp, args.channels_last, args.compile)
-                for r in [NATIVE, *rules]]
+    variants = [Variant(r, device, args.amp, args.channels_last, args.compile,
+                        args.compile_mode) for r in [NATIVE, *rules]]
 
     result: dict = {"machine": machine(), "command": command, "batch": args.batch,
                     "amp": args.amp, "channels_last": args.channels_last,
-                    "compile": args.compile,
+                    "compile": args.compile and args.compile_mode,
                     "sizes": {}, "memory": {}}
     for size in args.sizes:
         x, y = batch(size, args.batch, device, args.channels_last)
