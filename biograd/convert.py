@@ -262,11 +262,11 @@ def _why_not(module: nn.Module) -> str:
 
 def feedback_buffers(model: nn.Module) -> list[str]:
     """Qualified names of every feedback buffer of `model` (fa's B, frsf's |M|, brsf's pool,
-    wm's and sign_fixed's B, every layer's step counter): state that every rank derives from
+    wm's and sign_fixed's B, brsf's and wm's step counters): state that every rank derives from
     the shared seed, so DDP must not broadcast it. kp's B, a Parameter whose gradient DDP
     all-reduces, is not one."""
     return [f"{name}.{key}" if name else key for name, layer in feedback_layers(model)
-            for key in (*layer.learning_rule.state, "feedback_step") if key in layer._buffers]
+            for key in layer.learning_rule.state if key in layer._buffers]
 
 
 def exclude_feedback_from_ddp(model: nn.Module) -> list[str]:
@@ -297,7 +297,7 @@ def after_step(model: nn.Module) -> None:
             layer.after_step()
 
 
-def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandle:
+def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> _Detach:
     """Run `after_step(model)` after every `optimizer.step()`, from the optimiser's step
     post-hook: a Lightning, Hugging Face Trainer, accelerate or hand-written loop then needs
     no other change. Returns a handle whose `remove()` detaches it. Attaching the same model
@@ -310,9 +310,8 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> RemovableHandl
     after_step: brsf draws no new B, wm mirrors nothing, for a step that did not happen.
     """
     attached = optimizer.__dict__.setdefault("_biograd_attached", {})
-    handle = attached.get(id(model))
-    if handle is not None and id(model) in attached:
-        return handle
+    if id(model) in attached:
+        return attached[id(model)]
 
     def hook(opt, args, kwargs) -> None:
         after_step(model)

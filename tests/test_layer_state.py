@@ -24,6 +24,14 @@ def counters(layer):
     return layer.feedback_seed, None if step is None else int(step)
 
 
+def assert_same_feedback(model, other):
+    """Every layer of the two models has the same seed, counter and feedback."""
+    for (_, a), (_, b) in zip(biograd.feedback_layers(model), biograd.feedback_layers(other),
+                              strict=True):
+        assert counters(a) == counters(b)
+        assert torch.equal(a.feedback_weight(), b.feedback_weight())
+
+
 def state_tensors(model):
     """{name: tensor object} of every parameter and buffer."""
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -88,23 +96,21 @@ def test_state_dict_holds_tensors_only_and_saves_with_safetensors(rule, tmp_path
 
     model = biograd.convert(net(), rule, seed=1)
     x = torch.randn(2, 3, 5, 5)
-    model(x).sum().backward()  # brsf: one draw
-    biograd.after_step(model)  # wm: one more mirror pass
+    model(x).sum().backward()
+    biograd.after_step(model)  # brsf: a new draw; wm: one more mirror pass
     state = model.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     save_file(state, tmp_path / "model.safetensors")
     other = biograd.convert(net(), rule, seed=2)
     other.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
-    for (_, a), (_, b) in zip(biograd.feedback_layers(model), biograd.feedback_layers(other),
-                              strict=True):
-        assert counters(a) == counters(b)
-        assert torch.equal(a.feedback_weight(), b.feedback_weight())
+    assert_same_feedback(model, other)
 
 
 @pytest.mark.parametrize("rule", RULES)
 def test_checkpoints_of_the_dict_form_still_load(rule):
     model = biograd.convert(net(), rule, seed=1)
     model(torch.randn(2, 3, 5, 5)).sum().backward()
+    biograd.after_step(model)  # counters away from their start
     state = model.state_dict()
     old = {k: v for k, v in state.items() if not k.endswith(("feedback_seed", "feedback_step"))}
     for name, layer in biograd.feedback_layers(model):  # what earlier versions wrote
@@ -112,10 +118,7 @@ def test_checkpoints_of_the_dict_form_still_load(rule):
                                        "step": counters(layer)[1] or 0}
     other = biograd.convert(net(), rule, seed=2)
     other.load_state_dict(old, strict=True)
-    for (_, a), (_, b) in zip(biograd.feedback_layers(model), biograd.feedback_layers(other),
-                              strict=True):
-        assert counters(a) == counters(b)
-        assert torch.equal(a.feedback_weight(), b.feedback_weight())
+    assert_same_feedback(model, other)
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -500,7 +500,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
                 "steps_per_epoch": steps,
             }, out / checkpoint.NAME)
             log.info("epoch %d/%d: %s", epoch, cfg.epochs, task.summary(metrics))
-    if task.test_set is not None and (out / checkpoint.BEST).exists():
+    if task.test_set is not None:
         metrics.update(score_test(ctx, out))
     runlog.status("finished")
     return metrics
@@ -509,8 +509,10 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
 def score_test(ctx: Context, out: Path) -> dict[str, float]:
     """The test split scored once, with the model of the best validation epoch (best.pt, as
     biotorch's benchmark and He et al. 2016 select): {"test_top1", ...}, also written to
-    RUN/test.json by rank 0."""
-    distributed.barrier(ctx.dist)  # rank 0 wrote best.pt
+    RUN/test.json by rank 0; {} when no epoch scored a finite validation value."""
+    distributed.barrier(ctx.dist)  # rank 0 wrote best.pt: every rank looks after it did
+    if not (out / checkpoint.BEST).exists():
+        return {}
     best = checkpoint.load(out / checkpoint.BEST, ctx.device)
     ctx.model.load_state_dict(best["model"])
     loader = make_loader(ctx.task, ctx.task.test_set, ctx.dist, ctx.cfg, ctx.device, False, 0)

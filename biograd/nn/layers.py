@@ -106,8 +106,7 @@ class FeedbackLayer(nn.Module):
         tensor already there, so optimisers and wrappers that hold it keep the live one;
         registered as a buffer (a Parameter if `learned`) when there is none."""
         current = (self._parameters if learned else self._buffers).get(name)
-        if current is not None and current.shape == value.shape and (
-                current.device == value.device or name == "feedback_step"):
+        if current is not None and current.shape == value.shape:
             with torch.no_grad():
                 current.copy_(value)
         elif learned:
@@ -130,7 +129,7 @@ class FeedbackLayer(nn.Module):
                 m.training = mode
 
     def feedback_weight(self) -> Tensor:
-        """The B this layer's backward uses (W's shape); for brsf, the latest step's draw."""
+        """The B this layer's backward uses (W's shape); for brsf, the current step's draw."""
         return self.learning_rule.feedback_weight(self)
 
     def after_step(self) -> None:
@@ -196,9 +195,9 @@ class FeedbackLayer(nn.Module):
             self.feedback_seed = int(state_dict[prefix + "feedback_seed"])
         if absent:
             rule.setup(self, generator(mix(self.feedback_seed, "setup")))
+            log.debug("%s: no feedback state in the checkpoint, drawn anew", prefix or "layer")
         elif counted and isinstance(old, dict):
             self.feedback_step.fill_(int(old["step"]))
-            log.debug("%s: no feedback state in the checkpoint, drawn anew", prefix or "layer")
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.learning_rule}"
