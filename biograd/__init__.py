@@ -24,6 +24,7 @@ from biograd.convert import (
     unconvert,
 )
 from biograd.rules import Rule, get_rule, list_rules, register
+from biograd.rules.dfa import error_source
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "attach",
     "convert",
     "cross_entropy_loss",
+    "error_source",
     "exclude_feedback_from_ddp",
     "feedback_buffers",
     "feedback_layers",

@@ -36,10 +36,12 @@ def weight_angles(model: nn.Module) -> dict[str, float]:
     """{layer name: angle between W and the B its backward uses}, in network order.
 
     For frsf and brsf this is the effective |M|∘sign(W) (brsf: the latest step's draw), not M.
-    Layers on bp give 0.
+    Layers on bp give 0. Layers on dfa are left out: their B maps the output error to the
+    layer's input, (K, *input), and has no W to be compared with; `gradient_angles` measures
+    dfa as DFA papers do, by its weight updates.
     """
     return {name: angle(layer.weight_now(), layer.feedback_weight()) for name, layer in
-            feedback_layers(model)}
+            feedback_layers(model) if not layer.learning_rule.direct}
 
 
 def cross_entropy_loss(model: nn.Module, batch: Batch) -> Tensor:

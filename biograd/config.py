@@ -318,6 +318,13 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
 
 
+#: Why a detector cannot run on a direct rule (dfa).
+DIRECT_DETECTOR = (
+    "{rule} projects one output error to every layer, but RetinaNet's output error is every "
+    "anchor's scores and boxes, from two heads (thousands of values an image, and B grows "
+    "with them times each layer's input): detection runs on the other rules")
+
+
 def _check_detector(cfg: DetectConfig) -> None:
     from biograd.detection.model import BACKBONES, PARTS
 
@@ -330,6 +337,9 @@ def _check_detector(cfg: DetectConfig) -> None:
         if not isinstance(rule, str):
             raise UsageError(f"parts (--parts): {part}: {rule!r} is not a rule name")
         _rule_name(f"parts.{part}", rule)
+    for name in (cfg.rule, *cfg.parts.values()):
+        if get_rule(name).direct:
+            raise UsageError(DIRECT_DETECTOR.format(rule=get_rule(name).name))
     if cfg.max_size < cfg.min_size:
         raise UsageError(f"max_size={cfg.max_size} (--max-size) is below min_size="
                          f"{cfg.min_size} (--min-size): the longer side cannot be the shorter")

@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 from biograd._seed import mix
 from biograd.nn.layers import DROP_INS, FeedbackLayer
 from biograd.rules.base import Rule, get_rule
+from biograd.rules.dfa import error_source, release
 
 log = logging.getLogger("biograd")
 
@@ -151,8 +152,9 @@ def convert(
     stays parametrised: the forward and the feedback use the weight it computes; a rule that
     writes W (sign_fixed) leaves such a layer alone, and the report says so. The existing
     Parameter objects are reused, but rules add state (kp a Parameter): build the optimiser
-    after converting. The report of what changed is logged at INFO on the "biograd" logger;
-    `report(model)` gives it at any time.
+    after converting. A model with layers on dfa gets the forward hooks that take its output
+    error (see `biograd.error_source`). The report of what changed is logged at INFO on the
+    "biograd" logger; `report(model)` gives it at any time.
     """
     default = get_rule(rule, **options)
     choices = {pat: get_rule(r) for pat, r in (rules or {}).items()}
@@ -177,6 +179,9 @@ def convert(
             continue
         new[id(module)] = cls.from_torch(module, chosen, layer_seed)
     model = _swap(model, new)
+    if any(layer.learning_rule.direct for _, layer in feedback_layers(model)):
+        found = model.__dict__.get("_biograd_error_source")
+        error_source(model, found.source if found is not None else "")
     log.info("%s", report(model))
     return model
 
@@ -190,6 +195,7 @@ def unconvert(model: nn.Module) -> nn.Module:
     keeps stepping them; the feedback state is dropped. The state dict then has the torch
     model's keys: it loads into the plain model with strict=True.
     """
+    release(model)
     new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, FeedbackLayer)}
     return _swap(model, new)
 

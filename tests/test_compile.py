@@ -1,6 +1,8 @@
-"""torch.compile for every rule: one graph, no recompiling as the rule's state moves, and the
-eager gradients (backend aot_eager: the same autograd graph, without a C++ compiler)."""
+"""torch.compile for every rule: one graph (dfa: a graph between its layers), no recompiling as
+the rule's state moves, and the eager gradients (backend aot_eager: the same autograd graph,
+without a C++ compiler)."""
 
+import contextlib
 import copy
 
 import pytest
@@ -26,10 +28,16 @@ def test_compiled_training_matches_eager_without_recompiling(rule):
     dynamo.reset()
     eager = biograd.convert(net(), rule, seed=0)
     twin = copy.deepcopy(eager)
-    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    # dfa's backward reads the output error, which exists only once the backward has begun:
+    # torch.compile cannot trace it ahead, and breaks the graph at each dfa layer instead
+    direct = biograd.get_rule(rule).direct
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=not direct)
     optimisers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, twin)]
-    with dynamo.config.patch(error_on_recompile=True):  # any recompiling fails the test
-        for _ in range(6):
+    strict = dynamo.config.patch(error_on_recompile=True)  # any recompiling fails the test
+    with contextlib.ExitStack() as stack:
+        for step in range(6):
+            if step == int(direct):  # dfa: each piece compiles once, at the first step
+                stack.enter_context(strict)
             x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
             for run in (eager, compiled):
                 F.cross_entropy(run(x), y).backward()

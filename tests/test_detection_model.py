@@ -19,6 +19,9 @@ from biograd.detection.model import (
 )
 from biograd.rules.base import sign_scale
 
+#: Rules a detector runs on: not dfa, whose output error would be every anchor's (see config).
+TRANSPOSED = [r for r in biograd.list_rules() if not biograd.get_rule(r).direct]
+
 CLASSES = 3
 BATCH = 2
 SIDE = 64
@@ -67,7 +70,7 @@ def train_one_step(model: nn.Module) -> dict[str, torch.Tensor]:
     return losses
 
 
-@pytest.mark.parametrize("rule", biograd.list_rules())
+@pytest.mark.parametrize("rule", TRANSPOSED)
 def test_every_conv_learns_by_the_rule(rule):
     model = build_retinanet(rule=rule, **TINY)
     converted = dict(biograd.feedback_layers(model))
@@ -89,6 +92,13 @@ def test_every_conv_learns_by_the_rule(rule):
     if rule == "kp":  # B is a parameter, and its gradient is W's own
         for layer in converted.values():
             assert torch.equal(layer.feedback.grad, layer.weight.grad)
+
+
+def test_a_direct_rule_is_refused():
+    with pytest.raises(ValueError, match="dfa projects one output error"):
+        build_retinanet(rule="dfa", **TINY)
+    with pytest.raises(ValueError, match="dfa projects one output error"):
+        build_retinanet(rule="ss", parts={"head": biograd.get_rule("dfa")}, **TINY)
 
 
 def test_random_feedback_is_drawn_with_the_weights_scale():

@@ -45,6 +45,7 @@ TORCHVISION = [
     ("vit_b_16", lambda: tv.vit_b_16(image_size=32, num_classes=CLASSES), 32, "fa"),
     ("swin_t", lambda: tv.swin_t(num_classes=CLASSES), 32, "frsf"),
     ("densenet121", lambda: tv.densenet121(num_classes=CLASSES), 32, "bp"),
+    ("shufflenet_v2_x0_5", lambda: tv.shufflenet_v2_x0_5(num_classes=CLASSES), 32, "dfa"),
 ]
 
 # (timm name, constructor overrides, input side, rule). beit, eva (timm's class for the
@@ -54,6 +55,7 @@ SHRUNK = {"embed_dim": 64, "depth": 1, "num_heads": 2}
 TIMM = [
     ("resnet18", {}, 32, "frsf"),
     ("vit_tiny_patch16_224", {"img_size": 32}, 32, "kp"),
+    ("vit_tiny_patch16_224", {"img_size": 32}, 32, "dfa"),  # tokens: (N, T, D), batch first
     ("convnext_atto", {}, 32, "brsf"),
     ("mobilenetv3_small_050", {}, 32, "wm"),  # its classifier is timm's own Linear subclass
     ("beit_base_patch16_224", {"img_size": 32, **SHRUNK}, 32, "ss"),

@@ -141,10 +141,12 @@ def test_report_table(compared):
         row, m = rows[rule], metrics[rule, seed]
         assert row[2:6] == [f"{best(m, 'val_top1'):.2f}", f"{final(m, 'val_top1'):.2f}",
                             f"{best(m, 'val_top5'):.2f}", f"{final(m, 'val_top5'):.2f}"]
-        assert row[7] == f"{final(m, 'elapsed_seconds'):.1f}"
-    assert rows["bp"][6] == "–"  # no layer on the rule: no mean angle
+        assert row[8] == f"{final(m, 'elapsed_seconds'):.1f}"
+    assert rows["bp"][6] == rows["bp"][7] == "–"  # no layer on the rule: no mean angles
     assert rows["kp"][6] == f"{final(metrics['kp', 3], 'mean_weight_angle'):.1f}"
-    assert rows["fa"][8] == "diverged" and "train loss is NaN at epoch 2" in report
+    assert rows["kp"][7] == f"{final(metrics['kp', 3], 'mean_gradient_angle'):.1f}"
+    assert "angle to bp's gradient" in report
+    assert rows["fa"][9] == "diverged" and "train loss is NaN at epoch 2" in report
     # two seeds: mean ± sample std, with n noted
     ss = [metrics["ss", 0], metrics["ss", 1]]
     assert rows["ss"][1] == "2 (0, 1)"

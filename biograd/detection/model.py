@@ -99,7 +99,12 @@ def detector_rule(spec: str | Rule, feedback_scale: str = "weight", **options: o
     option that `options` leave unset.
 
     A Rule instance is returned as it is: its options, scale included, are the caller's.
+    A direct rule (dfa) is refused: see `biograd.config.DIRECT_DETECTOR`.
     """
+    if get_rule(spec).direct:
+        from biograd.config import DIRECT_DETECTOR
+
+        raise ValueError(DIRECT_DETECTOR.format(rule=get_rule(spec).name))
     if isinstance(spec, Rule):
         return get_rule(spec, **options)
     if "scale" in {f.name for f in fields(rule_class(spec))}:

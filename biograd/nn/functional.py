@@ -9,7 +9,9 @@ and bias gradients are the true local ones; only the input gradient uses B,
 
 computed for convolutions in ONE aten.convolution_backward call with B in W's place (the
 weight gradient does not read the weight's values). B is made in the backward, and only when
-the input needs a gradient (a network's stem does not), by the rule's `make`.
+the input needs a gradient (a network's stem does not), by the rule's `make`. A direct rule
+(dfa) gives δx itself instead, from the model's output error (`Feedback.direct`), and δy
+only serves the weight and bias gradients.
 
 Under torch.autocast the inputs are cast as torch's own conv/linear would cast them, and the
 gradients come back in each input's dtype.
@@ -50,11 +52,11 @@ _convolution_backward = torch.ops.aten.convolution_backward.default
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, learned, make):
+    def forward(ctx, x, weight, bias, learned, make, direct):
         dtype = _autocast_dtype(x)
         xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
         ctx.save_for_backward(xc, weight)
-        ctx.make, ctx.x_dtype = make, x.dtype
+        ctx.make, ctx.direct, ctx.x_dtype = make, direct, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return torch.nn.functional.linear(xc, wc, bc)
 
@@ -63,24 +65,27 @@ class _Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors  # x: (..., in), weight: (out, in)
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_b = None
-        if need_x:
+        if need_x and ctx.direct is not None:
+            grad_x = _as(ctx.direct(x.shape), ctx.x_dtype)
+        elif need_x:
             grad_x = _as(grad @ _as(ctx.make(weight), grad.dtype), ctx.x_dtype)
         if need_w or need_learned:
             g2 = grad.reshape(-1, grad.shape[-1])  # (n, out)
             grad_w = _as(g2.T @ x.reshape(-1, x.shape[-1]), weight.dtype)  # (out, in)
         if need_b:
             grad_b = _as(grad.reshape(-1, grad.shape[-1]).sum(0), ctx.bias_dtype)
-        return grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None, None
+        return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
+                None, None)
 
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, learned, make, stride, padding, dilation, groups,
+    def forward(ctx, x, weight, bias, learned, make, direct, stride, padding, dilation, groups,
                 transposed, output_padding):
         dtype = _autocast_dtype(x)
         xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
         ctx.save_for_backward(xc, weight)
-        ctx.make, ctx.x_dtype = make, x.dtype
+        ctx.make, ctx.direct, ctx.x_dtype = make, direct, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.args = (stride, padding, dilation, groups, transposed, output_padding)
         return torch.convolution(xc, wc, bc, stride, padding, dilation, transposed,
@@ -92,7 +97,8 @@ class _Conv(torch.autograd.Function):
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
         stride, padding, dilation, groups, transposed, output_padding = ctx.args
         # The weight gradient reads only the weight's shape, so B can stand in W's place.
-        b = ctx.make(weight) if need_x else weight
+        direct = ctx.direct if need_x else None
+        b = ctx.make(weight) if need_x and direct is None else weight
         grad_x, grad_w, grad_b = _convolution_backward(
             grad,
             x,
@@ -104,13 +110,15 @@ class _Conv(torch.autograd.Function):
             transposed,
             output_padding,
             groups,
-            [need_x, need_w or need_learned, need_b],
+            [need_x and direct is None, need_w or need_learned, need_b],
         )
+        if direct is not None:
+            grad_x = direct(x.shape)
         grad_x = _as(grad_x, ctx.x_dtype)
         grad_w = _as(grad_w, weight.dtype)
         grad_b = _as(grad_b, ctx.bias_dtype)
         return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback) -> Tensor:
@@ -118,11 +126,15 @@ def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Fe
 
     x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
     """
+    make, learned, direct = feedback
     if x.dim() == 2:
-        return _Linear.apply(x, weight, bias, feedback.learned, feedback.make)
+        return _Linear.apply(x, weight, bias, learned, make, direct)
+    if direct is not None:  # it projects onto x as the caller shaped it: (N, ...), batch first
+        shape, project = x.shape, direct
+        direct = lambda flat: project(shape).view(flat)  # noqa: E731
     # Flatten outside the Function: for more than 2 dims F.linear returns a view, and a view
     # returned by a custom Function cannot be modified in place (ReLU(inplace=True) after it).
-    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias, feedback.learned, feedback.make)
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias, learned, make, direct)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -148,8 +160,8 @@ def feedback_conv(
     # per call is host time on every step
     if output_padding is None:
         output_padding = _ZEROS[len(stride)]
-    return _Conv.apply(x, weight, bias, feedback.learned, feedback.make, stride, padding,
-                       dilation, groups, transposed, output_padding)
+    return _Conv.apply(x, weight, bias, feedback.learned, feedback.make, feedback.direct, stride,
+                       padding, dilation, groups, transposed, output_padding)
 
 
 _ZEROS = {n: (0,) * n for n in (1, 2, 3)}

@@ -242,16 +242,20 @@ class _ConvMixin(FeedbackLayer):
     def forward(self, input: Tensor) -> Tensor:
         if self.learning_rule.transports_weights:
             return self._conv_forward(input, self.weight, self.bias)
-        x, padding = self._pad(input)
+        x, padding, pads = self._pad(input)
+        feedback = self._feedback()
+        if feedback.direct is not None and pads:
+            feedback = feedback._replace(direct=_unpadded(feedback.direct, input.shape, pads))
         try:
-            return feedback_conv(x, self.weight, self.bias, self._feedback(), self.stride,
-                                 padding, self.dilation, self.groups)
+            return feedback_conv(x, self.weight, self.bias, feedback, self.stride, padding,
+                                 self.dilation, self.groups)
         except (RuntimeError, NotImplementedError) as err:
             self._explain(err)
             raise
 
-    def _pad(self, input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        """The padded input and the zero padding the convolution itself applies.
+    def _pad(self, input: Tensor) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+        """The padded input, the zero padding the convolution itself applies, and the padding
+        applied here (F.pad's order; () for none).
 
         As torch does: non-zero padding modes pad explicitly; 'same' whose total padding is
         odd pads the extra element on the right, then pads symmetrically (aten's
@@ -259,16 +263,27 @@ class _ConvMixin(FeedbackLayer):
         """
         n = len(self.kernel_size)
         if self.padding_mode != "zeros":
-            x = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return x, (0,) * n
+            pads = self._reversed_padding_repeated_twice
+            return F.pad(input, pads, mode=self.padding_mode), (0,) * n, tuple(pads)
         if not isinstance(self.padding, str):
-            return input, self.padding
+            return input, self.padding, ()
         pads = self._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
         left = tuple(pads[2 * (n - 1 - i)] for i in range(n))
         extra = [0] * (2 * n)
         for i in range(n):
             extra[2 * (n - 1 - i) + 1] = pads[2 * (n - 1 - i) + 1] - left[i]
-        return (F.pad(input, extra) if any(extra) else input), left
+        if any(extra):
+            return F.pad(input, extra), left, tuple(extra)
+        return input, left, ()
+
+
+def _unpadded(direct, shape: torch.Size, pads: tuple[int, ...]):
+    """A direct rule's δx for a convolution that padded its input explicitly by `pads` (F.pad's
+    order): the projection onto the input as it came (`shape`), zero over the padding, so the
+    padding's backward hands the layer below the projection itself."""
+    def project(_: torch.Size) -> Tensor:
+        return F.pad(direct(shape), pads)
+    return project
 
 
 class _ConvTransposeMixin(FeedbackLayer):

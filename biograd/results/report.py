@@ -25,6 +25,8 @@ def numbers(runs: list[Run]) -> list[tuple[str, str, int]]:
     (first, first_label), (second, second_label) = task_metrics(runs)
     tested = [("test_top1", "test top-1 (%), best val epoch", 2)] if any(
         run.test for run in runs) else []
+    gradient = [("final_mean_gradient_angle", "final mean angle to bp's gradient (°)", 1)] if any(
+        math.isfinite(run.final("mean_gradient_angle")) for run in runs) else []
     return [
         (f"best_{first}", f"best {first_label}", 2),
         (f"final_{first}", f"final {first_label}", 2),
@@ -32,6 +34,7 @@ def numbers(runs: list[Run]) -> list[tuple[str, str, int]]:
         (f"final_{second}", f"final {second_label}", 2),
         *tested,
         ("final_mean_weight_angle", "final mean angle(W, B) (°)", 1),
+        *gradient,
         ("seconds", "time (s)", 1),
     ]
 
@@ -47,8 +50,12 @@ FIGURES = {  # file: (caption in report.md, drawing)
 
 def summarize(run: Run, keys: list[tuple[str, str, int]] | None = None) -> dict[str, float]:
     """The run's numbers for the table and results.csv (NaN where not recorded)."""
-    values = {"final_mean_weight_angle": run.final("mean_weight_angle"), "seconds": run.seconds}
-    for key, _, _ in keys or numbers([run]):
+    keys = keys or numbers([run])
+    values = {"final_mean_weight_angle": run.final("mean_weight_angle"),
+              "final_mean_gradient_angle": run.final("mean_gradient_angle"),
+              "seconds": run.seconds}
+    values = {key: values[key] for key, _, _ in keys if key in values}
+    for key, _, _ in keys:
         if key == "test_top1":  # test.json, with --val-split
             values[key] = float(run.test.get("test_top1", math.nan))
             continue
@@ -121,7 +128,10 @@ def _markdown(groups: dict[str, list[Run]], out: Path) -> str:
         "Best: the highest value over epochs, each metric on its own; final: the last epoch's. "
         "Angle: mean over the layers on the run's rule of the angle between the forward "
         "weights W and the feedback B the backward uses (– where none is on the rule, as "
-        "under bp).",
+        "under bp, or where B is not W's shape, as under dfa)." + (
+            " Angle to bp's gradient: mean over the same layers of the angle between the "
+            "rule's weight gradient and backprop's on a fixed batch (what DFA papers report)."
+            if any(key == "final_mean_gradient_angle" for key, _, _ in keys) else ""),
     ]
     if several:
         lines[-1] += (" With several seeds: mean ± sample standard deviation over the seeds "

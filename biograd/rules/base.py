@@ -30,10 +30,13 @@ class Feedback(NamedTuple):
     make: W -> B, called in the backward, only when the input gradient is needed, so a rule
         that derives B from W (ss) keeps no tensor between forward and backward.
     learned: a Parameter that must receive exactly W's gradient (kp), or None.
+    direct: for a rule whose input gradient is not Bᵀδy but a projection of the model's output
+        error (dfa): shape of x -> δx, called in the backward in place of `make` (then None).
     """
 
-    make: Callable[[Tensor], Tensor]
+    make: Callable[[Tensor], Tensor] | None
     learned: Tensor | None = None
+    direct: Callable[[torch.Size], Tensor] | None = None
 
 
 def option(default: Any, *, choices: tuple[str, ...] | None = None,
@@ -58,6 +61,9 @@ class Rule:
             training loop logs it as a warning under --compile.
         writes_weight: True for a rule that writes W between steps (sign_fixed holds its
             signs); the converter leaves a parametrised W, which no one can write, alone.
+        direct: True for a rule whose layers' input gradient is a projection of the model's
+            output error (dfa) rather than Bᵀδy: the identities on Bᵀδy do not apply to it,
+            and W and B need not have one shape.
     """
 
     name: ClassVar[str]
@@ -68,6 +74,7 @@ class Rule:
     order: ClassVar[int] = 100
     compile_note: ClassVar[str] = ""
     writes_weight: ClassVar[bool] = False
+    direct: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Every option checked at construction: a ValueError names what it accepts."""
