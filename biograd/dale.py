@@ -13,7 +13,8 @@ same on every DDP rank and at every call. Its weights take that sign at once, ma
 (a 0 becomes ±1e-10), and after every optimiser step (`after_step`, `attach`) a weight that
 would flip is held at ±1e-10 of its unit's sign: W ← s · max(s · W, eps). The signs are the
 persistent buffer `dale_sign`, (C_in,) of ±1 in W's dtype: it moves with the layer, is saved
-and loaded with it, and DDP does not broadcast it (`feedback_buffers` names it).
+and loaded with it, and `feedback_buffers` names it, so `exclude_feedback_from_ddp` keeps DDP
+from broadcasting it.
 
 Why with sign-symmetry (the seed's argument): a synapse's sign is set by its chemistry, so
 under Dale's law sign(W) never changes and B = s · sign(W) needs no sign transport at all.
@@ -53,8 +54,9 @@ Choices, and why:
   (ResNet-18 at 32², on bp: |dL/dW| of layer1.0.conv1 50 becomes 4e-9). balance=True
   re-centres: each output unit's inhibitory weights are scaled so that its weights sum to 0
   (E[z_i] = 0 for inputs of equal means), then all its weights by one factor back to their
-  former norm (the spread of z_i stays near the plain net's); that gives back 0.14, 0.06, 0.02 and a spread of
-  0.04, and a ResNet-18 gradient of 140. Use it for anything deeper than a few layers.
+  former norm (the spread of z_i stays near the plain net's). That gives back activations
+  0.14, 0.06, 0.02, a logit spread of 0.04, and a ResNet-18 gradient of 140: use it for any
+  net deeper than a few layers.
 - Converted layers: dale() sets each one's rule up again from the new W, with the layer's own
   seed, so dale() after convert gives exactly the state of dale() first, then convert:
   sign_fixed's B and clamp come from sign(W) at set-up, wm's B from a first mirror pass of W,
@@ -70,6 +72,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +83,9 @@ from biograd._check import problem
 from biograd._seed import generator, mix
 from biograd.nn.layers import DROP_INS, FeedbackLayer
 from biograd.signs import hold_sign_
+
+if TYPE_CHECKING:
+    from biograd.convert import Patterns
 
 log = logging.getLogger("biograd")
 
@@ -188,8 +194,8 @@ def dale(
     model: nn.Module,
     excitatory: float = 0.8,
     seed: int = 0,
-    include: str | list[str] | None = None,
-    exclude: str | list[str] | None = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
     *,
     first: bool = False,
     balance: bool = False,

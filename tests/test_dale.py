@@ -53,10 +53,10 @@ def mlp(width=32):
 
 
 LAYERS = [nn.Linear(9, 5), nn.Conv2d(8, 6, 3, groups=2), nn.ConvTranspose2d(8, 6, 3, groups=2),
-          nn.Conv1d(12, 3, 2)]
+          nn.Conv1d(12, 3, 2), biograd.nn.Conv2d(8, 6, 3, groups=2, rule="sign_fixed", seed=0)]
 
 
-@pytest.mark.parametrize("make", LAYERS, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("make", LAYERS, ids=lambda m: f"{type(m).__module__}.{type(m).__name__}")
 def test_each_units_weights_take_its_sign_and_keep_their_magnitude(make):
     layer = copy.deepcopy(make)
     with torch.no_grad():
