@@ -161,11 +161,14 @@ def dale_buffers(model: nn.Module) -> list[str]:
 def hold_dale_(model: nn.Module) -> None:
     """In place: hold every Dale layer's weights to their units' signs,
     W ← s · max(s · W, eps). `biograd.after_step` calls it after every optimiser step."""
-    for name, layer in dale_layers(model):
+    for layer in model.modules():  # no names built: this runs at every step
+        if DALE_SIGN not in layer._buffers:
+            continue
         weight, why = _held(layer)
         if weight is None:
-            raise ValueError(f"{name or 'layer'}: holds Dale signs but has a {why}: remove "
-                             f"the parametrisation or call biograd.dale again")
+            name = next(n for n, m in model.named_modules() if m is layer) or "layer"
+            raise ValueError(f"{name}: holds Dale signs but has a {why}: remove the "
+                             f"parametrisation, or its dale_sign buffer")
         hold_sign_(weight, unit_signs(layer), EPS)
 
 

@@ -367,3 +367,12 @@ def test_balance_undoes_the_mean_dale_gives_the_first_step():
     balanced = first_step_activation(biograd.dale(net(), balance=True), x)
     assert dale > 10 * plain
     assert plain / 3 < balanced < 3 * plain
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated")
+def test_a_held_layer_parametrised_later_fails_in_one_line():
+    model = biograd.dale(mlp())
+    parametrizations.weight_norm(model[2])
+    with pytest.raises(ValueError, match=r"^2: holds Dale signs but has a parametrised") as err:
+        biograd.after_step(model)
+    assert "\n" not in str(err.value)
