@@ -6,7 +6,7 @@
     for x, y in loader:
         F.cross_entropy(model(x), y).backward()
         opt.step(); opt.zero_grad()
-        biograd.after_step(model)                # wm's mirror pass, sign_fixed's clamp
+        biograd.after_step(model)                # wm's mirror pass, sign_fixed's and Dale's clamps
     biograd.weight_angles(model)                 # {layer: degrees between W and B}
 """
 
@@ -23,6 +23,7 @@ from biograd.convert import (
     report,
     unconvert,
 )
+from biograd.dale import dale
 from biograd.rules import Rule, get_rule, list_rules, register
 from biograd.rules.dfa import error_source
 
@@ -36,6 +37,7 @@ __all__ = [
     "attach",
     "convert",
     "cross_entropy_loss",
+    "dale",
     "error_source",
     "exclude_feedback_from_ddp",
     "feedback_buffers",

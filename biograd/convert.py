@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from biograd._seed import mix
+from biograd.dale import dale_buffers, hold_dale_
 from biograd.nn.layers import DROP_INS, FeedbackLayer
 from biograd.rules.base import Rule, get_rule
 from biograd.rules.dfa import error_source, release
@@ -268,11 +269,11 @@ def _why_not(module: nn.Module) -> str:
 
 def feedback_buffers(model: nn.Module) -> list[str]:
     """Qualified names of every feedback buffer of `model` (fa's B, frsf's |M|, brsf's pool,
-    wm's and sign_fixed's B, brsf's and wm's step counters): state that every rank derives from
-    the shared seed, so DDP must not broadcast it. kp's B, a Parameter whose gradient DDP
-    all-reduces, is not one."""
+    wm's and sign_fixed's B, brsf's and wm's step counters, and Dale's `dale_sign` on any
+    layer): state that every rank derives from the shared seed, so DDP must not broadcast it.
+    kp's B, a Parameter whose gradient DDP all-reduces, is not one."""
     return [f"{name}.{key}" if name else key for name, layer in feedback_layers(model)
-            for key in layer.learning_rule.state if key in layer._buffers]
+            for key in layer.learning_rule.state if key in layer._buffers] + dale_buffers(model)
 
 
 def exclude_feedback_from_ddp(model: nn.Module) -> list[str]:
@@ -297,7 +298,10 @@ def after_step(model: nn.Module) -> None:
     """Run what each layer's rule needs between optimiser steps; call once after each step.
 
     wm: one mirror pass; sign_fixed: clamp W to its fixed signs; every other rule: nothing.
+    Layers under Dale's law (biograd.dale), on any rule or none, are held to their units'
+    signs first, so that wm mirrors the W that will be used.
     """
+    hold_dale_(model)
     for _, layer in feedback_layers(model):
         if type(layer.learning_rule).after_step is not Rule.after_step:
             layer.after_step()
