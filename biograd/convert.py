@@ -9,6 +9,7 @@ which layers follow which rule and which parameters still learn through weight t
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +29,21 @@ Patterns = str | Sequence[str] | None
 #: Modules whose forward reads their children's weights directly (F.linear(x, child.weight)),
 #: so converting those children would change nothing: they are left alone and reported.
 OPAQUE = {
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": "reads qkv and proj weights "
-    "directly",
-    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "reads qkv and proj weights "
-    "directly",
     # timm: with q/v biases (the default) these run F.linear(x, self.qkv.weight, qkv_bias)
     "timm.models.beit.Attention": "can read qkv's weight directly (F.linear with q/v biases)",
     "timm.models.eva.EvaAttention": "can read qkv's weight directly (F.linear with q/v biases)",
     "timm.models.swin_transformer_v2.WindowAttention": "can read qkv's weight directly (F.linear "
     "with q/v biases)",
+}
+
+#: Modules whose forward reads their children's weights directly, and the subclass (same state,
+#: same outputs) that calls the children as modules instead: `convert` gives every one of them
+#: that class (so their children follow the rule), `unconvert` takes it back.
+REWIRED = {
+    "torchvision.models.swin_transformer.ShiftedWindowAttention":
+        "biograd.nn.swin:ShiftedWindowAttention",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2":
+        "biograd.nn.swin:ShiftedWindowAttentionV2",
 }
 
 #: Subclasses whose own forward computes exactly their torch base's, so they convert like it:
@@ -60,6 +67,17 @@ def _drop_in(module: nn.Module) -> type[FeedbackLayer] | None:
                 same = type(module)._conv_forward is base._conv_forward
             return cls if same else None
     return None
+
+
+def _rewire(model: nn.Module, back: bool = False) -> None:
+    """Give every REWIRED module its subclass (imported only when one is found); `back`:
+    give each its torch class (the subclass's `torch_class`) again."""
+    for module in model.modules():
+        if back:
+            module.__class__ = vars(type(module)).get("torch_class", type(module))
+        elif _type_name(module) in REWIRED:
+            where, name = REWIRED[_type_name(module)].split(":")
+            module.__class__ = getattr(importlib.import_module(where), name)
 
 
 def _matches(name: str, patterns: Patterns) -> bool:
@@ -155,6 +173,7 @@ def convert(
     default = get_rule(rule, **options)
     choices = {pat: get_rule(r) for pat, r in (rules or {}).items()}
     last_rule = None if last is None else get_rule(last)
+    _rewire(model)
     convertible = _convertible(model)
     last_name = convertible[-1][0] if convertible else None
     new: dict[int, nn.Module] = {}
@@ -198,6 +217,7 @@ def unconvert(model: nn.Module) -> nn.Module:
     keeps stepping them; the feedback state is dropped. The state dict then has the torch
     model's keys: it loads into the plain model with strict=True.
     """
+    _rewire(model, back=True)
     new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, FeedbackLayer)}
     return _swap(model, new)
 

@@ -1,4 +1,5 @@
-"""biograd.nn.MultiheadAttention against torch's, under every rule, and a converted ViT.
+"""biograd.nn.MultiheadAttention against torch's and biograd.nn.swin's window attention against
+torchvision's, under every rule; and a converted ViT and Swin.
 
 Forward: within torch.testing.assert_close's float32 tolerance (rtol 1.3e-6, atol 1e-5) of
 torch's module, slow path (training mode, gradients on) and fast path (eval, no_grad). With
@@ -14,12 +15,13 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import swin_transformer as tv_swin
 
 import biograd
 import biograd.nn.attention as attention
 from biograd.convert import OPAQUE
 from biograd.nn import Linear, MultiheadAttention
-from biograd.rules import Feedback
+from biograd.rules import Feedback, get_rule
 
 RULES = biograd.list_rules()
 E, HEADS, N, L, S = 8, 2, 3, 5, 4
@@ -318,3 +320,112 @@ def test_converted_vit_trains_one_step():
     assert all(m.in_proj_weight.grad.abs().sum() > 0 for m in model.modules()
                if isinstance(m, MultiheadAttention))
     optimizer.step()
+
+
+# --- torchvision's Swin: qkv and proj called as modules -------------------------------------
+
+SWIN = [  # (id, class, shift, input height and width)
+    ("v1", tv_swin.ShiftedWindowAttention, [0, 0], (8, 8)),
+    ("v1_shift_padded", tv_swin.ShiftedWindowAttention, [2, 2], (7, 10)),
+    ("v1_shift_one_side", tv_swin.ShiftedWindowAttention, [2, 2], (8, 4)),
+    ("v2_shift", tv_swin.ShiftedWindowAttentionV2, [2, 2], (8, 8)),
+    ("v2_padded", tv_swin.ShiftedWindowAttentionV2, [0, 0], (7, 10)),
+]
+SWIN_IDS = [c[0] for c in SWIN]
+
+
+def swin_pair(cls, shift, rule):
+    """torchvision's window attention (dim 16, window 4, 2 heads) and a converted copy."""
+    reference = cls(16, [4, 4], shift, 2)
+    with torch.no_grad():  # biases, the V2 key bias (which V2 ignores) and scale too
+        reference.qkv.bias.normal_(), reference.proj.bias.normal_()
+        if hasattr(reference, "logit_scale"):
+            reference.logit_scale.normal_()
+    layer = biograd.convert(copy.deepcopy(reference), rule, seed=3)
+    assert type(layer).__module__ == "biograd.nn.swin" and isinstance(layer, cls)
+    assert isinstance(layer.qkv, Linear) and isinstance(layer.proj, Linear)
+    return reference, layer
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", SWIN, ids=SWIN_IDS)
+def test_swin_attention_forward_is_torchvisions(case, rule):
+    _, cls, shift, size = case
+    reference, layer = swin_pair(cls, shift, rule)
+    x = torch.randn(2, *size, 16)
+    torch.testing.assert_close(layer(x), reference(x))
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", SWIN, ids=SWIN_IDS)
+def test_swin_attention_with_feedback_equal_to_weight_gradients_are_backprop(case, rule,
+                                                                              monkeypatch):
+    _, cls, shift, size = case
+    reference, layer = swin_pair(cls, shift, rule)
+    layers = [m for m in layer.modules() if isinstance(m, biograd.nn.FeedbackLayer)]
+    assert {"qkv", "proj"} <= {n for n, m in layer.named_modules() if m in layers}
+    for module in layers:
+        bind = module.learning_rule.bind
+        monkeypatch.setattr(type(module.learning_rule), "bind",
+                            lambda self, lay, bind=bind: Feedback(lambda w: w, bind(lay).learned))
+    x = torch.randn(2, *size, 16)
+    grad_out = torch.randn(2, *size, 16)
+    grads = []
+    for module in (reference, layer):
+        xi = x.clone().requires_grad_()
+        module(xi).backward(grad_out)
+        grads.append({"input": xi.grad, **{n: p.grad for n, p in module.named_parameters()}})
+    # atol 1e-5: V1's key bias gradient is 0 in exact arithmetic (softmax ignores a constant
+    # per query), and in float32 rounding noise of about 1e-6 in both
+    for name, expected in grads[0].items():
+        torch.testing.assert_close(grads[1][name], expected, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("rule", ["fa", "kp"])
+def test_swin_attention_state_is_torchvisions_and_unconverts(rule):
+    reference, layer = swin_pair(tv_swin.ShiftedWindowAttentionV2, [2, 2], rule)
+    own = {"feedback_seed", *get_rule(rule).state}
+    children = ["qkv", "proj", "cpb_mlp.0", "cpb_mlp.2"]
+    extra = {f"{c}.{k}" for c in children for k in own}
+    assert set(layer.state_dict()) == set(reference.state_dict()) | extra
+    plain = biograd.unconvert(layer)
+    assert type(plain) is tv_swin.ShiftedWindowAttentionV2 and type(plain.qkv) is nn.Linear
+    reference.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(1, 8, 8, 16)
+    assert torch.equal(plain(x), reference(x))
+
+
+def test_swin_attention_on_bp_runs_torchvisions_forward():
+    reference, layer = swin_pair(tv_swin.ShiftedWindowAttention, [2, 2], "bp")
+    x = torch.randn(2, 8, 8, 16)
+    assert torch.equal(layer(x), reference(x))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_converted_swin_learns_through_rules_but_norms_and_position_bias(version):
+    v2 = version == "v2"
+    model = tv_swin.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 1], num_heads=[2, 2], window_size=[2, 2],
+        num_classes=10, stochastic_depth_prob=0.0,
+        block=tv_swin.SwinTransformerBlockV2 if v2 else tv_swin.SwinTransformerBlock,
+        downsample_layer=tv_swin.PatchMergingV2 if v2 else tv_swin.PatchMerging)
+    attention_class = tv_swin.ShiftedWindowAttentionV2 if v2 else tv_swin.ShiftedWindowAttention
+    assert not any(name.startswith("torchvision.models.swin") for name in OPAQUE)
+    model = biograd.convert(model, "ss")
+    report = biograd.report(model)
+    modules = dict(model.named_modules())
+    owners = {owner: kind for owner, kind, _, _ in report.transport}
+    others = {n for o, kind in owners.items() if kind != "LayerNorm"
+              for n, _ in modules[o].named_parameters(recurse=False)}
+    assert {owners[o] for o in owners if owners[o] != "LayerNorm"} == {attention_class.__name__}
+    assert others == {"logit_scale" if v2 else "relative_position_bias_table"}
+    ran = set()
+    for name, layer in biograd.feedback_layers(model):
+        layer.register_forward_hook(lambda *_, name=name: ran.add(name))
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
+    loss.backward()
+    assert ran == {n for n, _ in biograd.feedback_layers(model)}
+    assert any(n.endswith(".attn.qkv") for n in ran) and any(n.endswith(".attn.proj") for n in ran)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
