@@ -10,6 +10,7 @@ rule's B, and its weight gradient the true local one.
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -46,6 +47,8 @@ CASES = [
     ("dropout_eval_no_bias", {"dropout": 0.5, "bias": False}, {"eval": True}),
 ]
 IDS = [c[0] for c in CASES]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: nothing to split
 
 
 def inputs(options: dict, call: dict) -> tuple[tuple, dict]:
@@ -247,7 +250,8 @@ def test_made_directly_keeps_torchs_constructor_and_puts_out_proj_on_the_rule():
                                dtype=torch.float64, rule="fa", seed=5)
     assert layer.in_proj_bias is None and layer.in_proj_weight.dtype == torch.float64
     assert layer.rule == layer.out_proj.rule == "fa"
-    assert layer.feedback.shape == (3 * E, E)
+    assert layer.feedback.shape == (3 * E, E)  # drawn as a Linear's (3E, E): U(-s, s)
+    assert layer.feedback.abs().max() <= 1 / math.sqrt(E) < 2 * layer.feedback.abs().max()
     assert layer.weight is layer.in_proj_weight
     again = MultiheadAttention(E, HEADS, bias=False, batch_first=True, dtype=torch.float64,
                                rule="fa", seed=5)
