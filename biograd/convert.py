@@ -1,14 +1,15 @@
 """Model surgery: put any torchvision or timm model on a learning rule, and report what changed.
 
-`convert` swaps every nn.Linear, nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d (and subclasses
-that keep torch's forward) for its biograd drop-in, reusing the existing weight tensors;
-`unconvert` puts them back. `report` says, for any model,
+`convert` swaps every nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d and
+nn.MultiheadAttention (and subclasses that keep torch's forward) for its biograd drop-in,
+reusing the existing weight tensors; `unconvert` puts them back. `report` says, for any model,
 which layers follow which rule and which parameters still learn through weight transport.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +31,21 @@ Patterns = str | Sequence[str] | None
 #: Modules whose forward reads their children's weights directly (F.linear(x, child.weight)),
 #: so converting those children would change nothing: they are left alone and reported.
 OPAQUE = {
-    "torch.nn.modules.activation.MultiheadAttention": "reads its projections' weights directly",
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": "reads qkv and proj weights "
-    "directly",
-    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "reads qkv and proj weights "
-    "directly",
     # timm: with q/v biases (the default) these run F.linear(x, self.qkv.weight, qkv_bias)
     "timm.models.beit.Attention": "can read qkv's weight directly (F.linear with q/v biases)",
     "timm.models.eva.EvaAttention": "can read qkv's weight directly (F.linear with q/v biases)",
     "timm.models.swin_transformer_v2.WindowAttention": "can read qkv's weight directly (F.linear "
     "with q/v biases)",
+}
+
+#: Modules whose forward reads their children's weights directly, and the subclass (same state,
+#: same outputs) that calls the children as modules instead: `convert` gives every one of them
+#: that class (so their children follow the rule), `unconvert` takes it back.
+REWIRED = {
+    "torchvision.models.swin_transformer.ShiftedWindowAttention":
+        "biograd.nn.swin:ShiftedWindowAttention",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2":
+        "biograd.nn.swin:ShiftedWindowAttentionV2",
 }
 
 #: Subclasses whose own forward computes exactly their torch base's, so they convert like it:
@@ -63,6 +69,17 @@ def _drop_in(module: nn.Module) -> type[FeedbackLayer] | None:
                 same = type(module)._conv_forward is base._conv_forward
             return cls if same else None
     return None
+
+
+def _rewire(model: nn.Module, back: bool = False) -> None:
+    """Give every REWIRED module its subclass (imported only when one is found); `back`:
+    give each its torch class (the subclass's `torch_class`) again."""
+    for module in model.modules():
+        if back:
+            module.__class__ = vars(type(module)).get("torch_class", type(module))
+        elif _type_name(module) in REWIRED:
+            where, name = REWIRED[_type_name(module)].split(":")
+            module.__class__ = getattr(importlib.import_module(where), name)
 
 
 def _matches(name: str, patterns: Patterns) -> bool:
@@ -89,9 +106,9 @@ def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module,
             yield from _walk(child, full)
 
 
-def _computed_weight(module: nn.Module) -> bool:
-    """True where W is computed rather than held (weight_norm, spectral_norm)."""
-    return not isinstance(module._parameters.get("weight"), nn.Parameter)
+def _computed_weight(module: nn.Module, name: str = "weight") -> bool:
+    """True where W (the parameter `name`) is computed rather than held (weight_norm)."""
+    return not isinstance(module._parameters.get(name), nn.Parameter)
 
 
 def _convertible(model: nn.Module) -> list[tuple[str, nn.Module, type[FeedbackLayer]]]:
@@ -110,9 +127,8 @@ def _convertible(model: nn.Module) -> list[tuple[str, nn.Module, type[FeedbackLa
 
 def _swap(model: nn.Module, new: Mapping[int, nn.Module]) -> nn.Module:
     """Put new[id(m)] in every place that holds module m; returns the (new) model."""
-    if id(model) in new:
-        return new[id(model)]
-    for parent in list(model.modules()):
+    model = new.get(id(model), model)
+    for parent in [*model.modules(), *new.values()]:  # a new module's children too
         for attr, child in parent._modules.items():
             if child is not None and id(child) in new:
                 parent._modules[attr] = new[id(child)]
@@ -160,10 +176,16 @@ def convert(
     default = get_rule(rule, **options)
     choices = {pat: get_rule(r) for pat, r in (rules or {}).items()}
     last_rule = None if last is None else get_rule(last)
+    _rewire(model)
     convertible = _convertible(model)
     last_name = convertible[-1][0] if convertible else None
     new: dict[int, nn.Module] = {}
+    held: list[str] = []  # modules left as they are whose forward reads their children's W
     for name, module, cls in convertible:
+        if any(name.startswith(f"{h}.") for h in held):
+            continue
+        if cls.reads_children and not isinstance(module, FeedbackLayer):
+            held.append(name)  # until it is converted below
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
         chosen = next((r for pat, r in choices.items() if _matches(name, pat)), None)
@@ -174,11 +196,16 @@ def convert(
             if module.learning_rule != chosen:
                 module.set_rule(chosen, layer_seed)
             continue
-        if chosen.writes_weight and _computed_weight(module):
+        if chosen.writes_weight and _computed_weight(module, cls.weight_name):
             log.info("%s: left alone: %s writes W, which its parametrisation computes",
                      name or type(module).__name__, chosen.name)
             continue
-        new[id(module)] = cls.from_torch(module, chosen, layer_seed)
+        try:
+            new[id(module)] = cls.from_torch(module, chosen, layer_seed)
+        except ValueError as err:
+            raise ValueError(f"{name or type(module).__name__}: {err}") from None
+        if held and held[-1] == name:
+            held.pop()
     model = _swap(model, new)
     if any(layer.learning_rule.direct for _, layer in feedback_layers(model)):
         found = model.__dict__.get("_biograd_error_source")
@@ -197,6 +224,7 @@ def unconvert(model: nn.Module) -> nn.Module:
     model's keys: it loads into the plain model with strict=True.
     """
     release(model)
+    _rewire(model, back=True)
     new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, FeedbackLayer)}
     return _swap(model, new)
 
@@ -259,9 +287,10 @@ def _why_not(module: nn.Module) -> str:
     """Why a module with parameters of its own follows no rule."""
     if not isinstance(module, tuple(DROP_INS)):
         return "not a Linear, Conv or ConvTranspose: learns by backprop"
-    if _drop_in(module) is None:
+    cls = _drop_in(module)
+    if cls is None:
         return "custom forward, not converted"
-    if _computed_weight(module):
+    if _computed_weight(module, cls.weight_name):
         return ("parametrised weight, not converted: it was excluded, or its rule writes W "
                 "(sign_fixed), which a parametrisation computes")
     return "not converted (left out by include/exclude, or not asked)"

@@ -34,7 +34,7 @@ def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = 
     for _, layer in feedback_layers(model):
         decay = getattr(layer.learning_rule, "decay", None)
         if decay is not None:
-            for p in (layer._parameters.get("weight"), layer._parameters.get("feedback")):
+            for p in (layer._parameters.get(layer.weight_name), layer._parameters.get("feedback")):
                 if isinstance(p, nn.Parameter):
                     own[id(p)] = float(decay)
     out = []

@@ -25,7 +25,7 @@ import biograd
 from biograd.convert import OPAQUE
 
 RULES = biograd.list_rules()
-LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
 CLASSES = 3
 BATCH = 2
 tv = torchvision.models

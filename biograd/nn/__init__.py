@@ -1,5 +1,6 @@
 """Drop-in layers and the autograd functions behind them."""
 
+from biograd.nn.attention import MultiheadAttention
 from biograd.nn.functional import feedback_conv, feedback_linear
 from biograd.nn.layers import (
     Conv1d,
@@ -13,4 +14,4 @@ from biograd.nn.layers import (
 )
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-           "FeedbackLayer", "Linear", "feedback_conv", "feedback_linear"]
+           "FeedbackLayer", "Linear", "MultiheadAttention", "feedback_conv", "feedback_linear"]

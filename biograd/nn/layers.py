@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,11 @@ class FeedbackLayer(nn.Module):
     learning_rule: Rule
     feedback_seed: int
     feedback_step: Tensor
+    #: The parameter the rule acts on (`weight` reads it); MultiheadAttention's in_proj_weight.
+    weight_name: ClassVar[str] = "weight"
+    #: True where the torch layer's forward reads its children's weights directly
+    #: (nn.MultiheadAttention's out_proj): left unconverted, its children are left alone too.
+    reads_children: ClassVar[bool] = False
 
     def __init__(self, *args, rule: str | Rule = "bp", seed: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
