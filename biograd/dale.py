@@ -233,6 +233,10 @@ def dale(
         if name == stem and not first:
             free.append(f"{name} (the stem: its inputs are data, not neurons)")
             continue
+        if isinstance(module, nn.MultiheadAttention):
+            free.append(f"{name} (attention's in-projection: its inputs, a normalised "
+                        f"residual stream, are signed; its out_proj is a Linear of its own)")
+            continue
         if not isinstance(module, FeedbackLayer) and _drop_in(module) is None:
             free.append(f"{name} (own forward: W's sign may not be its effect's)")
             continue

@@ -24,7 +24,9 @@ from biograd.convert import OPAQUE
 from biograd.nn import Linear, MultiheadAttention
 from biograd.rules import Feedback, get_rule
 
-RULES = biograd.list_rules()
+# The module-level checks hold for the rules whose δx is Bᵀδy; dfa, whose δx projects a
+# model's output error, is checked on whole models below.
+RULES = [r for r in biograd.list_rules() if not get_rule(r).direct]
 E, HEADS, N, L, S = 8, 2, 3, 5, 4
 GRAD_TOL = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -310,8 +312,9 @@ def test_vit_learns_through_weight_transport_only_in_norms_and_embeddings():
     assert sum(kind == "LayerNorm" for kind in owners.values()) == 2 * 2 + 1
 
 
-def test_converted_vit_trains_one_step():
-    model = biograd.convert(tiny_vit(), "ss")
+@pytest.mark.parametrize("rule", ["ss", "dfa"])
+def test_converted_vit_trains_one_step(rule):
+    model = biograd.convert(tiny_vit(), rule)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ran = set()
     for name, layer in biograd.feedback_layers(model):
@@ -324,6 +327,36 @@ def test_converted_vit_trains_one_step():
     assert all(m.in_proj_weight.grad.abs().sum() > 0 for m in model.modules()
                if isinstance(m, MultiheadAttention))
     optimizer.step()
+
+
+@pytest.mark.parametrize("cross", [None, "kv", "all"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_under_dfa_the_in_projection_sends_the_projected_output_error(cross, batch_first):
+    class Attend(nn.Module):  # attention, then a classifier on the mean token
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(E, HEADS, batch_first=batch_first)
+            self.head = nn.Linear(E, 3)
+
+        def forward(self, query, key, value):
+            out, _ = self.attention(query, key, value, need_weights=False)
+            return self.head(out.mean(1 if batch_first else 0))
+
+    model = biograd.convert(Attend(), "dfa", seed=0)
+    shape = (N, L, E) if batch_first else (L, N, E)
+    query = torch.randn(shape, requires_grad=True)
+    key = query if cross is None else torch.randn(shape, requires_grad=True)
+    value = key if cross in (None, "kv") else torch.randn(shape, requires_grad=True)
+    out = model(query, key, value)
+    out.retain_grad()
+    nn.functional.cross_entropy(out, torch.tensor([0, 1, 2])).backward()
+    b = model.attention.feedback_weight()  # (K, L, E): the latest input's, batch first
+    expected = (out.grad @ b.flatten(1)).view(N, L, E)
+    if not batch_first:
+        expected = expected.transpose(0, 1)
+    # every input the projection reads gets B e: no error through W_in, whichever it feeds
+    for x in {id(t): t for t in (query, key, value)}.values():
+        torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
 
 
 # --- torchvision's Swin: qkv and proj called as modules -------------------------------------
