@@ -24,6 +24,7 @@ from biograd.convert import (
     unconvert,
 )
 from biograd.rules import Rule, get_rule, list_rules, register
+from biograd.unshare import unshare, unshared_bytes
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,7 @@ __all__ = [
     "report",
     "rules",
     "unconvert",
+    "unshare",
+    "unshared_bytes",
     "weight_angles",
 ]
