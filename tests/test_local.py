@@ -258,12 +258,19 @@ def test_convert_report_and_unconvert_treat_it_as_a_layer():
     biograd.convert(model, "fa", last="bp")
     assert [(n, r) for n, _, r in biograd.report(model).layers] == [("0", "fa"), ("3", "bp")]
     assert "0.feedback" in biograd.feedback_buffers(model)
+    biograd.convert(model, "wm", last="bp")
+    wm_b = model[0].feedback.clone()
+    biograd.after_step(model)  # a mirror pass
+    assert not torch.equal(model[0].feedback, wm_b)
+    assert math.isfinite(biograd.weight_angles(model)["0"])
+    assert math.isfinite(biograd.gradient_angles(model, (x, torch.tensor([0, 1])))["0"])
     weight = model[0].weight
     biograd.unconvert(model)  # no torch layer computes it: it stays, on bp, with its W
     assert isinstance(model[0], LocallyConnected2d) and model[0].rule == "bp"
-    assert model[0].weight is weight and "0.feedback" not in model.state_dict()
+    assert model[0].weight is weight and list(model[0].state_dict()) == [
+        "weight", "bias", "feedback_seed"]
     assert torch.equal(model(x), before)
-    model[0].set_rule("fa", seed=1)  # the layer unconvert left keeps working
+    model[0].set_rule("fa", seed=1)  # the layer unconvert left takes a rule again
     model(x).sum().backward()
 
 

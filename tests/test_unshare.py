@@ -37,8 +37,10 @@ def test_small_cnn_computes_the_same_function_and_memory_is_as_planned(caplog):
         expected = model.eval()(x)
     model.train()
     planned = unshared_bytes(model, x)
+    rng = torch.get_rng_state()
     with caplog.at_level(logging.INFO, logger="biograd"):
         assert biograd.unshare(model, x) is model
+    assert torch.equal(torch.get_rng_state(), rng)  # the kernels are copied, nothing drawn
     assert lc_names(model) == ["0", "3", "5", "7"] == list(planned)
     assert "unshared 4 Conv2d layers" in caplog.text and "parameters before" in caplog.text
     assert model.training and torch.equal(model[1].running_mean, stats)  # the probe left no trace
