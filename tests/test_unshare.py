@@ -131,7 +131,7 @@ def test_a_shared_convolution_is_one_layer_at_one_size_and_refused_at_two():
     (nn.Conv2d(4, 4, 3, groups=2), "groups=2.*exclude it"),
     (nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'.*exclude"),
     (nn.Conv2d(4, 4, 2, padding="same"), "padding='same' with kernel \\(2, 2\\) pads unevenly"),
-    (nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 4, 3)), "parametrised weight.*exclude"),
+    (nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 4, 3)), "a parametrised weight.*exclude"),
 ])
 def test_what_has_no_locally_connected_form_is_refused_naming_the_layer(conv, match):
     model = nn.Sequential(nn.Identity(), conv)
