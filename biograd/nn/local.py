@@ -69,13 +69,12 @@ class LocallyConnected2d(FeedbackLayer):
                              f"out_channels={out_channels} must be positive")
         self.output_size = output_size(self.input_size, self.kernel_size, self.stride,
                                        self.padding, self.dilation)
-        kh, kw = self.kernel_size
         positions = self.output_size[0] * self.output_size[1]
-        kw_ = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(positions, out_channels, in_channels * kh * kw,
-                                               **kw_))
-        self.bias = (nn.Parameter(torch.empty(out_channels, *self.output_size, **kw_)) if bias
-                     else None)
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(positions, out_channels, fan_in, **factory))
+        self.bias = (nn.Parameter(torch.empty(out_channels, *self.output_size, **factory))
+                     if bias else None)
         self.reset_parameters()
         self.set_rule(rule, seed)
 
@@ -97,12 +96,11 @@ class LocallyConnected2d(FeedbackLayer):
                       conv.stride, padding, conv.bias is not None, dilation=conv.dilation,
                       dtype=weight.dtype)
         new = new.to_empty(device=weight.device)
-        with torch.no_grad():
+        with torch.no_grad():  # unfold orders a patch (C_in, kh, kw), as W's flattening
             new.weight.copy_(weight.reshape(1, conv.out_channels, -1).expand_as(new.weight))
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias.detach()[:, None, None].expand_as(new.bias))
             new.weight.requires_grad_(conv.weight.requires_grad)
             if conv.bias is not None:
+                new.bias.copy_(conv.bias.detach()[:, None, None].expand_as(new.bias))
                 new.bias.requires_grad_(conv.bias.requires_grad)
         new.set_rule(rule or "bp", seed)  # from bp, which keeps no state
         new.train(conv.training)
