@@ -102,8 +102,10 @@ def test_include_exclude_and_a_bare_convolution():
     biograd.unshare(model, x, include="0.*")
     assert lc_names(model) == ["0.0"]
     conv = Conv2d(3, 2, 3, rule="ss")
+    conv.bias.requires_grad_(False)  # frozen stays frozen
     new = biograd.unshare(conv, x)
     assert isinstance(new, LocallyConnected2d) and new.rule == "ss"
+    assert new.weight.requires_grad and not new.bias.requires_grad
     torch.testing.assert_close(new(x), conv(x))
 
 
