@@ -6,6 +6,7 @@ and bias gradients are the true local ones; only the input gradient uses B,
     linear:                  δx = δy B             (δy: (..., out), B: (out, in))
     convolution:             δx = conv_transpose(δy, B)
     transposed convolution:  δx = conv(δy, B)
+    locally connected:       δcols[:, :, p] = δy[:, :, p] B[p]   (one matrix per position p)
 
 computed for convolutions in ONE aten.convolution_backward call with B in W's place (the
 weight gradient does not read the weight's values). B is made in the backward, and only when
@@ -19,7 +20,7 @@ gradients come back in each input's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -119,6 +120,85 @@ class _Conv(torch.autograd.Function):
         grad_b = _as(grad_b, ctx.bias_dtype)
         return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
                 None, None, None, None, None, None, None, None)
+
+
+def local_product(cols: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """y[n, o, p] = Σ_k W[p, o, k] cols[n, k, p] + b[o, p], a matrix product per position p.
+
+    cols: (N, K, P), weight: (P, C_out, K), bias: (C_out, P) or None; returns (N, C_out, P),
+    a new contiguous tensor (never a view, so it can be modified in place). Plain torch ops:
+    LocallyConnected2d on bp runs it under autograd, `_Local` runs it as its forward.
+    """
+    return _product(_by_position(cols), weight, bias)
+
+
+def _by_position(cols: Tensor) -> Tensor:
+    """(N, K, P) -> (P, N, K), contiguous: the layout in which CPU bmm runs fastest here."""
+    return cols.permute(2, 0, 1).contiguous()
+
+
+def _product(c: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`local_product` of c = _by_position(cols): (P, N, K) -> (N, C_out, P)."""
+    wt = weight.transpose(1, 2)  # (P, K, C_out)
+    y = torch.bmm(c, wt) if bias is None else torch.baddbmm(bias.T.unsqueeze(1), c, wt)
+    return y.permute(1, 2, 0).contiguous()  # (P, N, C_out) -> (N, C_out, P)
+
+
+class _Local(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cols, weight, bias, learned, make, direct):
+        dtype = _autocast_dtype(cols)
+        cc, wc, bc = _cast(cols, dtype), _cast(weight, dtype), _cast(bias, dtype)
+        ctx.save_for_backward(cc, weight)  # cols, not a copy: double backward reaches x
+        ctx.make, ctx.direct, ctx.x_dtype = make, direct, cols.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return local_product(cc, wc, bc)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (N, C_out, P)
+        cols, weight = ctx.saved_tensors  # cols: (N, K, P), weight: (P, C_out, K)
+        need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
+        grad_x = grad_w = grad_b = None
+        g = grad.permute(2, 0, 1).contiguous()  # (P, N, C_out)
+        if need_x and ctx.direct is None:  # δcols[:, :, p] = δy[:, :, p] B[p]
+            b = _as(ctx.make(weight), grad.dtype)
+            grad_x = _as(g.bmm(b).permute(1, 2, 0), ctx.x_dtype)  # (P, N, K) -> (N, K, P)
+        if need_w or need_learned:  # δW[p] = δy[:, :, p]ᵀ cols[:, :, p]
+            grad_w = _as(g.transpose(1, 2).bmm(_by_position(cols)), weight.dtype)  # (P, C_out, K)
+        if need_b:
+            grad_b = _as(g.sum(1).T, ctx.bias_dtype)  # (C_out, P)
+        # (a direct rule's δx reaches the layer's input through `project_input`, not cols)
+        return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
+                None, None)
+
+
+class _ProjectInput(torch.autograd.Function):
+    """x as it is; in the backward, a direct rule's δx = direct(x's shape) in place of what
+    arrives (for a layer whose Function sees a transform of x, as LocallyConnected2d's cols)."""
+
+    @staticmethod
+    def forward(ctx, x, direct):
+        ctx.direct, ctx.shape = direct, x.shape
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _as(ctx.direct(ctx.shape), grad.dtype), None
+
+
+def project_input(x: Tensor, direct: Callable[[torch.Size], Tensor]) -> Tensor:
+    """x, whose gradient will be `direct(x.shape)` whatever flows back to it (see _ProjectInput)."""
+    return _ProjectInput.apply(x, direct)
+
+
+def feedback_local(cols: Tensor, weight: Tensor, bias: Tensor | None,
+                   feedback: Feedback) -> Tensor:
+    """`local_product` with δcols = δy B per position, for B = feedback.make(W) (W's shape).
+
+    cols: (N, C_in·kh·kw, P) (F.unfold's), weight: (P, C_out, C_in·kh·kw), bias: (C_out, P)
+    or None; returns (N, C_out, P). The weight and bias gradients are the true local ones.
+    """
+    return _Local.apply(cols, weight, bias, feedback.learned, feedback.make, feedback.direct)
 
 
 def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Collection
 from typing import ClassVar
 
 import torch
@@ -58,10 +59,7 @@ class FeedbackLayer(nn.Module):
         A module under torch.nn.utils.parametrize (weight_norm, spectral_norm) stays so: the
         forward and the rule both see the weight the parametrisation computes."""
         plain = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
-        cls = rebase(module, cls)
-        new = cls.__new__(cls)
-        for key, value in module.__dict__.items():  # hooks and the like: own copies
-            new.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+        new = copy_module(module, rebase(module, cls))
         new.__dict__["torch_class"] = plain
         new.set_rule(rule, seed)
         return new
@@ -71,12 +69,8 @@ class FeedbackLayer(nn.Module):
         parameters, buffers and attributes; the rule's state is left behind."""
         cls = self.__dict__.get("torch_class") or next(
             base for base in type(self).__mro__ if base in DROP_INS)
-        cls = rebase(self, cls)
-        plain = cls.__new__(cls)
-        skip = {"learning_rule", "feedback_seed", "torch_class"}
-        for key, value in self.__dict__.items():
-            if key not in skip:
-                plain.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+        plain = copy_module(self, rebase(self, cls),
+                            skip={"learning_rule", "feedback_seed", "torch_class"})
         for name in self.learning_rule.state:
             plain._parameters.pop(name, None)
             plain._buffers.pop(name, None)
@@ -133,6 +127,12 @@ class FeedbackLayer(nn.Module):
         finally:
             for m, mode in modes:
                 m.training = mode
+
+    def scale_shape(self, shape: torch.Size) -> tuple[int, ...]:
+        """The weight shape whose seed scale (`sign_scale`) a W of `shape` takes, and whose
+        fan-in wm's mirror uses: W's own, but for a layer whose W is not laid out as the torch
+        layer's (LocallyConnected2d: that of the convolution it unshares)."""
+        return shape
 
     def feedback_weight(self) -> Tensor:
         """The B this layer's backward uses (W's shape); for brsf, the current step's draw."""
@@ -344,6 +344,17 @@ DROP_INS: dict[type[nn.Module], type[FeedbackLayer]] = {
     nn.ConvTranspose2d: ConvTranspose2d,
     nn.ConvTranspose3d: ConvTranspose3d,
 }
+
+
+def copy_module(module: nn.Module, cls: type[nn.Module], skip: Collection[str] = ()) -> nn.Module:
+    """A `cls` with `module`'s attributes (but `skip`): the same parameters, buffers and
+    submodules, in dicts of its own (hooks and the like too), so either can gain or lose one
+    without the other."""
+    new = cls.__new__(cls)
+    for key, value in module.__dict__.items():
+        if key not in skip:
+            new.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+    return new
 
 
 def rebase(module: nn.Module, base: type[nn.Module]) -> type[nn.Module]:

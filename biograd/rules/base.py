@@ -134,8 +134,10 @@ def sign_scale(shape: torch.Size | tuple[int, ...], out_channels: int | None = N
 
 
 def seed_scale(layer: FeedbackLayer) -> float:
-    """The seed's s for `layer`: `sign_scale` of its W, with its own output channels."""
-    return sign_scale(layer.weight_now().shape, getattr(layer, "out_channels", None))
+    """The seed's s for `layer`: `sign_scale` of the shape its W is scaled as
+    (`FeedbackLayer.scale_shape`), with its own output channels."""
+    return sign_scale(layer.scale_shape(layer.weight_now().shape),
+                      getattr(layer, "out_channels", None))
 
 
 #: How random and sign feedback is scaled: the seed's s, or W's own size.

@@ -83,10 +83,11 @@ class BRSF(Rule):
         step = layer.feedback_step  # on the CPU, see FeedbackLayer
         if self.fresh == "full":
             seed = mix(layer.feedback_seed, "brsf", int(step))
-            scale, out_channels = self.scale, getattr(layer, "out_channels", None)
+            scale, shape_of = self.scale, layer.scale_shape
+            out_channels = getattr(layer, "out_channels", None)
             return lambda w: torch.copysign(random_feedback(
-                w, generator(seed, w.device), scale, s=sign_scale(w.shape, out_channels)
-            ).abs_(), w)
+                w, generator(seed, w.device), scale,
+                s=sign_scale(shape_of(w.shape), out_channels)).abs_(), w)
         pool = layer.feedback_pool
         n = pool.numel() - SLACK
         stride, shift = window_walk(layer.feedback_seed)

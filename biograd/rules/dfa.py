@@ -178,7 +178,7 @@ def _project(layer: nn.Module, source: ErrorSource | None, run: _Pass | None,
         raise RuntimeError(
             f"{type(layer).__name__} on dfa: the backward reached this layer before the output "
             f"error was taken: the loss must be computed from the output of the model it was "
-            f"converted in (or of its biograd.error_source)")
+            f"converted in (or of its biograd.error_source), not modified in place")
     n, rest = shape[0], tuple(shape[1:])
     if e.shape[0] != n:
         raise RuntimeError(

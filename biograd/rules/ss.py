@@ -38,5 +38,5 @@ class SS(Rule):
     def bind(self, layer) -> Feedback:
         if self.scale == "weight":
             return Feedback(make=lambda w: torch.copysign(w.detach().square().mean().sqrt(), w))
-        out_channels = getattr(layer, "out_channels", None)
-        return Feedback(make=lambda w: signed(sign_scale(w.shape, out_channels), w))
+        shape_of, out_channels = layer.scale_shape, getattr(layer, "out_channels", None)
+        return Feedback(make=lambda w: signed(sign_scale(shape_of(w.shape), out_channels), w))

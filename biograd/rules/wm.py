@@ -19,6 +19,7 @@ noise variance; here the estimate is normalised, so `rate` is a rate, whatever t
 The noise comes from the layer's seed and the pass count: identical on every DDP rank.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +38,15 @@ from biograd.rules.base import (
 )
 
 
-def mirror_estimate(weight: Tensor, samples: int, gen: torch.Generator) -> Tensor:
-    """One mirror pass: y ξᵀ / N for N unit-Gaussian noise vectors ξ; E[result] = W."""
-    w = weight.detach().reshape(weight.shape[0], -1)  # (out, fan_in); conv: W per output unit
+def mirror_estimate(weight: Tensor, samples: int, gen: torch.Generator,
+                    fan_in: int | None = None) -> Tensor:
+    """One mirror pass: y ξᵀ / N for N unit-Gaussian noise vectors ξ; E[result] = W.
+
+    W is seen as (units, fan_in), fan_in by default prod(W.shape[1:]) (a convolution's
+    C_in·k·k); a LocallyConnected2d's (P, C_out, C_in·k·k) has fan_in C_in·k·k, one unit per
+    position and channel (its `scale_shape`)."""
+    fan_in = math.prod(weight.shape[1:]) if fan_in is None else fan_in
+    w = weight.detach().reshape(-1, fan_in)  # (out, fan_in); conv: W per output unit
     xi = torch.randn(samples, w.shape[1], generator=gen, device=gen.device, dtype=w.dtype)
     y = xi @ w.T  # (N, out): the layer's response to the noise
     return (y.T @ xi).div_(samples).view_as(weight)
@@ -69,7 +76,8 @@ class WM(Rule):
     def _estimate(self, layer) -> Tensor:
         seed = mix(layer.feedback_seed, "wm", int(layer.feedback_step))
         w = layer.weight_now()
-        return mirror_estimate(w, self.samples, generator(seed, w.device))
+        fan_in = math.prod(layer.scale_shape(w.shape)[1:])
+        return mirror_estimate(w, self.samples, generator(seed, w.device), fan_in)
 
     def setup(self, layer, generator) -> None:
         step_counter(layer)
