@@ -125,6 +125,14 @@ class TrainConfig(RunConfig):
                                     "with the best validation epoch's model: test.json)", low=1)
     pretrained: bool = setting(False, "start from torchvision's (or timm's) pretrained weights, "
                                "from the local cache: nothing is downloaded")
+    unshare: bool = setting(False, "no weight sharing: every Conv2d becomes a locally connected "
+                            "layer, its kernel copied to every position (biograd.unshare)")
+    dale: float | None = setting(None, "Dale's law: this fraction of units excitatory (e.g. "
+                                 "0.8), each unit's outgoing weights held to one sign "
+                                 "(biograd.dale)", above=0, high=1)
+    dale_balance: bool = setting(False, "with --dale: re-centre each unit's incoming weights to "
+                                 "sum 0, keeping their norm (keeps deep BatchNorm nets "
+                                 "learning; see docs/beyond.md)")
 
 
 def _field_type(cls: type[RunConfig], f: dataclasses.Field) -> type:
@@ -314,6 +322,9 @@ def validate(cfg: RunConfig) -> None:
             cfg.optimizer != "sgd":
         raise UsageError("--manhattan and --no-sign-change are variants of SGD: "
                          "use them with --optimizer sgd")
+    if isinstance(cfg, TrainConfig) and cfg.dale_balance and cfg.dale is None:
+        raise UsageError("--dale-balance re-centres the weights Dale's law signs: give --dale "
+                         "too (e.g. --dale 0.8)")
     if cfg.amp == "fp16" and cfg.device == "cpu":
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
 

@@ -26,10 +26,11 @@ or sign_fixed passes nothing down at all, so keep the classifier on bp (last="bp
 seed's and the command line's default) or leave it free.
 
 Choices, and why:
-- Layers: every Linear, Conv and ConvTranspose with torch's forward, and biograd's own, on any
-  rule or none, as include/exclude pick. A subclass with its own forward can compute its
-  weight from W (timm's StdConv2d standardises it), so sign(W) need not be the effect's sign:
-  left free and logged. Call dale() before wrapping in DDP: the names seed the draws.
+- Layers: every Linear, Conv, ConvTranspose and LocallyConnected2d with torch's forward, and
+  biograd's own, on any rule or none, as include/exclude pick. A subclass with its own forward
+  can compute its weight from W (timm's StdConv2d standardises it), so sign(W) need not be
+  the effect's sign: left free and logged. Call dale() before wrapping in DDP: the names
+  seed the draws.
 - The stem (first=False): the model's first layer is left free. Its inputs are pixels, not
   neurons; and one sign per colour channel leaves every stem filter of one sign within a
   channel, blind to contrast (edges) inside it. first=True holds it too; a bare layer is held.
@@ -71,6 +72,7 @@ Choices, and why:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -82,6 +84,7 @@ from torch.nn.utils import parametrize
 from biograd._check import problem
 from biograd._seed import generator, mix
 from biograd.nn.layers import DROP_INS, FeedbackLayer
+from biograd.nn.local import LocallyConnected2d
 from biograd.signs import hold_sign_
 
 if TYPE_CHECKING:
@@ -131,11 +134,14 @@ def unit_signs(layer: nn.Module) -> Tensor:
 
     Linear W (out, in): (1, in). ConvTranspose W (C_in, C_out/g, *k): (C_in, 1, ...).
     Conv W (C_out, C_in/g, *k): (C_out, C_in/g, 1, ...), the sign of channel
-    (o // (C_out/g))·(C_in/g) + c at [o, c].
+    (o // (C_out/g))·(C_in/g) + c at [o, c]. LocallyConnected2d W (P, C_out, C_in·kh·kw):
+    (1, 1, C_in·kh·kw), each channel's sign repeated over its kh·kw taps (unfold's order).
     """
     sign = layer._buffers[DALE_SIGN]
     if isinstance(layer, nn.Linear):
         return sign.view(1, -1)
+    if isinstance(layer, LocallyConnected2d):
+        return sign.repeat_interleave(math.prod(layer.kernel_size)).view(1, 1, -1)
     ones = (1,) * len(layer.kernel_size)
     if layer.transposed:
         return sign.view(-1, 1, *ones)
@@ -176,7 +182,9 @@ def _balance_(weight: Tensor, layer: nn.Module) -> int:
     """In place: scale each output unit's negative weights so that its weights sum to 0, then
     all of them back to their former norm. Returns how many units had no weights of one sign
     and were left as they were."""
-    if isinstance(layer, nn.Linear) or not layer.transposed:
+    if isinstance(layer, LocallyConnected2d):  # output unit (p, o): [p, o, :]
+        rows = weight.detach().reshape(-1, 1, 1, weight.shape[-1])
+    elif isinstance(layer, nn.Linear) or not layer.transposed:
         rows = weight.detach().reshape(weight.shape[0], 1, 1, -1)  # output unit o: [o, :, :, :]
     else:  # (C_in, C_out/g, *k): output channel (g, o) gathers [g, :, o, :]
         groups = layer.groups
@@ -224,7 +232,8 @@ def dale(
     if wrong:
         raise ValueError(f"dale excitatory={excitatory!r}: {wrong} (the fraction of units "
                          f"that are excitatory)")
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, tuple(DROP_INS))]
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (*DROP_INS, LocallyConnected2d))]
     stem = layers[0][0] if layers and layers[0][1] is not model else None
     held, free, positive, total = 0, [], 0, 0
     for name, module in layers:

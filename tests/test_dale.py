@@ -376,3 +376,19 @@ def test_a_held_layer_parametrised_later_fails_in_one_line():
     with pytest.raises(ValueError, match=r"^2: holds Dale signs but has a parametrised") as err:
         biograd.after_step(model)
     assert "\n" not in str(err.value)
+
+
+def test_locally_connected_layers_hold_one_sign_per_input_channel():
+    model = biograd.unshare(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 4, 3)),
+                            torch.randn(1, 2, 7, 7))
+    biograd.dale(model, 0.5, seed=1, first=True)
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    biograd.attach(opt, model)
+    for _ in range(2):
+        model(torch.randn(4, 2, 7, 7)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    for layer in (model[0], model[2]):
+        sign = layer.dale_sign  # (C_in,)
+        w = layer.weight.detach().view(*layer.weight.shape[:2], layer.in_channels, 9)
+        assert torch.equal(torch.sign(w), sign.view(1, 1, -1, 1).expand_as(w))

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 import biograd
 from biograd.config import TrainConfig
 from biograd.engine import distributed, loop
+from biograd.errors import UsageError
 
 
 def to_device(batch, device: torch.device, channels_last: bool = False):
@@ -70,6 +71,14 @@ def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loo
     model = build_model(cfg.model, num_classes=bundle.num_classes,
                         in_channels=bundle.in_channels, image_size=bundle.image_size,
                         pretrained=cfg.pretrained, **cfg.model_options)
+    if cfg.unshare:
+        example = torch.zeros(1, bundle.in_channels, bundle.image_size, bundle.image_size)
+        try:
+            biograd.unshare(model, example)
+        except ValueError as err:  # a convolution it cannot unshare: say which, in one line
+            raise UsageError(f"--unshare: {err}") from None
+    if cfg.dale is not None:
+        biograd.dale(model, cfg.dale, seed=cfg.seed, balance=cfg.dale_balance)
     biograd.convert(model, cfg.rule_for(cfg.rule), last=cfg.rule_for(cfg.last_rule),
                     seed=cfg.seed)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else
