@@ -1,8 +1,12 @@
-"""Training-step time and memory of ResNet-18 on each learning rule, against native torch.
+"""Training-step time and memory of a model on each learning rule, against native torch.
 
 One step is what a training loop does per batch: zero_grad, forward, cross-entropy, backward,
 SGD (momentum 0.9, weight decay 1e-4) step and `biograd.after_step`. Every rule converts all
-layers of a torchvision resnet18 (the classifier included). Steps are interleaved: each round
+layers of the model (the classifier included): by default a torchvision resnet18 with
+--classes outputs (1000); `--model resnet18-unshared` the same with every Conv2d unshared
+(biograd.unshare at the one --sizes given; its native step runs the unshared model on plain
+autograd); `--model vit` a small torchvision VisionTransformer (patch 4, 4 layers of width
+192, 3 heads; native: torch's own MultiheadAttention). Steps are interleaved: each round
 runs native, two rules, native, two rules, ..., native (one step each, the rule order rotated
 every round); warm-up rounds are dropped. A rule step's ratio is its time over the mean of
 the native steps just before and after its pair, so a stall of a shared machine that spans
@@ -22,6 +26,8 @@ Memory, per rule:
     python benchmarks/step_time.py --sizes 64 96 --batch 32 --repeats 9 --threads 1 --rss
     python benchmarks/step_time.py --device cuda --sizes 128 224 --repeats 20
     python benchmarks/step_time.py --device cuda --sizes 224 --batch 256 --amp bf16 --channels-last
+    python benchmarks/step_time.py --model resnet18-unshared --sizes 32 --batch 16 --threads 1
+    python benchmarks/step_time.py --model vit --sizes 32 --batch 32 --threads 1
 
 About 6-9 minutes for the first on 2 shared cores (ResNet-18 steps of 0.7 s and 1.4 s).
 """
@@ -51,13 +57,25 @@ CLOCKS = ("wall", "cpu")
 MiB = 2**20
 
 
-def build(rule: str, seed: int = 0) -> torch.nn.Module:
-    """resnet18 (weights=None, 1000 classes), on `rule` everywhere; NATIVE: untouched."""
+MODELS = ("resnet18", "resnet18-unshared", "vit")
+
+
+def build(rule: str, seed: int = 0, model: str = "resnet18", classes: int = 1000,
+          size: int = 64) -> torch.nn.Module:
+    """`model` (random weights, `classes` outputs, for size×size inputs), on `rule`
+    everywhere; NATIVE: untouched."""
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None, num_classes=1000)
+    if model == "vit":
+        net = torchvision.models.VisionTransformer(
+            image_size=size, patch_size=4, num_layers=4, num_heads=3, hidden_dim=192,
+            mlp_dim=768, num_classes=classes)
+    else:
+        net = torchvision.models.resnet18(weights=None, num_classes=classes)
+    if model == "resnet18-unshared":
+        biograd.unshare(net, torch.zeros(1, 3, size, size))
     if rule != NATIVE:
-        biograd.convert(model, rule, seed=seed)
-    return model
+        biograd.convert(net, rule, seed=seed)
+    return net
 
 
 class Variant:
@@ -65,11 +83,12 @@ class Variant:
 
     def __init__(self, rule: str, device: torch.device, amp: str = "none",
                  channels_last: bool = False, compile: bool = False,
-                 compile_mode: str = "default"):
+                 compile_mode: str = "default", model: str = "resnet18", classes: int = 1000,
+                 size: int = 64):
         self.rule = rule
         self.device = device
         self.amp = amp
-        self.model = build(rule).to(device).train()
+        self.model = build(rule, model=model, classes=classes, size=size).to(device).train()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the step runs the compiled model; memory is read from the eager one
@@ -96,6 +115,9 @@ class Variant:
             for name in layer.learning_rule.state:
                 t = getattr(layer, name)
                 total += t.numel() * t.element_size()
+        source = self.model.__dict__.get("_biograd_error_source")  # dfa's table
+        if source is not None:
+            total += sum(t.numel() * t.element_size() for t in source.tables.values())
         return total
 
     def optim_bytes(self) -> int:
@@ -132,11 +154,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def batch(size: int, n: int, device: torch.device,
-          channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(size: int, n: int, device: torch.device, channels_last: bool = False,
+          classes: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(size)
     x = torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, 1000, (n,), generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x.to(device), y.to(device)
@@ -206,10 +228,10 @@ def cuda_peak(v: Variant, x, y) -> int:
     return torch.cuda.max_memory_allocated(v.device) - before
 
 
-def rss_child(rule: str, size: int, n: int, steps: int) -> None:
+def rss_child(rule: str, size: int, n: int, steps: int, model: str, classes: int) -> None:
     """Run in a fresh process: build, run `steps` steps, print peak RSS in bytes."""
-    v = Variant(rule, torch.device("cpu"))
-    x, y = batch(size, n, torch.device("cpu"))
+    v = Variant(rule, torch.device("cpu"), model=model, classes=classes, size=size)
+    x, y = batch(size, n, torch.device("cpu"), classes=classes)
     for _ in range(steps):
         v.step(x, y)
     # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork + exec.
@@ -218,9 +240,10 @@ def rss_child(rule: str, size: int, n: int, steps: int) -> None:
     print(int(hwm.split()[1]) * 1024)  # kB
 
 
-def rss_of(rule: str, size: int, n: int, threads: int) -> int:
+def rss_of(rule: str, size: int, n: int, threads: int, model: str, classes: int) -> int:
     cmd = [sys.executable, __file__, "--rss-child", rule, "--sizes", str(size),
-           "--batch", str(n), "--threads", str(threads)]
+           "--batch", str(n), "--threads", str(threads), "--model", model,
+           "--classes", str(classes)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1])
 
@@ -244,6 +267,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 96],
                    help="input heights = widths (default: 64 96)")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--model", choices=MODELS, default="resnet18",
+                   help="resnet18 (default), resnet18-unshared or vit (one --sizes for these)")
+    p.add_argument("--classes", type=int, default=1000,
+                   help="the model's outputs (default 1000; dfa's projection scales with it)")
     p.add_argument("--repeats", type=int, default=9, help="timed rounds per size")
     p.add_argument("--warmup", type=int, default=1, help="discarded rounds per size")
     p.add_argument("--group", type=int, default=2,
@@ -274,22 +301,26 @@ def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_child:
-        rss_child(args.rss_child, max(args.sizes), args.batch, steps=3)
+        rss_child(args.rss_child, max(args.sizes), args.batch, 3, args.model, args.classes)
         return {}
+    if args.model != "resnet18" and len(args.sizes) != 1:
+        raise SystemExit(f"--model {args.model} is built for one input size: give one --sizes")
     device = torch.device(args.device)
     rules = args.rules or biograd.list_rules()
     for r in rules:
         biograd.get_rule(r)  # unknown names fail now, with the list of valid ones
     command = "python " + shlex.join(sys.argv)
     variants = [Variant(r, device, args.amp, args.channels_last, args.compile,
-                        args.compile_mode) for r in [NATIVE, *rules]]
+                        args.compile_mode, args.model, args.classes, max(args.sizes))
+                for r in [NATIVE, *rules]]
 
     result: dict = {"machine": machine(), "command": command, "batch": args.batch,
+                    "model": args.model, "classes": args.classes,
                     "amp": args.amp, "channels_last": args.channels_last,
                     "compile": args.compile and args.compile_mode,
                     "sizes": {}, "memory": {}}
     for size in args.sizes:
-        x, y = batch(size, args.batch, device, args.channels_last)
+        x, y = batch(size, args.batch, device, args.channels_last, args.classes)
         print(f"batch {args.batch} at {size}x{size}", file=sys.stderr)
         times, ratios = time_interleaved(
             variants[0], variants[1:], x, y, args.warmup, args.repeats, args.group)
@@ -304,7 +335,7 @@ def main(args: argparse.Namespace) -> dict:
                     "times_s": t, "ratios": ratios[clock].get(rule, [])}
         result["sizes"][size] = out
 
-    x, y = batch(max(args.sizes), args.batch, device, args.channels_last)
+    x, y = batch(max(args.sizes), args.batch, device, args.channels_last, args.classes)
     native = variants[0]
     for v in variants:
         mem = {"saved": v.saved_bytes(x, y), "state": v.state_bytes(),
@@ -315,7 +346,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.rss and device.type == "cpu":
         for r in [NATIVE, *rules]:
             result["memory"][r]["rss"] = rss_of(r, max(args.sizes), args.batch,
-                                                torch.get_num_threads())
+                                                torch.get_num_threads(), args.model,
+                                                args.classes)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
@@ -355,7 +387,8 @@ def table(result: dict) -> str:
     info = result["machine"]
     lines += ["", "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
               f"command: `{result['command']}`",
-              f"variant: autocast {result.get('amp', 'none')}, "
+              f"model: {result.get('model', 'resnet18')}, {result.get('classes', 1000)} "
+              f"classes; autocast {result.get('amp', 'none')}, "
               f"channels_last {result.get('channels_last', False)}, "
               f"torch.compile {result.get('compile', False)}",
               "ratio: median over timed rounds of (rule step / mean of the native steps around "

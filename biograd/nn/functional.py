@@ -139,9 +139,11 @@ def _by_position(cols: Tensor) -> Tensor:
 
 def _product(c: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """`local_product` of c = _by_position(cols): (P, N, K) -> (N, C_out, P)."""
-    wt = weight.transpose(1, 2)  # (P, K, C_out)
-    y = torch.bmm(c, wt) if bias is None else torch.baddbmm(bias.T.unsqueeze(1), c, wt)
-    return y.permute(1, 2, 0).contiguous()  # (P, N, C_out) -> (N, C_out, P)
+    # yᵀ = W cᵀ per position: autograd's W gradient, δyᵀ c, then comes out in W's own layout
+    # (from y = c Wᵀ it came transposed, and the accumulation into .grad copied it)
+    ct = c.transpose(1, 2)  # (P, K, N)
+    y = torch.bmm(weight, ct) if bias is None else torch.baddbmm(bias.T.unsqueeze(2), weight, ct)
+    return y.permute(2, 1, 0).contiguous()  # (P, C_out, N) -> (N, C_out, P)
 
 
 class _Local(torch.autograd.Function):
