@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import biograd
 from biograd.rules import rules_table
@@ -41,3 +42,15 @@ def test_links_resolve_and_recipes_exist(page):
 
 def test_the_readme_stays_a_front_door():
     assert len(README.read_text()) < 12_000  # the reference lives in docs/
+
+
+def test_the_unshared_memory_quoted_is_unshared_bytes_own():
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    mib = {side: sum(biograd.unshared_bytes(model, torch.zeros(1, 3, side, side)).values())
+           / 2**20 for side in (32, 224)}
+    readme, beyond = README.read_text(), (ROOT / "docs" / "beyond.md").read_text()
+    assert f"{mib[32]:.0f} MiB of weights at 32²" in readme
+    assert f"{mib[224] / 1024:.1f} GiB at 224²" in readme
+    assert f"{mib[32]:.1f} MiB" in beyond and f"{mib[224]:,.0f} MiB" in beyond
