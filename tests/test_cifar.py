@@ -123,7 +123,7 @@ def test_biotorch_recipes_cover_every_model_optimiser_and_rule():
 
     from biograd.config import resolve
 
-    assert len(BIOTORCH) == 3 * 2 * 5
+    assert len(BIOTORCH) == 3 * 2 * 6
     for path in BIOTORCH:
         cfg = resolve(argparse.Namespace(config=path))
         data, model, optimiser, rule = path.stem.split("-")
@@ -135,7 +135,7 @@ def test_biotorch_recipes_cover_every_model_optimiser_and_rule():
 
 
 @pytest.mark.parametrize("name", ["cifar10-lenet-sgd-ss", "cifar10-resnet20-adam-fa",
-                                  "cifar10-resnet56-sgd-brsf"])
+                                  "cifar10-resnet56-sgd-brsf", "cifar10-resnet20-sgd-dfa"])
 def test_a_biotorch_recipe_trains(root, tmp_path, name):
     out = tmp_path / "run"
     argv = ["train", "--config", f"biotorch/{name}", "--data-root", str(root), "--epochs", "1",

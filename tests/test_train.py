@@ -70,8 +70,9 @@ def test_two_steps_of_each_rule(tmp_path, rule):
     assert state["epoch"] == 1 and state["config"] == cfg.to_dict()
 
 
-def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
-    common = dict(rule="brsf", epochs=3, steps_per_epoch=3, schedule="cosine")
+@pytest.mark.parametrize("rule", ["brsf", "dfa"])  # a per-step draw; B from the seed alone
+def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, rule):
+    common = dict(rule=rule, last_rule=rule, epochs=3, steps_per_epoch=3, schedule="cosine")
     whole = quick(tmp_path, "whole", **common)
     classify.train(whole)
 
@@ -90,7 +91,7 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch):
     assert strip == again
 
 
-@pytest.mark.parametrize("rule", ["brsf", "wm"])
+@pytest.mark.parametrize("rule", ["brsf", "wm", "dfa"])
 def test_measuring_angles_moves_nothing_training_uses(tmp_path, rule):
     # rank 0 alone measures: any state the measurement moved would split the ranks
     common = dict(rule=rule, epochs=2, steps_per_epoch=3)
