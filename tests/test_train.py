@@ -224,6 +224,13 @@ def test_angle_every_logs_steps_and_resume_trims_them(tmp_path, monkeypatch):
     assert [x["step"] for x in lines] == list(range(10))  # step 0: the starting angles
     assert [x["epoch"] for x in lines[:4]] == [0.0, 1 / 3, 2 / 3, 1.0]
     assert lines[0]["mean_weight_angle"] > lines[-1]["mean_weight_angle"]  # wm aligns
+    # W's excess kurtosis per converted layer, as the checkpoint's W gives it at the end
+    state = torch.load(tmp_path / "whole" / checkpoint.NAME, weights_only=True)["model"]
+    assert set(lines[-1]["weight_kurtosis"]) == set(lines[-1]["weight_angles"])
+    for name, value in lines[-1]["weight_kurtosis"].items():
+        w = state[f"{name}.weight"].double().flatten()
+        expected = ((w - w.mean()) ** 4).mean() / ((w - w.mean()) ** 2).mean() ** 2 - 3
+        assert value == pytest.approx(expected.item(), rel=1e-9), name
 
     interrupt(monkeypatch, "step_angles", lambda ctx, epoch, step: step == 8,
               quick(tmp_path, "parts", **common))

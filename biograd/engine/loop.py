@@ -253,10 +253,23 @@ def _rule_mean(ctx: Context, values: dict[str, float]) -> float:
 
 
 def step_angles(ctx: Context, epoch: float, step: int) -> dict[str, Any]:
-    """The weight angles now, for angles.jsonl."""
+    """The weight angles now, and each converted layer's excess kurtosis of W (the shape of
+    its weights' distribution, which ss's angle reads: 0 for Gaussian weights), for
+    angles.jsonl."""
     weight = biograd.weight_angles(ctx.model)
     return {"step": step, "epoch": epoch, "weight_angles": weight,
-            "mean_weight_angle": _rule_mean(ctx, weight)}
+            "mean_weight_angle": _rule_mean(ctx, weight),
+            "weight_kurtosis": {name: kurtosis(layer.weight_now()) for name, layer in
+                                biograd.feedback_layers(ctx.model)}}
+
+
+@torch.no_grad()
+def kurtosis(w: torch.Tensor) -> float:
+    """Excess kurtosis of the entries of w, E[(w - μ)⁴] / σ⁴ - 3 (float64)."""
+    w = w.detach().double().flatten()
+    centred = w - w.mean()
+    var = centred.square().mean()
+    return (centred.pow(4).mean() / var.square() - 3).item() if var > 0 else math.nan
 
 
 def angles(ctx: Context) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Only the main process writes. metrics.jsonl has one JSON object per completed ep
 written before the epoch's checkpoint, and on resume the lines past the checkpoint's epoch
 are dropped (that epoch is then trained again, identically). angles.jsonl (with
 --angle-every N) has the weight angles every N steps, {"step", "epoch", "weight_angles",
-"mean_weight_angle"}, "epoch" fractional; it is trimmed on resume the same way.
+"mean_weight_angle", "weight_kurtosis"}, "epoch" fractional; it is trimmed on resume the same
+way.
 """
 
 from __future__ import annotations
