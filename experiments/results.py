@@ -29,8 +29,9 @@ from biograd.rules import list_rules
 # Top-1 test error (%), biotorch's Benchmarks.md (Sanfiz & Akrout 2021), as quoted in
 # ../shared/REFERENCE.md; biotorch's "uSF" is the seed's sign-symmetry (ss).
 PUBLISHED = {
-    "mnist": {"bp": 0.91, "fa": 1.7, "ss": 0.94, "brsf": 0.91, "frsf": 0.97},
-    "fashion-mnist": {"bp": 9.2, "fa": 13.06, "ss": 9.69, "brsf": 10.02, "frsf": 9.61},
+    "mnist": {"bp": 0.91, "fa": 1.7, "ss": 0.94, "brsf": 0.91, "frsf": 0.97, "dfa": 1.61},
+    "fashion-mnist": {"bp": 9.2, "fa": 13.06, "ss": 9.69, "brsf": 10.02, "frsf": 9.61,
+                      "dfa": 12.81},
 }
 TITLES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "digits": "digits (sklearn)"}
 ORDER = ("fashion-mnist", "mnist", "digits")
@@ -290,6 +291,10 @@ def write_results(out: Path, path: Path) -> Path:
             draw(groups, file)
             lines.append(f"![{TITLES[data]}: {name.replace('-', ' ')}](figures/{file.name})")
         lines.append("")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from studies import sections
+
+    lines += sections(out, found, PUBLISHED, figures)
     lines += ["## Commands", "",
               "Run from the repository root (paths shortened to it; the commands ran with "
               "OMP_NUM_THREADS=1).", "", "```"]

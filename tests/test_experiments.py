@@ -111,3 +111,48 @@ def test_ss_depth_order_needs_weights_that_moved(results, tmp_path, start, verdi
 def test_no_runs_is_a_clear_error(results, tmp_path):
     with pytest.raises(SystemExit, match=r"reproduce\.py"):
         results.write_results(tmp_path, tmp_path / "RESULTS.md")
+
+
+def study_verdicts(text: str) -> dict[str, str]:
+    """{question: verdict} of the studies' bold questions."""
+    return dict(re.findall(r"^- \*\*(.+?)\*\* \(.*?\): \*\*(.+?)\*\*", text, flags=re.M))
+
+
+def test_the_studies_answer_each_question_from_their_runs(results, tmp_path):
+    out = tmp_path / "runs"
+    errors = {"fashion-mnist": {"bp": 9.0, "ss": 10.0, "fa": 14.0, "dfa": 13.0, "kp": 9.2,
+                                "sign_fixed": 11.0},
+              "mnist": {"bp": 0.9, "ss": 1.0, "fa": 1.6, "dfa": 1.2}}
+    make_runs(out, errors, {**ANGLES, "dfa": [88.0] * 4, "sign_fixed": [38.0] * 4})
+    studies = {"long": {"ss": 9.1, "bp": 9.0},  # the gap narrows from 1.0 to 0.1
+               "unshared": {"kp": 11.0, "fa": 20.0, "ss": 12.0, "bp": 10.0},
+               "dale": {"sign_fixed": 13.0, "fa": 18.0, "ss": 11.0, "bp": 10.0},
+               "vit": {"kp": 12.5, "dfa": 16.0, "fa": 20.0, "ss": 13.0, "bp": 12.0}}
+    for study, rules in studies.items():
+        for rule, error in rules.items():
+            for seed, wobble in enumerate((-0.1, 0.0, 0.1)):
+                write_run(out / study / f"{rule}-seed{seed}", rule, seed, error + wobble,
+                          ANGLES.get(rule, [88.0] * 4))
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    answers = study_verdicts(page)
+    assert answers == {
+        "Does SS's gap to BP narrow with training?": "it narrows",
+        "Do early layers' SS angles rise above late ones'?": "yes",  # 50° against 33°
+        "Does DFA rank against FA as in biotorch's table?": "yes, on both",
+        "Does SS's advantage over FA survive without weight sharing?": "it survives",
+        "Does SS still beat FA under Dale's law?": "yes",
+        "Is the paper's ordering the same for attention?": "yes",
+    }
+    assert "FA − SS = +8.00 points unshared" in page and "+4.00 with weight sharing" in page
+    assert "sign_fixed +2.00" in page  # what Dale's law costs it
+    assert "from best to worst: bp 12.00%, kp 12.50%, ss 13.00%, dfa 16.00%, fa 20.00%" in page
+
+
+def test_unfinished_studies_say_what_is_missing(results, tmp_path):
+    out = tmp_path / "runs"
+    errors = {"fashion-mnist": {"bp": 9.0, "ss": 9.3, "fa": 14.0}, "mnist": {"bp": 0.9}}
+    make_runs(out, errors, ANGLES)
+    write_run(out / "unshared" / "ss-seed0", "ss", 0, 12.0, ANGLES["ss"])
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert "Not finished yet" in page and "fa (0 of 3 seeds)" in page
+    assert "### Dale's law" in page and "Not run yet." in page

@@ -3,9 +3,10 @@
     model = build_model("resnet_small", num_classes=10, in_channels=1, image_size=28)
 
 biograd's own (`list_models()`): small_cnn and mlp for 8×8 and 28×28 images, resnet_small (a
-CIFAR-style ResNet-20) for 28×28 and 32×32, vit_small (a small torchvision ViT) for 28×28, alexnet_bn (the seed's AlexNet with BatchNorm) for
-224×224; lenet, lenet_mnist, resnet20 and resnet56 as biotorch's benchmark defines them. Any
-torchvision classification model works by its name, and timm's as "timm:NAME".
+CIFAR-style ResNet-20) for 28×28 and 32×32, vit_small (a small torchvision ViT) for 28×28,
+alexnet_bn (the seed's AlexNet with BatchNorm) for 224×224; lenet, lenet_mnist, resnet20 and
+resnet56 as biotorch's benchmark defines them. Any torchvision classification model works by
+its name, and timm's as "timm:NAME".
 """
 
 from biograd.models.alexnet import alexnet_bn

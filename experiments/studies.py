@@ -1,0 +1,272 @@
+"""The studies' sections of RESULTS.md: the seed's claims pushed further, the open problems
+measured (experiments/reproduce.py's STUDIES). Every number is computed from the run folders
+OUT/STUDY/RULE-seedN and the main comparison's OUT/DATA/RULE-seedN; the thresholds of the
+verdicts are stated beside them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from results import TITLES, error, gap, layer_means, mean_std, pm, rule_layers
+
+from biograd.results import load_run
+from biograd.results.figures import accuracy_figure, angle_over_training_figure
+from biograd.rules import list_rules
+
+NOISE_FLOOR = 0.3  # points of error: a difference smaller than this, or than the std's added,
+#                    is "no difference"
+EARLY_LATE = 2.0  # degrees: claim 3b's threshold, as in the main verdicts
+ORDER = ("long", "dfa", "unshared", "dale", "vit")
+
+
+def load_study(out: Path, study: str) -> dict[str, list]:
+    """{rule: [Run, one per seed]} of OUT/STUDY, rules in the registry's order."""
+    folder = out / study
+    if not folder.is_dir():
+        return {}
+    runs = [load_run(p) for p in sorted(folder.iterdir()) if (p / "config.yaml").is_file()]
+    groups = {rule: sorted((r for r in runs if r.rule == rule), key=lambda r: r.seed or 0)
+              for rule in list_rules()}
+    return {rule: rs for rule, rs in groups.items() if rs}
+
+
+def done(runs: list) -> list:
+    return [r for r in runs if r.status == "finished"]
+
+
+def differs(a: list[float], b: list[float]) -> tuple[float, float, bool]:
+    """(mean a − mean b, the std's added, whether the difference clears the noise)."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    d, noise = ma - mb, sa + sb
+    return d, noise, abs(d) > max(noise, NOISE_FLOOR)
+
+
+def table(groups: dict[str, list], reference: dict[str, list], label: str) -> list[str]:
+    """Each rule's error here beside the main comparison's (`label`) on the same data."""
+    lines = [f"| rule | test error % | seeds finished | {label} | difference (points) | "
+             f"final mean angle ° | minutes per run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for rule, runs in groups.items():
+        finished = done(runs)
+        ref = done(reference.get(rule, []))
+        d, noise, _ = differs([error(r) for r in finished], [error(r) for r in ref])
+        minutes = [r.seconds / 60 for r in finished if math.isfinite(r.seconds)]
+        lines.append(
+            f"| {rule} | {pm([error(r) for r in finished])} | {len(finished)} of "
+            f"{len(runs)} | {pm([error(r) for r in ref]) if ref else '—'} | "
+            f"{f'{d:+.2f} (±{noise:.2f})' if ref and finished else '—'} | "
+            f"{pm([r.final('mean_weight_angle') for r in finished], 1) if rule != 'bp' else '0'}"
+            f" | {statistics.fmean(minutes) if minutes else math.nan:.1f} |")
+    return lines
+
+
+def missing(groups: dict[str, list], rules: tuple[str, ...], seeds: int = 3) -> str:
+    """What is still to run, or ""."""
+    short = [f"{rule} ({len(done(groups.get(rule, [])))} of {seeds} seeds)" for rule in rules
+             if len(done(groups.get(rule, []))) < seeds]
+    return ("Not finished yet (`python experiments/reproduce.py` continues them): "
+            + ", ".join(short) + ".") if short else ""
+
+
+def kurtosis_moves(runs: list) -> dict[str, tuple[float, float]]:
+    """{layer: (W's excess kurtosis at the start, at the end)}, mean over seeds, from
+    angles.jsonl's weight_kurtosis."""
+    first, last = {}, {}
+    for run in runs:
+        steps = [s for s in run.steps if s.get("weight_kurtosis")]
+        if steps:
+            for name, value in steps[0]["weight_kurtosis"].items():
+                first.setdefault(name, []).append(value)
+            for name, value in steps[-1]["weight_kurtosis"].items():
+                last.setdefault(name, []).append(value)
+    return {n: (statistics.fmean(first[n]), statistics.fmean(last[n])) for n in first
+            if n in last}
+
+
+def long_section(groups, main) -> list[str]:
+    rules = ("ss", "bp")
+    lines = []
+    if not all(done(groups.get(r, [])) for r in rules):
+        return [missing(groups, rules)]
+    g_long, n_long = gap(done_groups(groups), "ss")
+    g_short, n_short = gap(done_groups(main), "ss")
+    change = g_long - g_short
+    noise = n_long + n_short
+    verdict = ("narrows" if change < -max(noise, NOISE_FLOOR) else
+               "widens" if change > max(noise, NOISE_FLOOR) else "does not change beyond noise")
+    epochs = done(groups["ss"])[0].config.get("epochs")
+    lines.append(
+        f"- **Does SS's gap to BP narrow with training?** (a change beyond the std's added and "
+        f"{NOISE_FLOOR} points): **it {verdict}**. SS − BP = {g_short:+.2f} points after 3 "
+        f"epochs (±{n_short:.2f}), {g_long:+.2f} after {epochs} (±{n_long:.2f}).")
+    layers = rule_layers(done(groups["ss"]))
+    if layers:
+        values = list(layers.values())
+        third = max(1, len(values) // 3)
+        early, late = statistics.fmean(values[:third]), statistics.fmean(values[-third:])
+        moves = kurtosis_moves(done(groups["ss"]))
+        start = {n: a for n, (a, _) in moves.items() if n in layers}
+        end = {n: b for n, (_, b) in moves.items() if n in layers}
+        verdict = "yes" if early > late + EARLY_LATE else "no"
+        line = (f"- **Do early layers' SS angles rise above late ones'?** (threshold: "
+                f"{EARLY_LATE:.0f}°): **{verdict}**. After {epochs} epochs the first third of "
+                f"the layers averages {early:.1f}°, the last third {late:.1f}° (per layer: "
+                + ", ".join(f"{n} {v:.1f}°" for n, v in layers.items()) + ").")
+        if start:
+            line += (" W's excess kurtosis (0 for Gaussian weights; SS's angle grows with it) "
+                     "went from " + ", ".join(f"{n} {start[n]:+.2f} to {end[n]:+.2f}"
+                                              for n in start) + ".")
+        lines.append(line)
+    return lines
+
+
+def done_groups(groups: dict[str, list]) -> dict[str, list]:
+    return {rule: done(runs) for rule, runs in groups.items() if done(runs)}
+
+
+def dfa_section(main: dict[str, dict[str, list]], published: dict) -> list[str]:
+    lines, agree = [], []
+    for data in ("fashion-mnist", "mnist"):
+        groups = done_groups(main.get(data, {}))
+        if "dfa" not in groups or "fa" not in groups:
+            lines.append(f"- {TITLES[data]}: dfa or fa not finished yet.")
+            continue
+        d, noise, clear = differs([error(r) for r in groups["dfa"]],
+                                  [error(r) for r in groups["fa"]])
+        ref = published.get(data, {})
+        theirs = ref.get("dfa", math.nan) - ref.get("fa", math.nan)
+        agree.append(clear and (d < 0) == (theirs < 0))
+        g, _ = gap(groups, "dfa")
+        grads = layer_means(groups["dfa"], "gradient_angles")
+        lines.append(
+            f"- {TITLES[data]}: DFA {pm([error(r) for r in groups['dfa']])}% against FA "
+            f"{pm([error(r) for r in groups['fa']])}% (DFA − FA {d:+.2f} points, ±{noise:.2f}; "
+            f"DFA − BP {g:+.2f}); biotorch: DFA {ref.get('dfa', math.nan):.2f}, FA "
+            f"{ref.get('fa', math.nan):.2f} (DFA − FA {theirs:+.2f})."
+            + (f" DFA's weight updates are {min(grads.values()):.1f}° to "
+               f"{max(grads.values()):.1f}° from backprop's, layer by layer." if grads else ""))
+    verdict = ("cannot be told yet" if len(agree) < 2 else
+               "yes, on both" if all(agree) else "no" if not any(agree) else "on one only")
+    return [f"- **Does DFA rank against FA as in biotorch's table?** (a difference beyond the "
+            f"std's added and {NOISE_FLOOR} points, of biotorch's sign): **{verdict}**.",
+            *lines]
+
+
+def versus(groups: dict[str, list], a: str, b: str) -> tuple[float, float, bool] | None:
+    ga, gb = done(groups.get(a, [])), done(groups.get(b, []))
+    if not ga or not gb:
+        return None
+    return differs([error(r) for r in ga], [error(r) for r in gb])
+
+
+def unshared_section(groups, shared) -> list[str]:
+    rules = ("kp", "fa", "ss", "bp")
+    lines = []
+    here, there = versus(groups, "fa", "ss"), versus(shared, "fa", "ss")
+    if here is None or there is None:
+        return [missing(groups, rules)]
+    d, noise, clear = here
+    verdict = "survives" if clear and d > 0 else "does not survive"
+    lines.append(
+        f"- **Does SS's advantage over FA survive without weight sharing?** (FA − SS beyond "
+        f"the std's added and {NOISE_FLOOR} points): **it {verdict}**. FA − SS = {d:+.2f} "
+        f"points unshared (±{noise:.2f}), {there[0]:+.2f} with weight sharing.")
+    costs = []
+    for rule in rules:
+        pair = versus({"u": groups.get(rule, []), "s": shared.get(rule, [])}, "u", "s")
+        if pair is not None:
+            costs.append(f"{rule} {pair[0]:+.2f}")
+    if costs:
+        lines.append("- What unsharing costs each rule (unshared − shared error, points): "
+                     + ", ".join(costs) + ".")
+    return lines
+
+
+def dale_section(groups, plain) -> list[str]:
+    rules = ("sign_fixed", "fa", "ss", "bp")
+    lines = []
+    costs = []
+    for rule in rules:
+        pair = versus({"d": groups.get(rule, []), "p": plain.get(rule, [])}, "d", "p")
+        if pair is not None:
+            costs.append(f"{rule} {pair[0]:+.2f} (±{pair[1]:.2f})")
+    if costs:
+        lines.append("- **What Dale's law costs each rule** (Dale − unconstrained error, "
+                     "points): " + ", ".join(costs) + ".")
+    here = versus(groups, "fa", "ss")
+    if here is None:
+        return [*lines, missing(groups, rules)]
+    d, noise, clear = here
+    verdict = "yes" if clear and d > 0 else "no"
+    lines.append(f"- **Does SS still beat FA under Dale's law?** (FA − SS beyond the std's "
+                 f"added and {NOISE_FLOOR} points): **{verdict}**. FA − SS = {d:+.2f} points "
+                 f"(±{noise:.2f}).")
+    return lines
+
+
+def vit_section(groups) -> list[str]:
+    rules = ("kp", "dfa", "fa", "ss", "bp")
+    finished = done_groups(groups)
+    if not all(r in finished for r in ("bp", "ss", "fa")):
+        return [missing(groups, rules)]
+    errors = {rule: mean_std([error(r) for r in runs])[0] for rule, runs in finished.items()}
+    ranked = sorted(errors, key=errors.get)
+    g_ss, _ = gap(finished, "ss")
+    g_fa, n_fa = gap(finished, "fa")
+    same = g_fa >= 1.0 and g_fa >= 3 * max(g_ss, 0.0) and g_fa > n_fa
+    return [f"- **Is the paper's ordering the same for attention?** (claim 2's thresholds: FA − "
+            f"BP at least 1 point, 3× SS's gap and more than the std's added): **"
+            f"{'yes' if same else 'no'}**. SS − BP = {g_ss:+.2f} points, FA − BP = "
+            f"{g_fa:+.2f}; from best to worst: "
+            + ", ".join(f"{r} {errors[r]:.2f}%" for r in ranked) + "."
+            + (" " + missing(groups, rules) if missing(groups, rules) else "")]
+
+
+def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
+             figures: Path) -> list[str]:
+    """The studies' part of RESULTS.md."""
+    fashion = main.get("fashion-mnist", {})
+    lines = ["## The studies: further, and the open problems", ""]
+    intro = {
+        "long": ("Longer training (claims 1 and 3b)", fashion, "3 epochs (main)"),
+        "unshared": ("No weight sharing (`--unshare`)", fashion, "shared (main)"),
+        "dale": ("Dale's law (`--dale 0.8 --dale-balance`)", fashion, "unconstrained (main)"),
+        "vit": ("Attention: a small ViT (`--model vit_small`)", {}, "—"),
+    }
+    for study in ORDER:
+        if study == "dfa":
+            lines += ["### DFA beside FA", "", *dfa_section(main, published), ""]
+            continue
+        groups = load_study(out, study)
+        title, reference, label = intro[study]
+        lines += [f"### {title}", ""]
+        if not groups:
+            lines += ["Not run yet.", ""]
+            continue
+        cfg = groups[next(iter(groups))][0].config
+        options = cfg.get("model_options") or {}
+        flags = [f for f, on in (("--unshare", cfg.get("unshare")),
+                                 (f"--dale {cfg.get('dale')}", cfg.get("dale")),
+                                 ("--dale-balance", cfg.get("dale_balance"))) if on]
+        lines += [f"{TITLES.get(cfg.get('data'), cfg.get('data'))}, {cfg.get('model')}"
+                  f"{f' {options}' if options else ''}, {cfg.get('epochs')} epochs, the "
+                  f"recipe's optimiser and schedule{', ' + ' '.join(flags) if flags else ''}.",
+                  ""]
+        body = {"long": lambda g=groups, r=reference: long_section(g, r),
+                "unshared": lambda g=groups, r=reference: unshared_section(g, r),
+                "dale": lambda g=groups, r=reference: dale_section(g, r),
+                "vit": lambda g=groups: vit_section(g)}[study]()
+        lines += [line for line in body if line] + [""]
+        lines += [*table(groups, reference, label), ""]
+        finished = done_groups(groups)
+        if finished:
+            for name, draw in (("accuracy", accuracy_figure),
+                               ("angle-over-training", angle_over_training_figure)):
+                file = figures / f"{study}-{name}.png"
+                draw(finished, file)
+                lines.append(f"![{title}: {name.replace('-', ' ')}](figures/{file.name})")
+            lines.append("")
+    return lines
