@@ -33,6 +33,7 @@ INTENDED = {
     "lenet_mnist": {(1, 32)},
     "resnet20": {(3, 32)},
     "resnet56": {(3, 32)},
+    "vit_small": {(1, 28)},
 }
 SWEEP = [(name, c, side) for name in list_models() for c, side in model_info(name).inputs]
 

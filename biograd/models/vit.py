@@ -17,7 +17,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from biograd.models.registry import register_model
 
 
-@register_model(inputs=((1, 28), (3, 32)), min_size=4)
+@register_model(inputs=((1, 28), (3, 28)), min_size=7)
 def vit_small(num_classes: int = 10, in_channels: int = 3, *, image_size: int = 28,
               patch: int = 7, depth: int = 4, width: int = 64, heads: int = 4) -> nn.Module:
     """(N, in_channels, S, S) -> (N, num_classes), S = image_size, a multiple of `patch`.
