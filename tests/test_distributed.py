@@ -40,9 +40,19 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 STEPS = 3
 TIMEOUT_S = 120  # the whole two-process run; a hang fails the test instead of blocking it
-#: (rule name, options): every registered rule, plus brsf's exact per-step draw.
-CASES = [(name, {}) for name in biograd.list_rules()] + [("brsf", {"fresh": "full"})]
-LABELS = [str(biograd.get_rule(name, **options)) for name, options in CASES]
+#: (rule name, options): every registered rule, plus brsf's exact per-step draw, plus ss under
+#: Dale's law (option "dale": the excitatory fraction, given to biograd.dale, not the rule).
+CASES = [(name, {}) for name in biograd.list_rules()] + [("brsf", {"fresh": "full"}),
+                                                         ("ss", {"dale": 0.8})]
+
+
+def _label(name: str, options: dict) -> str:
+    rule_options = {k: v for k, v in options.items() if k != "dale"}
+    label = str(biograd.get_rule(name, **rule_options))
+    return f"{label} + dale({options['dale']})" if "dale" in options else label
+
+
+LABELS = [_label(name, options) for name, options in CASES]
 #: BatchNorm statistics follow each rank's own data: they must differ, nothing else may.
 LOCAL_STATS = ("running_mean", "running_var")
 
@@ -78,7 +88,10 @@ def _train(name: str, options: dict, rank: int) -> dict:
     x = torch.randn(STEPS, 8, 3, 8, 8)
     y = torch.randint(0, 5, (STEPS, 8))
     rng = torch.get_rng_state()
-    biograd.convert(model, name, seed=0, **options)
+    rule_options = {k: v for k, v in options.items() if k != "dale"}
+    biograd.convert(model, name, seed=0, **rule_options)
+    if "dale" in options:  # every unit's sign from the seed: DDP must not need to send it
+        biograd.dale(model, options["dale"], seed=0, balance=True)
     initial = _snapshot(model)  # before DDP broadcasts rank 0's parameters
     layers = dict(biograd.feedback_layers(model))
     with warnings.catch_warnings():
@@ -205,6 +218,20 @@ def _differences(a: dict, b: dict, skip: tuple[str, ...] = ()) -> list[str]:
         if not same:
             bad.append(key)
     return bad
+
+
+def test_dale_signs_agree_and_hold_across_ranks(ranks):
+    label = _label("ss", {"dale": 0.8})
+    for rank in ranks:
+        state = rank[label]["steps"][-1]["state"]
+        signs = {k[: -len(".dale_sign")]: v for k, v in state.items() if k.endswith("dale_sign")}
+        assert len(signs) == 2  # the stem is left free; the second conv and the classifier
+        for name, sign in signs.items():
+            w = state[f"{name}.weight"]
+            assert torch.equal(torch.sign(w), sign.view(1, -1, *[1] * (w.dim() - 2))
+                               .expand_as(w)), name
+    assert torch.equal(ranks[0][label]["initial"]["3.dale_sign"],
+                       ranks[1][label]["initial"]["3.dale_sign"])
 
 
 def test_covers_every_rule():
