@@ -24,7 +24,7 @@ from biograd.results.figures import (
     angle_over_training_figure,
     angles_per_layer_figure,
 )
-from biograd.rules import list_rules
+from biograd.rules import get_rule, list_rules
 
 # Top-1 test error (%), biotorch's Benchmarks.md (Sanfiz & Akrout 2021), as quoted in
 # ../shared/REFERENCE.md; biotorch's "uSF" is the seed's sign-symmetry (ss).
@@ -124,9 +124,18 @@ def table(data: str, groups: dict[str, list]) -> list[str]:
         lines.append(
             f"| {rule} | {pm([error(r) for r in runs])}{note} | {len(runs)} | "
             f"{'—' if ref is None else f'{ref:.2f}'} | "
-            f"{pm([r.final('mean_weight_angle') for r in runs], 1) if rule != 'bp' else '0'} | "
+            f"{angle_cell(rule, runs)} | "
             f"{statistics.fmean(r.seconds for r in runs) / 60:.1f} |")
     return lines
+
+
+def angle_cell(rule: str, runs: list) -> str:
+    """The final mean angle between W and B; dfa's B maps the output error, it has none."""
+    if rule == "bp":
+        return "0"
+    if get_rule(rule).direct:
+        return "— (B is not W's shape)"
+    return pm([r.final("mean_weight_angle") for r in runs], 1)
 
 
 def verdicts(found: dict[str, dict[str, list]]) -> list[str]:

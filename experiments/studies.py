@@ -10,7 +10,7 @@ import math
 import statistics
 from pathlib import Path
 
-from results import TITLES, error, gap, layer_means, mean_std, pm, rule_layers
+from results import TITLES, angle_cell, error, gap, layer_means, mean_std, pm, rule_layers
 
 from biograd.results import load_run
 from biograd.results.figures import accuracy_figure, angle_over_training_figure
@@ -58,8 +58,8 @@ def table(groups: dict[str, list], reference: dict[str, list], label: str) -> li
             f"| {rule} | {pm([error(r) for r in finished])} | {len(finished)} of "
             f"{len(runs)} | {pm([error(r) for r in ref]) if ref else '—'} | "
             f"{f'{d:+.2f} (±{noise:.2f})' if ref and finished else '—'} | "
-            f"{pm([r.final('mean_weight_angle') for r in finished], 1) if rule != 'bp' else '0'}"
-            f" | {statistics.fmean(minutes) if minutes else math.nan:.1f} |")
+            f"{angle_cell(rule, finished)} | "
+            f"{statistics.fmean(minutes) if minutes else math.nan:.1f} |")
     return lines
 
 
@@ -146,8 +146,10 @@ def dfa_section(main: dict[str, dict[str, list]], published: dict) -> list[str]:
             f"{pm([error(r) for r in groups['fa']])}% (DFA − FA {d:+.2f} points, ±{noise:.2f}; "
             f"DFA − BP {g:+.2f}); biotorch: DFA {ref.get('dfa', math.nan):.2f}, FA "
             f"{ref.get('fa', math.nan):.2f} (DFA − FA {theirs:+.2f})."
-            + (f" DFA's weight updates are {min(grads.values()):.1f}° to "
-               f"{max(grads.values()):.1f}° from backprop's, layer by layer." if grads else ""))
+            + (" The angle of DFA's weight updates to backprop's, layer by layer: "
+               + ", ".join(f"{n} {v:.1f}°" for n, v in grads.items())
+               + " (the last hidden layer learns from the classifier's Wᵀe, on bp)."
+               if grads else ""))
     verdict = ("cannot be told yet" if len(agree) < 2 else
                "yes, on both" if all(agree) else "no" if not any(agree) else "on one only")
     return [f"- **Does DFA rank against FA as in biotorch's table?** (a difference beyond the "
