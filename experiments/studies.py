@@ -65,8 +65,9 @@ def table(groups: dict[str, list], reference: dict[str, list], label: str) -> li
 
 def missing(groups: dict[str, list], rules: tuple[str, ...], seeds: int = 3) -> str:
     """What is still to run, or ""."""
-    short = [f"{rule} ({len(done(groups.get(rule, [])))} of {seeds} seeds)" for rule in rules
-             if len(done(groups.get(rule, []))) < seeds]
+    ended = {rule: len(done(groups.get(rule, []))) + len(diverged(groups.get(rule, [])))
+             for rule in rules}
+    short = [f"{rule} ({ended[rule]} of {seeds} seeds)" for rule in rules if ended[rule] < seeds]
     return ("Not finished yet (`python experiments/reproduce.py` continues them): "
             + ", ".join(short) + ".") if short else ""
 
@@ -209,7 +210,11 @@ def dale_section(groups, plain) -> list[str]:
     return lines
 
 
-def vit_section(groups) -> list[str]:
+def diverged(runs: list) -> list:
+    return [r for r in runs if r.status == "diverged"]
+
+
+def vit_section(groups, low_lr: dict[str, list]) -> list[str]:
     rules = ("kp", "dfa", "fa", "ss", "bp")
     finished = done_groups(groups)
     if not all(r in finished for r in ("bp", "ss", "fa")):
@@ -219,12 +224,24 @@ def vit_section(groups) -> list[str]:
     g_ss, _ = gap(finished, "ss")
     g_fa, n_fa = gap(finished, "fa")
     same = g_fa >= 1.0 and g_fa >= 3 * max(g_ss, 0.0) and g_fa > n_fa
-    return [f"- **Is the paper's ordering the same for attention?** (claim 2's thresholds: FA − "
-            f"BP at least 1 point, 3× SS's gap and more than the std's added): **"
-            f"{'yes' if same else 'no'}**. SS − BP = {g_ss:+.2f} points, FA − BP = "
-            f"{g_fa:+.2f}; from best to worst: "
-            + ", ".join(f"{r} {errors[r]:.2f}%" for r in ranked) + "."
-            + (" " + missing(groups, rules) if missing(groups, rules) else "")]
+    lines = [f"- **Is the paper's ordering the same for attention?** (claim 2's thresholds: FA "
+             f"− BP at least 1 point, 3× SS's gap and more than the std's added): **"
+             f"{'yes' if same else 'no'}**. SS − BP = {g_ss:+.2f} points, FA − BP = "
+             f"{g_fa:+.2f}; from best to worst: "
+             + ", ".join(f"{r} {errors[r]:.2f}%" for r in ranked) + "."]
+    for rule, runs in groups.items():
+        if diverged(runs):
+            lines.append(f"- {rule} diverged in {len(diverged(runs))} of {len(runs)} seeds at "
+                         f"lr {runs[0].config.get('lr')} ({diverged(runs)[0].message}).")
+    for rule, runs in done_groups(low_lr).items():
+        g, noise = gap({**finished, rule: runs}, rule)
+        fa_gap = versus({rule: runs, "fa": finished.get("fa", [])}, rule, "fa")
+        lines.append(f"- {rule} at lr {runs[0].config.get('lr')}: "
+                     f"{pm([error(r) for r in runs])}% over {len(runs)} seeds ({rule} − BP "
+                     f"{g:+.2f} points, ±{noise:.2f}"
+                     + (f"; {rule} − FA {fa_gap[0]:+.2f}" if fa_gap else "") + ").")
+    left = missing(groups, rules)
+    return lines + ([left] if left else [])
 
 
 def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
@@ -260,7 +277,7 @@ def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
         body = {"long": lambda g=groups, r=reference: long_section(g, r),
                 "unshared": lambda g=groups, r=reference: unshared_section(g, r),
                 "dale": lambda g=groups, r=reference: dale_section(g, r),
-                "vit": lambda g=groups: vit_section(g)}[study]()
+                "vit": lambda g=groups: vit_section(g, load_study(out, "vit_dfa"))}[study]()
         lines += [line for line in body if line] + [""]
         lines += [*table(groups, reference, label), ""]
         finished = done_groups(groups)
