@@ -214,7 +214,7 @@ def diverged(runs: list) -> list:
     return [r for r in runs if r.status == "diverged"]
 
 
-def vit_section(groups, low_lr: dict[str, list]) -> list[str]:
+def vit_section(groups, lower: list[dict[str, list]]) -> list[str]:
     rules = ("kp", "dfa", "fa", "ss", "bp")
     finished = done_groups(groups)
     if not all(r in finished for r in ("bp", "ss", "fa")):
@@ -233,7 +233,7 @@ def vit_section(groups, low_lr: dict[str, list]) -> list[str]:
         if diverged(runs):
             lines.append(f"- {rule} diverged in {len(diverged(runs))} of {len(runs)} seeds at "
                          f"lr {runs[0].config.get('lr')} ({diverged(runs)[0].message}).")
-    for rule, runs in done_groups(low_lr).items():
+    for rule, runs in ((r, rs) for low in lower for r, rs in done_groups(low).items()):
         g, noise = gap({**finished, rule: runs}, rule)
         fa_gap = versus({rule: runs, "fa": finished.get("fa", [])}, rule, "fa")
         lines.append(f"- {rule} at lr {runs[0].config.get('lr')}: "
@@ -277,7 +277,8 @@ def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
         body = {"long": lambda g=groups, r=reference: long_section(g, r),
                 "unshared": lambda g=groups, r=reference: unshared_section(g, r),
                 "dale": lambda g=groups, r=reference: dale_section(g, r),
-                "vit": lambda g=groups: vit_section(g, load_study(out, "vit_dfa"))}[study]()
+                "vit": lambda g=groups: vit_section(
+                    g, [load_study(out, "vit_dfa"), load_study(out, "vit_dfa_slow")])}[study]()
         lines += [line for line in body if line] + [""]
         lines += [*table(groups, reference, label), ""]
         finished = done_groups(groups)
