@@ -290,6 +290,8 @@ def _why_not(module: nn.Module) -> str:
     cls = _drop_in(module)
     if cls is None:
         return "custom forward, not converted"
+    if isinstance(module, nn.MultiheadAttention) and not module._qkv_same_embed_dim:
+        return "separate q, k and v weights (kdim, vdim), which no rule supports: not converted"
     if _computed_weight(module, cls.weight_name):
         return ("parametrised weight, not converted: it was excluded, or its rule writes W "
                 "(sign_fixed), which a parametrisation computes")

@@ -267,6 +267,8 @@ def test_separate_qkv_weights_are_refused_naming_the_module():
         biograd.convert(model, "fa")
     biograd.convert(model, "fa", exclude="1")  # left out, with its out_proj
     assert [n for n, _ in biograd.feedback_layers(model)] == ["0"]
+    why = {owner: reason for owner, _, _, reason in biograd.report(model).transport}
+    assert why["1"].startswith("separate q, k and v weights")
 
 
 def test_out_proj_is_not_converted_without_its_attention():
