@@ -204,9 +204,17 @@ def dale_section(groups, plain) -> list[str]:
         return [*lines, missing(groups, rules)]
     d, noise, clear = here
     verdict = "yes" if clear and d > 0 else "no"
-    lines.append(f"- **Does SS still beat FA under Dale's law?** (FA − SS beyond the std's "
-                 f"added and {NOISE_FLOOR} points): **{verdict}**. FA − SS = {d:+.2f} points "
-                 f"(±{noise:.2f}).")
+    line = (f"- **Does SS still beat FA under Dale's law?** (FA − SS beyond the std's "
+            f"added and {NOISE_FLOOR} points): **{verdict}**. FA − SS = {d:+.2f} points "
+            f"(±{noise:.2f}).")
+    ss, ss_plain = done(groups.get("ss", [])), done(plain.get("ss", []))
+    if ss and ss_plain:
+        line += (f" Under Dale's law sign(W) is one sign per column, so SS's B = s·sign(W) "
+                 f"has rank one and sends each unit only the sum of its targets' errors "
+                 f"(docs/beyond.md); SS's final mean angle to W is "
+                 f"{pm([r.final('mean_weight_angle') for r in ss], 1)}° against "
+                 f"{pm([r.final('mean_weight_angle') for r in ss_plain], 1)}° without.")
+    lines.append(line)
     return lines
 
 
