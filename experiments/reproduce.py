@@ -116,13 +116,14 @@ def jobs(out: Path, seeds: str, datasets: list[str],
     return todo
 
 
-def report_command(job: list[str]) -> list[str]:
-    """The job's command over every rule: with --resume it trains nothing and writes the
-    data set's report from the finished runs."""
-    command = list(job)
+def report_command(folder_jobs: list[list[str]]) -> list[str]:
+    """One command over every rule the jobs of a folder trained (a study's rules, not the
+    registry's): with --resume it trains nothing and writes the folder's report from the
+    finished runs."""
+    command = list(folder_jobs[0])
+    rules = [job[job.index("--rules") + 1] for job in folder_jobs if "--rules" in job]
     if "--rules" in command:
-        i = command.index("--rules")
-        del command[i:i + 2]
+        command[command.index("--rules") + 1] = ",".join(rules)
     return command
 
 
@@ -227,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         session["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         write_json(record_path, record)
 
-    reports = {}
+    by_folder: dict[str, list[list[str]]] = {}
     for data, _, command in todo:
-        reports.setdefault(data, report_command(command))
+        by_folder.setdefault(data, []).append(command)
+    reports = {data: report_command(commands) for data, commands in by_folder.items()}
     for data, command in reports.items():
         if not finished(out / data):  # the report would train what is missing: leave it
             print(f"{data}: runs not finished, no report; RESULTS.md says which are missing")

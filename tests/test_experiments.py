@@ -166,3 +166,22 @@ def test_unfinished_studies_say_what_is_missing(results, tmp_path):
     page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
     assert "Not finished yet" in page and "fa (0 of 3 seeds)" in page
     assert "### Dale's law" in page and "Not run yet." in page
+
+
+def test_a_studys_report_covers_its_own_rules_only(tmp_path):
+    # the report runs `compare --resume` over the folder: any rule it names but the study
+    # did not train would be trained then
+    spec = importlib.util.spec_from_file_location("reproduce",
+                                                  ROOT / "experiments" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    todo = reproduce.jobs(tmp_path, "0,1,2", ["fashion-mnist"], list(reproduce.STUDIES))
+    folders: dict[str, list] = {}
+    for folder, _, command in todo:
+        folders.setdefault(folder, []).append(command)
+    for folder, commands in folders.items():
+        report = reproduce.report_command(commands)
+        named = report[report.index("--rules") + 1].split(",")
+        trained = {c[c.index("--rules") + 1] for c in commands}
+        assert set(named) == trained, folder
+    assert folders.keys() == {"fashion-mnist", *reproduce.STUDIES}
