@@ -276,8 +276,9 @@ def write_results(out: Path, path: Path) -> Path:
                   f"{m['torch']}. {jobs} runs at a time, {sessions[-1]['threads']} thread "
                   f"each. Wall time: {wall / 60:.0f} minutes in {len(sessions)} session(s) of "
                   f"the script (started {sessions[0]['started']}). Training time summed over "
-                  f"the runs: {trained / 60:.0f} minutes, {trained / 60 / jobs:.0f} per "
-                  f"process (evaluation and start-up excluded).", ""]
+                  f"the main comparison's runs: {trained / 60:.0f} minutes, "
+                  f"{trained / 60 / jobs:.0f} per process (evaluation and start-up excluded).",
+                  ""]
     lines += ["## Verdicts", "", *verdicts(found), ""]
     for data, groups in found.items():
         runs = [r for rs in groups.values() for r in rs]

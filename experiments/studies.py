@@ -59,7 +59,7 @@ def table(groups: dict[str, list], reference: dict[str, list], label: str) -> li
             f"{len(runs)} | {pm([error(r) for r in ref]) if ref else '—'} | "
             f"{f'{d:+.2f} (±{noise:.2f})' if ref and finished else '—'} | "
             f"{angle_cell(rule, finished)} | "
-            f"{statistics.fmean(minutes) if minutes else math.nan:.1f} |")
+            f"{f'{statistics.fmean(minutes):.1f}' if minutes else '—'} |")
     return lines
 
 
