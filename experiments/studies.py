@@ -256,7 +256,16 @@ def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
              figures: Path) -> list[str]:
     """The studies' part of RESULTS.md."""
     fashion = main.get("fashion-mnist", {})
-    lines = ["## The studies: further, and the open problems", ""]
+    lines = ["## The studies: further, and the open problems", "",
+             "Each on Fashion-MNIST and the main recipe (3 seeds), changed by a flag or two "
+             "(reproduce.py's STUDIES, sized to stay within about three hours of the 2 cores "
+             "with the main comparison): `long` trains bp and ss for 20 epochs, the most the "
+             "question asks, for W's distribution to change shape; `unshared` keeps 3 epochs, "
+             "as each takes about three times as long (5.7 M weights); `dale` keeps 3, and "
+             "balances the weights, as without it BatchNorm networks stop learning "
+             "(docs/beyond.md); the ViT (16 patches of 7×7, 4 layers of width 64) gets 5, as "
+             "its epoch costs a third of the ResNet's. Differences are called real when they "
+             f"exceed both the two std's added and {NOISE_FLOOR} points.", ""]
     intro = {
         "long": ("Longer training (claims 1 and 3b)", fashion, "3 epochs (main)"),
         "unshared": ("No weight sharing (`--unshare`)", fashion, "shared (main)"),
