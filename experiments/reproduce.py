@@ -171,10 +171,13 @@ def finished(folder: Path) -> bool:
     """True if every run folder in `folder` has finished (or diverged)."""
     runs = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] \
         if folder.is_dir() else []
-    return bool(runs) and all(json.loads((p / "status.json").read_text()).get("status") in
-                              ("finished", "diverged") for p in runs
-                              if (p / "status.json").is_file()) and all(
-        (p / "status.json").is_file() for p in runs)
+    return bool(runs) and all(status(p) in ("finished", "diverged") for p in runs)
+
+
+def status(run: Path) -> str | None:
+    """The run's status.json status, or None where it has none."""
+    path = run / "status.json"
+    return json.loads(path.read_text()).get("status") if path.is_file() else None
 
 
 def write_json(path: Path, data: dict) -> None:

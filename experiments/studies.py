@@ -177,28 +177,33 @@ def unshared_section(groups, shared) -> list[str]:
         f"- **Does SS's advantage over FA survive without weight sharing?** (FA − SS beyond "
         f"the std's added and {NOISE_FLOOR} points): **it {verdict}**. FA − SS = {d:+.2f} "
         f"points unshared (±{noise:.2f}), {there[0]:+.2f} with weight sharing.")
-    costs = []
-    for rule in rules:
-        pair = versus({"u": groups.get(rule, []), "s": shared.get(rule, [])}, "u", "s")
-        if pair is not None:
-            costs.append(f"{rule} {pair[0]:+.2f}")
+    costs = cost_per_rule(groups, shared, rules)
     if costs:
         lines.append("- What unsharing costs each rule (unshared − shared error, points): "
-                     + ", ".join(costs) + ".")
+                     + costs + ".")
     return lines
+
+
+def cost_per_rule(groups: dict[str, list], reference: dict[str, list],
+                  rules: tuple[str, ...]) -> str:
+    """"rule +d.dd (±noise), ..." of each rule's error here minus in `reference`, for the
+    rules finished in both."""
+    costs = []
+    for rule in rules:
+        pair = versus({"here": groups.get(rule, []), "ref": reference.get(rule, [])},
+                      "here", "ref")
+        if pair is not None:
+            costs.append(f"{rule} {pair[0]:+.2f} (±{pair[1]:.2f})")
+    return ", ".join(costs)
 
 
 def dale_section(groups, plain) -> list[str]:
     rules = ("sign_fixed", "fa", "ss", "bp")
     lines = []
-    costs = []
-    for rule in rules:
-        pair = versus({"d": groups.get(rule, []), "p": plain.get(rule, [])}, "d", "p")
-        if pair is not None:
-            costs.append(f"{rule} {pair[0]:+.2f} (±{pair[1]:.2f})")
+    costs = cost_per_rule(groups, plain, rules)
     if costs:
         lines.append("- **What Dale's law costs each rule** (Dale − unconstrained error, "
-                     "points): " + ", ".join(costs) + ".")
+                     "points): " + costs + ".")
     here = versus(groups, "fa", "ss")
     if here is None:
         return [*lines, missing(groups, rules)]

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torchvision
+from checks import assert_every_layer_learnt
 from torch import nn
 from torchvision.models import swin_transformer as tv_swin
 
@@ -314,21 +315,26 @@ def test_vit_learns_through_weight_transport_only_in_norms_and_embeddings():
     assert sum(kind == "LayerNorm" for kind in owners.values()) == 2 * 2 + 1
 
 
-@pytest.mark.parametrize("rule", ["ss", "dfa"])
-def test_converted_vit_trains_one_step(rule):
-    model = biograd.convert(tiny_vit(), rule)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+def learn_one_step(model: nn.Module) -> set[str]:
+    """One SGD step on a batch of 32x32 images: every converted layer runs and every
+    parameter gets a finite gradient (checks.py). Returns the layers that ran."""
     ran = set()
     for name, layer in biograd.feedback_layers(model):
         layer.register_forward_hook(lambda *_, name=name: ran.add(name))
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
     loss.backward()
-    assert ran == {n for n, _ in biograd.feedback_layers(model)}
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert_every_layer_learnt(dict(biograd.feedback_layers(model)), ran,
+                              dict(model.named_parameters()))
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    return ran
+
+
+@pytest.mark.parametrize("rule", ["ss", "dfa"])
+def test_converted_vit_trains_one_step(rule):
+    model = biograd.convert(tiny_vit(), rule)
+    learn_one_step(model)
     assert all(m.in_proj_weight.grad.abs().sum() > 0 for m in model.modules()
                if isinstance(m, MultiheadAttention))
-    optimizer.step()
 
 
 @pytest.mark.parametrize("cross", [None, "kv", "all"])
@@ -458,13 +464,5 @@ def test_converted_swin_learns_through_rules_but_norms_and_position_bias(version
               for n, _ in modules[o].named_parameters(recurse=False)}
     assert {owners[o] for o in owners if owners[o] != "LayerNorm"} == {attention_class.__name__}
     assert others == {"logit_scale" if v2 else "relative_position_bias_table"}
-    ran = set()
-    for name, layer in biograd.feedback_layers(model):
-        layer.register_forward_hook(lambda *_, name=name: ran.add(name))
-    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
-    loss.backward()
-    assert ran == {n for n, _ in biograd.feedback_layers(model)}
+    ran = learn_one_step(model)
     assert any(n.endswith(".attn.qkv") for n in ran) and any(n.endswith(".attn.proj") for n in ran)
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    torch.optim.SGD(model.parameters(), lr=0.1).step()

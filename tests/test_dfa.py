@@ -183,3 +183,13 @@ def test_autocast_projects_in_the_compute_dtype_and_returns_input_dtypes():
         assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
     assert (torch.bfloat16 in {dtype for _, dtype in
                                model.__dict__["_biograd_error_source"].tables})
+
+
+def test_converting_more_layers_later_gives_them_the_models_error():
+    model = biograd.convert(mlp(), "dfa", include="4", seed=0)  # the classifier first
+    biograd.convert(model, "dfa", seed=0)  # then the rest: the same error source
+    source = model.__dict__["_biograd_error_source"]
+    assert all(layer.__dict__.get("error_source") is source
+               for _, layer in biograd.feedback_layers(model))
+    F.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

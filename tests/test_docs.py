@@ -48,9 +48,36 @@ def test_the_unshared_memory_quoted_is_unshared_bytes_own():
     import torchvision
 
     model = torchvision.models.resnet18()
-    mib = {side: sum(biograd.unshared_bytes(model, torch.zeros(1, 3, side, side)).values())
-           / 2**20 for side in (32, 224)}
+    layers = {side: biograd.unshared_bytes(model, torch.zeros(1, 3, side, side))
+              for side in (32, 224)}
+    mib = {side: sum(sizes.values()) / 2**20 for side, sizes in layers.items()}
     readme, beyond = README.read_text(), (ROOT / "docs" / "beyond.md").read_text()
     assert f"{mib[32]:.0f} MiB of weights at 32²" in readme
     assert f"{mib[224] / 1024:.1f} GiB at 224²" in readme
     assert f"{mib[32]:.1f} MiB" in beyond and f"{mib[224]:,.0f} MiB" in beyond
+    full = [layers[side]["layer1.0.conv1"] / 2**20 for side in (32, 224)]  # 64 -> 64, 3x3
+    assert f"each full-width 3×3 layer {full[0]:.1f} MiB and {full[1]:.0f} MiB" in readme
+
+
+def test_the_dfa_table_quoted_is_what_resnet18_at_224_needs():
+    import math
+
+    import torchvision
+
+    from biograd.rules import dfa
+
+    # the longest window: the largest input a converted layer sends an error to (the stem's
+    # input needs none), by 1,000 classes, plus its offset's range
+    model, sizes = torchvision.models.resnet18(), []
+    hooks = [m.register_forward_pre_hook(lambda m, args: sizes.append(args[0][0].numel()))
+             for name, m in model.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and name != "conv1"]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    window = max(sizes) * 1000
+    table = math.ceil((window + min(dfa.OFFSETS, window)) / dfa.CHUNK) * dfa.CHUNK
+    megabytes = f"{table * 4 / 1e6:.0f} MB"
+    assert f"{megabytes} for ResNet-18 at 224²" in README.read_text()
+    assert f"**{megabytes}**" in (ROOT / "docs" / "rules.md").read_text()

@@ -152,6 +152,7 @@ def test_the_studies_answer_each_question_from_their_runs(results, tmp_path):
     }
     assert "FA − SS = +8.00 points unshared" in page and "+4.00 with weight sharing" in page
     assert "sign_fixed +2.00" in page  # what Dale's law costs it
+    assert "kp +1.80 (±0.20), fa +6.00 (±0.20)" in page  # and unsharing, each rule
     assert "from best to worst: bp 12.00%, kp 12.50%, ss 13.00%, fa 20.00%" in page
     assert "dfa diverged in 3 of 3 seeds at lr 0.1 (the loss became non-finite" in page
     assert "dfa at lr 0.1: 15.10 ± 0.10% over 3 seeds (dfa − BP +3.10 points" in page

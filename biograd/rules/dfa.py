@@ -126,13 +126,12 @@ def error_source(model: nn.Module, name: str = "") -> ErrorSource:
         biograd.error_source(model, "head.classification_head")
     """
     found = model.__dict__.get("_biograd_error_source")
-    if found is not None and found.source == name:
-        return found
-    if found is not None:
-        found.remove()
-    found = ErrorSource(model, name)
-    model.__dict__["_biograd_error_source"] = found
-    for layer in model.modules():
+    if found is None or found.source != name:
+        if found is not None:
+            found.remove()
+        found = ErrorSource(model, name)
+        model.__dict__["_biograd_error_source"] = found
+    for layer in model.modules():  # layers converted since the source was made too
         if getattr(layer, "learning_rule", None) is not None and layer.learning_rule.direct:
             layer.__dict__["error_source"] = found
     return found
