@@ -11,7 +11,8 @@ or of a ConvTranspose (W (C_in, C_out/g, *k): row i of dim 0). Each draws its si
 with probability `excitatory`, from a CPU generator seeded by (seed, the layer's name): the
 same on every DDP rank and at every call. Its weights take that sign at once, magnitudes kept
 (a 0 becomes ±1e-10), and after every optimiser step (`after_step`, `attach`) a weight that
-would flip is held at ±1e-10 of its unit's sign: W ← s · max(s · W, eps). The signs are the
+would flip is held at ±1e-10 of its unit's sign: W ← s · max(s · W, eps) (in fp16 eps is
+6.1e-5, its smallest normal number, as 1e-10 would round to ±0). The signs are the
 persistent buffer `dale_sign`, (C_in,) of ±1 in W's dtype: it moves with the layer, is saved
 and loaded with it, and `feedback_buffers` names it, so `exclude_feedback_from_ddp` keeps DDP
 from broadcasting it.
@@ -85,7 +86,7 @@ from biograd._check import problem
 from biograd._seed import generator, mix
 from biograd.nn.layers import DROP_INS, FeedbackLayer
 from biograd.nn.local import LocallyConnected2d
-from biograd.signs import hold_sign_
+from biograd.signs import floor, hold_sign_
 
 if TYPE_CHECKING:
     from biograd.convert import Patterns
@@ -260,7 +261,7 @@ def dale(
         else:
             module.register_buffer(DALE_SIGN, sign)
         with torch.no_grad():
-            weight.abs_().clamp_(min=EPS).mul_(unit_signs(module))
+            weight.abs_().clamp_(min=floor(EPS, weight.dtype)).mul_(unit_signs(module))
             if balance:
                 unbalanced = _balance_(weight, module)
                 if unbalanced:

@@ -360,3 +360,23 @@ def test_the_run_folder_keeps_its_log_and_environment(tmp_path):
     for key in ("torch", "device", "world_size", "git_commit", "python"):
         assert key in start, key
     assert start["device"] == "cpu" and start["world_size"] == 1
+
+
+@pytest.mark.parametrize(("rule", "shown", "absent"), [
+    ("ss", "mean angle(W, B) ", "to bp's gradient"),
+    ("dfa", "mean angle to bp's gradient ", "angle(W, B)"),  # dfa's B is not W's shape
+    ("bp", "mean angle(W, B) ", "to bp's gradient"),  # B = W: 0°
+])
+def test_the_epoch_line_shows_the_angle_the_rule_has(tmp_path, rule, shown, absent):
+    from biograd.cli import main
+
+    out = tmp_path / rule
+    assert main(["train", "--data", "digits", "--model", "small_cnn", "--rule", rule,
+                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16",
+                 "--progress", "none", "--tensorboard", "false", "--angle-batch", "16",
+                 "--out", str(out)]) == 0
+    line = next(line for line in (out / "train.log").read_text().splitlines()
+                if "epoch 1/1: " in line)
+    assert "nan" not in line and absent not in line, line
+    value = float(line.split(shown)[1].split("°")[0])
+    assert value == 0 if rule == "bp" else 0 < value < 180, line

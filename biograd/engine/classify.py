@@ -6,7 +6,6 @@ classifier's learning rate. The loop, checkpoints and the rest are in engine/loo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -55,8 +54,7 @@ def evaluate(ctx: loop.Context, loader: DataLoader) -> dict[str, float]:
 
 def summary(m: dict[str, Any]) -> str:
     return (f"train loss {m['train_loss']:.4f}, val top-1 {m['val_top1']:.2f}%, top-5 "
-            f"{m['val_top5']:.2f}%, mean angle {m.get('mean_weight_angle', math.nan):.1f}°, "
-            f"{m['images_per_second']:.0f} img/s")
+            f"{m['val_top5']:.2f}%{loop.angle_text(m)}, {m['images_per_second']:.0f} img/s")
 
 
 def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:

@@ -69,9 +69,8 @@ def make_evaluate(data):
 
 
 def summary(m: dict[str, Any]) -> str:
-    angle = m.get("mean_weight_angle", math.nan)
     return (f"train loss {m['train_loss']:.4f}, AP {m.get('AP', math.nan):.1f}, AP50 "
-            f"{m.get('AP50', math.nan):.1f}, mean angle {angle:.1f}°, "
+            f"{m.get('AP50', math.nan):.1f}{loop.angle_text(m)}, "
             f"{m['images_per_second']:.1f} img/s")
 
 

@@ -252,6 +252,17 @@ def _rule_mean(ctx: Context, values: dict[str, float]) -> float:
     return sum(picked) / len(picked) if picked else math.nan
 
 
+def angle_text(m: dict[str, Any]) -> str:
+    """The epoch line's angle: the mean angle(W, B), or where the rule has none (dfa's B is
+    not W's shape) the mean angle to bp's gradient; nothing where neither was measured (bp)."""
+    for key, label in (("mean_weight_angle", "mean angle(W, B)"),
+                       ("mean_gradient_angle", "mean angle to bp's gradient")):
+        value = m.get(key)
+        if value is not None and math.isfinite(value):
+            return f", {label} {value:.1f}°"
+    return ""
+
+
 def step_angles(ctx: Context, epoch: float, step: int) -> dict[str, Any]:
     """The weight angles now, and each converted layer's excess kurtosis of W (the shape of
     its weights' distribution, which ss's angle reads: 0 for Gaussian weights), for

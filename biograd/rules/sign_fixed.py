@@ -2,7 +2,8 @@
 
 B = s · sign(W₀), the signs of W at conversion, fixed; and after every optimiser step the
 forward weights are held to those same signs (a weight that would flip is clamped at ±1e-10 of
-its sign), so feedback never needs to learn W's signs: no weight transport, not even of signs.
+its sign; in fp16 at 6.1e-5, its smallest normal number), so feedback never needs to learn
+W's signs: no weight transport, not even of signs.
 Where W₀ is exactly 0, the sign is drawn at random.
 """
 
