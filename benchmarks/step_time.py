@@ -310,6 +310,13 @@ def main(args: argparse.Namespace) -> dict:
     for r in rules:
         biograd.get_rule(r)  # unknown names fail now, with the list of valid ones
     command = "python " + shlex.join(sys.argv)
+    if args.compile:
+        # every variant is alive at once, so each is a cache entry of the same code (ResNet's
+        # forward), and dfa's graph breaks make each of its layer shapes one of the layers'
+        # code: past torch's default of 8 the rest would silently run eagerly. Room for all,
+        # and an error rather than an eager fallback should a variant still run out of it.
+        torch._dynamo.config.recompile_limit = 64
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
     variants = [Variant(r, device, args.amp, args.channels_last, args.compile,
                         args.compile_mode, args.model, args.classes, max(args.sizes))
                 for r in [NATIVE, *rules]]

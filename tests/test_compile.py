@@ -4,6 +4,7 @@ without a C++ compiler)."""
 
 import contextlib
 import copy
+import itertools
 
 import pytest
 import torch
@@ -50,3 +51,24 @@ def test_compiled_training_matches_eager_without_recompiling(rule):
     for (name, a), b in zip(eager.state_dict().items(), twin.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(b, a, msg=name)
+
+
+def test_dfa_compiles_every_layer_shape_past_torchs_default_limit():
+    """dfa breaks the graph at each layer, so each distinct layer shape is a cache entry of the
+    layers' own code: ten here, past torch's default limit of 8, where torch would otherwise
+    run the rest eagerly. The engine's compile_model makes room for them."""
+    import torch._dynamo as dynamo
+
+    from biograd.engine.loop import compile_model
+
+    dynamo.reset()
+    torch.manual_seed(0)
+    widths = [3, *range(4, 14)]  # ten Linear layers, each of another shape
+    layers = [m for a, b in itertools.pairwise(widths) for m in (nn.Linear(a, b), nn.ReLU())]
+    model = biograd.convert(nn.Sequential(*layers[:-1]), "dfa", seed=0)
+    with dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=8):
+        compiled = compile_model(model, model, "default", backend="aot_eager")
+        for _ in range(3):
+            F.cross_entropy(compiled(torch.randn(4, 3)), torch.randint(0, 13, (4,))).backward()
+            biograd.after_step(model)
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())

@@ -425,6 +425,25 @@ def compile_notes(model: nn.Module) -> list[str]:
     return sorted(notes - {""})
 
 
+def compile_model(runner: nn.Module, model: nn.Module, mode: str,
+                  backend: str = "inductor") -> nn.Module:
+    """torch.compile(runner), after logging the rules' compile notes. A rule that breaks the
+    graph at each layer (dfa) makes every distinct layer shape a cache entry of the layers' own
+    code, past torch's default limit of 8 (ResNet-18 needs 11), after which torch would run the
+    rest eagerly: the limit is raised to two per converted layer."""
+    import torch._dynamo
+
+    for note in compile_notes(model):
+        log.warning(note)
+    if any(layer.learning_rule.direct for _, layer in biograd.feedback_layers(model)):
+        layers = sum(1 for _ in biograd.feedback_layers(model))
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, 2 * layers)
+    if backend != "inductor":  # a mode is inductor's
+        return torch.compile(runner, backend=backend)
+    return torch.compile(runner, mode=mode)
+
+
 def sync_batchnorm(model: nn.Module, cfg: RunConfig, dist: distributed.Dist,
                    device: torch.device) -> nn.Module:
     """With cfg.sync_bn under torchrun, every BatchNorm as torch's SyncBatchNorm (the same
@@ -453,9 +472,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         runner = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        for note in compile_notes(model):
-            log.warning(note)
-        runner = torch.compile(runner, mode=cfg.compile_mode)
+        runner = compile_model(runner, model, cfg.compile_mode)
     ctx = Context(cfg, dist, device, task, runner, optimizer, scheduler, scaler, runlog)
 
     start_epoch, best, elapsed = 1, -math.inf, 0.0
