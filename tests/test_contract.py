@@ -186,6 +186,26 @@ def test_gradcheck_float64(case, rule, monkeypatch):
                                     nondet_tol=NONDET_TOL)
 
 
+UNBATCHED = [("conv1d", lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1), (4, 9)),
+             ("conv2d_reflect", lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+              (3, 6, 6)),
+             ("convtranspose2d", lambda: nn.ConvTranspose2d(4, 6, 3, stride=2), (4, 5, 5))]
+
+
+@pytest.mark.parametrize("rule", TRANSPOSED)  # dfa: the model's output needs a batch
+@pytest.mark.parametrize("case", UNBATCHED, ids=[c[0] for c in UNBATCHED])
+def test_unbatched_input_is_taken_as_torch_takes_it(case, rule):
+    _, factory, shape = case
+    reference, layer = make(factory, rule)
+    x = torch.randn(shape)
+    grad_out = torch.randn(reference(x).shape)
+    y, gx, g = run(layer, x, grad_out)
+    y1, gx1, g1 = run(layer, x[None], grad_out[None])  # as a batch of one
+    assert torch.equal(y, reference(x)) and torch.equal(y, y1[0]) and torch.equal(gx, gx1[0])
+    for name, grad in g.items():
+        assert torch.equal(grad, g1[name]), name
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_output_can_be_modified_in_place(case, rule):
     _, factory, shape = case

@@ -157,6 +157,25 @@ def test_kp_difference_to_weight_decays_by_one_minus_lr_times_decay():
         assert end[name] < start[name] / 3, name
 
 
+@pytest.mark.parametrize("make", [lambda: nn.Linear(6, 4), lambda: nn.Conv2d(2, 4, 3),
+                                  lambda: biograd.nn.LocallyConnected2d(2, 4, 3, (5, 5))])
+def test_kp_feedback_stays_while_its_weight_is_frozen(make):
+    """B's increment is W's: freeze W (after converting) and B stands still; unfreeze the
+    layer and both learn again."""
+    torch.manual_seed(0)
+    layer = biograd.convert(nn.Sequential(make()), "kp")[0]
+    x = torch.randn(3, 6) if isinstance(layer, nn.Linear) else torch.randn(3, 2, 5, 5)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, weight_decay=0.01)
+    for frozen in (True, False):
+        layer.weight.requires_grad_(not frozen)
+        b = layer.feedback.detach().clone()
+        layer(x.requires_grad_()).square().sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert (layer.feedback.grad is None) and torch.equal(layer.feedback, b) == frozen
+        assert x.grad is not None and x.grad.abs().sum() > 0  # errors still go down through B
+
+
 @pytest.mark.parametrize("layer", [Linear(64, 32, rule="wm"), Conv2d(8, 16, 3, rule="wm")])
 def test_wm_mirror_phase_aligns_feedback(layer):
     start = biograd.weight_angles(layer)[""]

@@ -448,7 +448,10 @@ def sync_batchnorm(model: nn.Module, cfg: RunConfig, dist: distributed.Dist,
                    device: torch.device) -> nn.Module:
     """With cfg.sync_bn under torchrun, every BatchNorm as torch's SyncBatchNorm (the same
     Parameter and buffer objects); otherwise the model as it is."""
-    if not cfg.sync_bn or not dist.enabled:
+    if not cfg.sync_bn:
+        return model
+    if not dist.enabled:
+        log.info("--sync-bn: one process has no batch statistics to share: BatchNorm as it is")
         return model
     if device.type == "cpu":
         raise UsageError("--sync-bn: torch's SyncBatchNorm syncs GPU tensors only; leave it "

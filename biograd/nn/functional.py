@@ -70,12 +70,13 @@ class _Linear(torch.autograd.Function):
             grad_x = _as(ctx.direct(x.shape), ctx.x_dtype)
         elif need_x:
             grad_x = _as(grad @ _as(ctx.make(weight), grad.dtype), ctx.x_dtype)
-        if need_w or need_learned:
+        if need_w:
             g2 = grad.reshape(-1, grad.shape[-1])  # (n, out)
             grad_w = _as(g2.T @ x.reshape(-1, x.shape[-1]), weight.dtype)  # (out, in)
         if need_b:
             grad_b = _as(grad.reshape(-1, grad.shape[-1]).sum(0), ctx.bias_dtype)
-        return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
+        # kp's learned B takes W's gradient, and none where W is frozen (B's increment is W's)
+        return (grad_x, grad_w, grad_b, grad_w if need_learned else None,
                 None, None)
 
 
@@ -111,14 +112,16 @@ class _Conv(torch.autograd.Function):
             transposed,
             output_padding,
             groups,
-            [need_x and direct is None, need_w or need_learned, need_b],
+            [need_x and direct is None, need_w, need_b],
         )
         if direct is not None:
             grad_x = direct(x.shape)
         grad_x = _as(grad_x, ctx.x_dtype)
-        grad_w = _as(grad_w, weight.dtype)
+        # aten may return a weight gradient it was not asked for (CPU, mkldnn): dropped here
+        grad_w = _as(grad_w, weight.dtype) if need_w else None
         grad_b = _as(grad_b, ctx.bias_dtype)
-        return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
+        # kp's learned B takes W's gradient, and none where W is frozen (B's increment is W's)
+        return (grad_x, grad_w, grad_b, grad_w if need_learned else None,
                 None, None, None, None, None, None, None, None)
 
 
@@ -165,12 +168,13 @@ class _Local(torch.autograd.Function):
         if need_x and ctx.direct is None:  # δcols[:, :, p] = δy[:, :, p] B[p]
             b = _as(ctx.make(weight), grad.dtype)
             grad_x = _as(g.bmm(b).permute(1, 2, 0), ctx.x_dtype)  # (P, N, K) -> (N, K, P)
-        if need_w or need_learned:  # δW[p] = δy[:, :, p]ᵀ cols[:, :, p]
+        if need_w:  # δW[p] = δy[:, :, p]ᵀ cols[:, :, p]
             grad_w = _as(g.transpose(1, 2).bmm(_by_position(cols)), weight.dtype)  # (P, C_out, K)
         if need_b:
             grad_b = _as(g.sum(1).T, ctx.bias_dtype)  # (C_out, P)
         # (a direct rule's δx reaches the layer's input through `project_input`, not cols)
-        return (grad_x, grad_w if need_w else None, grad_b, grad_w if need_learned else None,
+        # kp's learned B takes W's gradient, and none where W is frozen (B's increment is W's)
+        return (grad_x, grad_w, grad_b, grad_w if need_learned else None,
                 None, None)
 
 
@@ -235,9 +239,12 @@ def feedback_conv(
     """An N-d convolution (zero padding given as ints), with δx = conv_transpose(δy, B);
     or, `transposed`, an N-d transposed convolution, with δx = conv(δy, B).
 
-    x: (N, C_in, *spatial); weight: (C_out, C_in / groups, *kernel), or transposed
-    (C_in, C_out / groups, *kernel).
+    x: (N, C_in, *spatial), or unbatched (C_in, *spatial) as torch's layers take it; weight:
+    (C_out, C_in / groups, *kernel), or transposed (C_in, C_out / groups, *kernel).
     """
+    if x.dim() == weight.dim() - 1:  # unbatched: aten's convolution wants the batch dimension
+        return feedback_conv(x.unsqueeze(0), weight, bias, feedback, stride, padding, dilation,
+                             groups, transposed, output_padding).squeeze(0)
     # tuples as the layers keep them: aten takes any int sequence, and a list() per argument
     # per call is host time on every step
     if output_padding is None:

@@ -11,7 +11,7 @@ zero, vanishing ones.)
 
 Cost and accuracy: a pass is two matrix products of N × fan_in × fan_out, 4·N·|W| flops. The
 estimate averages about 2N/rate samples, so the angle to W settles near
-atan(sqrt(fan_in · rate / (2N))): about 6° for fan_in 288, 20° for fan_in 4608, with the
+atan(sqrt(fan_in · rate / (2N))): about 6° for fan_in 288, 23° for fan_in 4608, with the
 defaults; raise `samples` or lower `rate` for wide layers.
 
 Akrout's toy code uses uniform noise of amplitude 0.1 and η_B = 0.01 without normalising by the
