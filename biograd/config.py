@@ -238,6 +238,21 @@ def find_config(path: Path | str) -> Path:
                      f"{CONFIGS}: {', '.join(f + '/' for f in folders)})")
 
 
+def saved_config(out: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
+    """The fields of the run in `out` (its config.yaml; none if it has none), less those that
+    belong to one start only (resume, accept_changes)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = load_yaml_text(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"--resume: {path} is not valid YAML ({str(err).splitlines()[0]}): "
+                         f"restore it, or give every option of the run again") from None
+    known = {f.name for f in dataclasses.fields(cls)} - {"resume", "accept_changes"}
+    return {k: v for k, v in data.items() if k in known} if isinstance(data, dict) else {}
+
+
 def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     """The fields a YAML config file (or installed recipe) sets, checked against the task's
     config class."""
@@ -259,7 +274,9 @@ def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
 
 def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = TrainConfig,
             **overrides: Any) -> Any:
-    """Defaults, then the YAML file in args.config, then flags, then `overrides`; validated."""
+    """Defaults, then the YAML file in args.config, then flags, then `overrides`; validated.
+    A resume (resume and out set) starts from the run folder's config.yaml instead of the
+    defaults, so `--out RUN --resume` alone continues the run as it was."""
     values: dict[str, Any] = {}
     known = {f.name for f in dataclasses.fields(cls)}
     if args is not None:
@@ -269,6 +286,8 @@ def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = Train
             values.update(load_yaml(path, cls))
         values.update({k: v for k, v in given.items() if k in known})
     values.update(overrides)
+    if values.get("resume") and values.get("out"):
+        values = {**saved_config(Path(values["out"]), cls), **values}
     cfg = cls(**values)
     validate(cfg)
     # canonical names, so that run folders and reports group "usf" with "ss"

@@ -91,6 +91,34 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, rule):
     assert strip == again
 
 
+def test_resume_needs_only_the_run_folder(tmp_path, monkeypatch):
+    # training.md: "biograd train --out runs/fm-ss --resume   # continue after a stop"
+    from biograd.cli import main
+
+    flags = ["--rule", "kp", "--model", "small_cnn", "--epochs", "2", "--steps-per-epoch",
+             "2", "--batch-size", "8", "--lr", "0.02", "--schedule", "step", "--step-size", "1",
+             "--progress", "none", "--tensorboard", "false", "--angle-batch", "0"]
+    assert main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
+    real = loop.train_one_epoch
+
+    def stopping(ctx, loader, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(ctx, loader, epoch)
+
+    monkeypatch.setattr(loop, "train_one_epoch", stopping)
+    assert main(["train", *flags, "--out", str(tmp_path / "parts")]) == 130
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    assert main(["train", "--out", str(tmp_path / "parts"), "--resume"]) == 0
+    a, b = (torch.load(tmp_path / n / checkpoint.NAME, weights_only=True)
+            for n in ("whole", "parts"))
+    assert a["config"] == {**b["config"], "out": a["config"]["out"], "resume": False}
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    # an option given again overrides the saved one, and is checked against it
+    assert main(["train", "--out", str(tmp_path / "parts"), "--resume", "--lr", "0.1"]) == 2
+
+
 @pytest.mark.parametrize("rule", ["brsf", "wm", "dfa"])
 def test_measuring_angles_moves_nothing_training_uses(tmp_path, rule):
     # rank 0 alone measures: any state the measurement moved would split the ranks
