@@ -158,6 +158,23 @@ def test_misuse_says_what_to_do():
         seq_first(x.requires_grad_()).view(3, 5, 2).transpose(0, 1).sum().backward()
 
 
+def test_an_output_modified_in_place_gives_e_unless_it_is_a_view():
+    # rules.md: modified in place, the output still gives e, unless it is a view
+    x, y = torch.randn(5, 6), torch.randint(0, 4, (5,))
+    grads = []
+    for scale in ("in place", "a copy"):
+        model = biograd.convert(mlp(), "dfa", last="dfa", seed=0)
+        out = model(x)
+        out = out.mul_(2) if scale == "in place" else out * 2
+        F.cross_entropy(out, y).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+    viewed = biograd.convert(nn.Sequential(mlp(), nn.Unflatten(1, (2, 2))), "dfa", seed=0)
+    with pytest.raises(RuntimeError, match="not modified in place"):
+        viewed(x).mul_(2).sum().backward()
+
+
 def test_copies_unconvert_and_release_leave_no_hooks_behind():
     model = biograd.convert(mlp(), "dfa", seed=0)
     twin = copy.deepcopy(model)

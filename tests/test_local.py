@@ -165,8 +165,8 @@ def test_every_parameter_gets_a_gradient_and_output_can_be_modified_in_place(cas
     _, kwargs, shape = case
     reference, layer = make(kwargs, rule)
     x = torch.randn(shape, requires_grad=True)
-    # (under dfa the layer is the model, and a model's output is where dfa's hook takes e:
-    # modified in place it loses the hook, and dfa says so)
+    # (under dfa the layer is the model, and its output, a view, is where dfa's hook takes
+    # e: modified in place it would lose the hook, and dfa says so)
     y = torch.relu(layer(x)) if layer.learning_rule.direct else nn.ReLU(inplace=True)(layer(x))
     y.square().sum().backward()
     assert torch.equal(y, torch.relu(reference(x)))
