@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from biograd._seed import mix
@@ -188,6 +189,10 @@ def convert(
             held.append(name)  # until it is converted below
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
+        if is_lazy(module._parameters.get(cls.weight_name)):
+            raise ValueError(f"{name or type(module).__name__}: a lazy layer, whose weight has "
+                             f"no shape yet: run one forward pass of the model before "
+                             f"biograd.convert")
         chosen = next((r for pat, r in choices.items() if _matches(name, pat)), None)
         if chosen is None:
             chosen = last_rule if last_rule is not None and name == last_name else default

@@ -200,3 +200,11 @@ def test_transposed_convolutions_convert(layer, shape):
     model = biograd.convert(nn.Sequential(layer), "fa")
     assert isinstance(model[0], FeedbackLayer) and isinstance(model[0], type(layer))
     assert not biograd.report(model).transport
+
+
+def test_a_lazy_layer_is_refused_until_a_forward_gives_it_a_shape():
+    model = nn.Sequential(nn.Linear(4, 5), nn.LazyLinear(3))
+    with pytest.raises(ValueError, match=r"^1: a lazy layer.*run one forward pass"):
+        biograd.convert(model, "fa")
+    model(torch.randn(2, 4))
+    assert isinstance(biograd.convert(model, "fa")[1], biograd.nn.Linear)
