@@ -154,3 +154,14 @@ def test_unconvert_a_bare_layer_and_a_subclass():
     timm_linear = pytest.importorskip("timm.layers.linear").Linear
     model = biograd.convert(nn.Sequential(timm_linear(4, 3)), "ss")
     assert type(biograd.unconvert(model)[0]) is timm_linear  # the class it had before
+
+
+def test_a_loaded_step_counter_outlives_the_feedback_drawn_for_absent_state():
+    # brsf saved with fresh="full" has no pool: loading into fresh="window" draws the pool
+    # anew, and the step loaded with it stays
+    full = biograd.nn.Linear(6, 4, rule=biograd.get_rule("brsf", fresh="full"), seed=3)
+    full.feedback_step.fill_(5)
+    window = biograd.nn.Linear(6, 4, rule="brsf", seed=3)
+    window.load_state_dict(full.state_dict())
+    assert int(window.feedback_step) == 5
+    assert window.feedback_pool.numel() >= window.weight.numel()

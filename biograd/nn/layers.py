@@ -200,7 +200,11 @@ class FeedbackLayer(nn.Module):
         if prefix + "feedback_seed" in state_dict:
             self.feedback_seed = int(state_dict[prefix + "feedback_seed"])
         if absent:
+            loaded = counted and prefix + "feedback_step" in state_dict
+            step = int(self.feedback_step) if loaded else None
             rule.setup(self, generator(mix(self.feedback_seed, "setup")))
+            if step is not None:  # setup starts the counter at 0: keep the loaded one
+                self.feedback_step.fill_(step)
             log.debug("%s: no feedback state in the checkpoint, drawn anew", prefix or "layer")
         elif counted and isinstance(old, dict):
             self.feedback_step.fill_(int(old["step"]))
