@@ -32,9 +32,12 @@ def _rules(text: str) -> list[str]:
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s]
+        seeds = [int(s) for s in text.split(",") if s]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds are integers like 0,1,2, not {text!r}") from None
+        seeds = [-1]
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds are integers >= 0 like 0,1,2, not {text!r}")
+    return seeds
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

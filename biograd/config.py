@@ -346,6 +346,14 @@ def validate(cfg: RunConfig) -> None:
                          "too (e.g. --dale 0.8)")
     if cfg.amp == "fp16" and cfg.device == "cpu":
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
+    if cfg.schedule != "step":
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING
+                    else f.default_factory() for f in dataclasses.fields(cfg)}
+        unused = [f"--{k.replace('_', '-')}" for k in ("step_size", "gamma", "milestones")
+                  if getattr(cfg, k) != defaults[k]]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} shape(s) the step schedule, but the schedule "
+                             f"is {cfg.schedule!r}: add --schedule step, or leave them out")
 
 
 #: Why a detector cannot run on a direct rule (dfa).

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import pytest
 from PIL import Image
 
 from biograd.cli import main
@@ -19,6 +20,8 @@ def test_compare_writes_report_csv_and_figures(tmp_path, capsys):
     report = (out / "report.md").read_text()
     for rule in ("bp", "ss", "fa"):
         assert f"| {rule} |" in report or f"| `{rule}` |" in report, rule
+    bp_row = next(line for line in report.splitlines() if line.startswith("| `bp` |"))
+    assert "| 0.0 |" in bp_row and "0 under bp, whose B is W" in report  # as it says
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["rule"] for r in rows] == ["bp", "ss", "fa"]
@@ -29,6 +32,18 @@ def test_compare_writes_report_csv_and_figures(tmp_path, capsys):
     before = (out / "ss" / "metrics.jsonl").read_text()
     assert main(["compare", "--rules", "bp,ss,fa", *QUICK, "--out", str(out), "--resume"]) == 0
     assert (out / "ss" / "metrics.jsonl").read_text() == before
+
+
+def test_compare_checks_every_run_before_training_any(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # dfa, last, has no detector: refused before fa trains
+    assert main(["compare", "--task", "detection", "--rules", "fa,dfa", "--data",
+                 str(tmp_path / "shapes"), "--out", str(out)]) == 2
+    assert "dfa" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse's own one-line error
+        main(["compare", "--rules", "bp", "--seeds", "0,-1", *QUICK, "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    assert "seeds are integers >= 0" in capsys.readouterr().err
 
 
 def test_compare_over_seeds_reports_spread(tmp_path):

@@ -143,3 +143,12 @@ def test_help_gives_each_default_once_and_the_rule_names(command, capsys):
     rule = next(b for b in blocks if b.startswith("--rule RULE"))
     assert all(name in rule for name in biograd.list_rules())
     assert "the seed's" not in text  # --seed is the run's seed; the paper is "the paper"
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, DetectConfig])
+@pytest.mark.parametrize("given", [{"milestones": [3]}, {"gamma": 0.5}, {"step_size": 7}])
+def test_step_options_without_the_step_schedule_are_refused(cls, given):
+    with pytest.raises(UsageError, match="add --schedule step"):
+        resolve(cls=cls, schedule="cosine", **given)
+    assert resolve(cls=cls, schedule="step", **given).schedule == "step"
+    assert resolve(cls=cls, schedule="cosine").schedule == "cosine"  # defaults alone pass

@@ -96,3 +96,17 @@ def test_pretrained_reads_the_local_cache_and_never_downloads(tmp_path, monkeypa
     task = classify.build(cfg, distributed.Dist(), torch.device("cpu"))
     assert torch.equal(task.model.conv1.weight, cached.conv1.weight)
     assert task.model.fc.weight.shape == (10, 512)  # its own classifier, not the cache's
+
+    # the run's checkpoints hold every weight: eval and resume need no cache
+    argv[argv.index("--steps-per-epoch") + 1] = "1"
+    assert main(argv) == 0
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "elsewhere"))
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
+                 "--accept-changes"]) == 0
+
+
+def test_an_fp16_run_is_refused_on_the_cpu_its_device_resolves_to(tmp_path, capsys):
+    # --device auto finds no GPU here: the refusal reads the device the run would use
+    assert main(["train", "--amp", "fp16", *RUN, "--out", str(tmp_path / "run")]) == 2
+    assert "this run's device is the CPU" in capsys.readouterr().err

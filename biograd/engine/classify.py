@@ -68,7 +68,8 @@ def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loo
         bundle = hold_out(bundle, cfg.val_split)
     model = build_model(cfg.model, num_classes=bundle.num_classes,
                         in_channels=bundle.in_channels, image_size=bundle.image_size,
-                        pretrained=cfg.pretrained, **cfg.model_options)
+                        pretrained=cfg.pretrained and not cfg.resume,  # the checkpoint's
+                        **cfg.model_options)
     if cfg.unshare:
         example = torch.zeros(1, bundle.in_channels, bundle.image_size, bundle.image_size)
         try:

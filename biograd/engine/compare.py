@@ -49,6 +49,9 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
     out = Path(base.out)
     seeds = seeds or [base.seed]
     several = len(seeds) > 1
+    for seed in seeds:  # every run checked before any trains
+        for rule in rules:
+            validate(dataclasses.replace(base, rule=rule, seed=seed))
     paths = []
     for seed in seeds:
         for rule in rules:

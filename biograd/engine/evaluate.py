@@ -57,9 +57,14 @@ def evaluate_checkpoint(target: str | Path, *, which: str = "best", data: str | 
     cls = DetectConfig if "backbone" in saved else TrainConfig
     known = {f.name for f in dataclasses.fields(cls)}
     cfg = cls(**{k: v for k, v in saved.items() if k in known})
+    # the checkpoint holds every weight: no pretrained file is read; and fp16, which the CPU
+    # does not train in, is scored in float32 there
     cfg = dataclasses.replace(cfg, device=device, resume=False, tensorboard=False,
                               angle_batch=0, **({"data": data} if data else {}),
-                              **({"data_root": data_root} if data_root else {}))
+                              **({"data_root": data_root} if data_root else {}),
+                              **({"pretrained": False} if "pretrained" in known else {}),
+                              **({"amp": "none"} if cfg.amp == "fp16" and dev.type == "cpu"
+                                 else {}))
     validate(cfg)
     if cls is DetectConfig:
         from biograd.engine.detect import build

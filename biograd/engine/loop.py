@@ -344,6 +344,9 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         raise UsageError("no run folder: set out (--out)")
     out = Path(cfg.out)
     device = distributed.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if cfg.amp == "fp16" and device.type == "cpu":  # --device auto found no GPU
+        raise UsageError("--amp fp16 needs a GPU, and this run's device is the CPU; use --amp "
+                         "bf16 on the CPU")
     dist = distributed.setup(device)
     if dist.main:
         check_out(cfg, out)
