@@ -66,6 +66,32 @@ def test_init_checkpoint_starts_from_plain_weights(run, tmp_path):
     assert (state["0.feedback"] > 0).all()
 
 
+@pytest.mark.parametrize(("flags", "seed"), [(["--rule", "ss"], "0"), (["--rule", "fa"], "5"),
+                                            (["--rule", "kp", "--dale", "0.8"], "0")])
+def test_init_checkpoint_takes_the_weights_and_derives_the_rest(run, tmp_path, flags, seed):
+    # weights only, whatever rule or Dale signs the file's run had; feedback from the new
+    # run's seed and the loaded weights; under --dale the run's signs on the loaded magnitudes
+    out = tmp_path / "tuned"
+    assert main(["train", *flags, "--seed", seed, "--epochs", "1", "--lr", "1e-30", *RUN,
+                 "--init-checkpoint", str(run / checkpoint.BEST), "--out", str(out)]) == 0
+    start = torch.load(run / checkpoint.BEST, weights_only=True)["model"]
+    state = torch.load(out / checkpoint.NAME, weights_only=True)["model"]
+    weights = [k for k in start if k.endswith((".weight", ".bias"))]
+    signs = {k.removesuffix(".dale_sign"): v for k, v in state.items() if k.endswith("dale_sign")}
+    assert weights and (signs or "--dale" not in flags)
+    for key in weights:
+        owner = key.rsplit(".", 1)[0]
+        if key.endswith(".weight") and owner in signs:  # Dale: |W| kept, signs the unit's
+            w = state[key]
+            unit = signs[owner].view(1, -1, *[1] * (w.dim() - 2)).expand_as(w)
+            assert torch.equal(w.sign(), unit), key
+            torch.testing.assert_close(w.abs(), start[key].abs().clamp(min=1e-10))
+        else:
+            assert torch.equal(state[key], start[key]), key
+    if flags[1] == "fa":  # B drawn from the run's seed, not the file's B
+        assert not torch.equal(state["0.feedback"], start["0.feedback"])
+
+
 def test_init_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys):
     torch.save({"something": torch.zeros(3)}, tmp_path / "other.pt")
     assert main(["train", *RUN, "--init-checkpoint", str(tmp_path / "other.pt"),

@@ -364,7 +364,7 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         task = build(cfg, dist, device)  # (convert logs the conversion report)
         if cfg.init_checkpoint and not cfg.resume:
-            load_weights(task.model, cfg.init_checkpoint, device)
+            load_weights(task.model, cfg.init_checkpoint, device, cfg)
         return _fit(cfg, dist, device, task, out, runlog)
     finally:
         runlog.close()
@@ -379,10 +379,14 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
             gc.collect()
 
 
-def load_weights(model: nn.Module, path: str | Path, device: torch.device) -> None:
-    """Weights from `path` into `model`, in place (strict): a torch or biograd state dict, a
-    biograd checkpoint (its "model"), or a .safetensors file. Feedback a plain file lacks is
-    derived from the loaded weights, as converting after loading would."""
+def load_weights(model: nn.Module, path: str | Path, device: torch.device,
+                 cfg: RunConfig | None = None) -> None:
+    """Weights from `path` into `model`, in place: a torch or biograd state dict, a biograd
+    checkpoint (its "model"), or a .safetensors file. Weights only: a file's feedback state
+    (of whichever rule) and Dale signs are left out, the feedback is derived from the loaded
+    weights with the run's seed, as converting after loading would, and under cfg.dale the
+    loaded weights take the run's Dale signs, as biograd.dale gives them. Every other tensor
+    must fit (strict)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--init-checkpoint: no file {path}")
@@ -395,13 +399,29 @@ def load_weights(model: nn.Module, path: str | Path, device: torch.device) -> No
         state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise UsageError(f"--init-checkpoint: {path} holds no state dict")
+    own = {name for name, _ in biograd.feedback_layers(model)}
+    derived = {name for rule in biograd.list_rules() for name in biograd.get_rule(rule).state}
+    derived |= {"feedback_seed", "_extra_state"}
+
+    def weights_only(key: str) -> bool:
+        owner, _, leaf = key.rpartition(".")
+        return not (leaf == "dale_sign" or (owner in own and leaf in derived))
+
+    kept = {k: v for k, v in state.items() if weights_only(k)}
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+        lacking = [k for k in missing if weights_only(k)]
+        if lacking or unexpected:
+            raise RuntimeError("\n" + "; ".join(
+                f"{what} key(s): {', '.join(keys)}" for what, keys in
+                (("missing", lacking), ("unexpected", unexpected)) if keys))
     except RuntimeError as err:
         detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
         raise UsageError(f"--init-checkpoint: {path} does not fit the model ({detail[:300]})"
                          ) from None
-    log.info("weights from %s", path)
+    if cfg is not None and getattr(cfg, "dale", None) is not None:
+        biograd.dale(model, cfg.dale, seed=cfg.seed, balance=cfg.dale_balance)
+    log.info("weights from %s (%d tensors; feedback derived from them)", path, len(kept))
 
 
 def seed_rank_streams(cfg: RunConfig, dist: distributed.Dist, epoch: int) -> None:
