@@ -181,6 +181,7 @@ def convert(
     convertible = _convertible(model)
     last_name = convertible[-1][0] if convertible else None
     new: dict[int, nn.Module] = {}
+    switches: list[tuple[FeedbackLayer, Rule, int]] = []  # converted layers changing rule
     held: list[str] = []  # modules left as they are whose forward reads their children's W
     for name, module, cls in convertible:
         if any(name.startswith(f"{h}.") for h in held):
@@ -199,7 +200,7 @@ def convert(
         layer_seed = mix(seed, name)
         if isinstance(module, FeedbackLayer):
             if module.learning_rule != chosen:
-                module.set_rule(chosen, layer_seed)
+                switches.append((module, chosen, layer_seed))  # once nothing can fail
             continue
         if chosen.writes_weight and _computed_weight(module, cls.weight_name):
             log.info("%s: left alone: %s writes W, which its parametrisation computes",
@@ -211,10 +212,14 @@ def convert(
             raise ValueError(f"{name or type(module).__name__}: {err}") from None
         if held and held[-1] == name:
             held.pop()
+    for module, chosen, layer_seed in switches:
+        module.set_rule(chosen, layer_seed)
     model = _swap(model, new)
     if any(layer.learning_rule.direct for _, layer in feedback_layers(model)):
         found = model.__dict__.get("_biograd_error_source")
         error_source(model, found.source if found is not None else "")
+    else:  # no layer left on dfa: its hooks and table go
+        release(model)
     log.info("%s", report(model))
     return model
 

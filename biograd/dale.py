@@ -237,6 +237,7 @@ def dale(
               if isinstance(m, (*DROP_INS, LocallyConnected2d))]
     stem = layers[0][0] if layers and layers[0][1] is not model else None
     held, free, positive, total = 0, [], 0, 0
+    chosen: list[tuple[str, nn.Module, torch.Tensor]] = []
     for name, module in layers:
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
@@ -250,10 +251,12 @@ def dale(
         if not isinstance(module, FeedbackLayer) and _drop_in(module) is None:
             free.append(f"{name} (own forward: W's sign may not be its effect's)")
             continue
-        weight, why = _held(module)
+        weight, why = _held(module)  # raises for a lazy layer: before any layer changes
         if weight is None:
             free.append(f"{name} ({why})")
             continue
+        chosen.append((name, module, weight))
+    for name, module, weight in chosen:
         draw = torch.rand(_units(module), generator=generator(mix(seed, name, "dale")))
         sign = torch.where(draw < excitatory, 1.0, -1.0).to(weight.device, weight.dtype)
         if DALE_SIGN in module._buffers and module._buffers[DALE_SIGN].shape == sign.shape:

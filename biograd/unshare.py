@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from biograd.convert import Patterns, _matches, _swap, _walk
+from biograd.dale import DALE_SIGN
 from biograd.nn.local import LocallyConnected2d, _int_padding, output_size
+from biograd.rules.dfa import error_source
 
 log = logging.getLogger("biograd")
 
@@ -49,10 +51,15 @@ def unshare(model: nn.Module, example_input: Any, include: Patterns = None,
     new = {}
     for name, conv, size in sizes:
         try:
-            new[id(conv)] = LocallyConnected2d.from_conv(conv, size)
+            layer = new[id(conv)] = LocallyConnected2d.from_conv(conv, size)
         except ValueError as err:
             raise ValueError(f"{name or type(conv).__name__}: {err}") from None
+        if DALE_SIGN in conv._buffers:  # (C_in,) both: the channels keep their Dale signs
+            layer.register_buffer(DALE_SIGN, conv._buffers[DALE_SIGN].clone())
     model = _swap(model, new)
+    found = model.__dict__.get("_biograd_error_source")
+    if found is not None:  # the new layers on dfa take the model's output error too
+        error_source(model, found.source)
     log.info("biograd: unshared %d Conv2d layers: %s parameters before, %s after (x%.1f)",
              len(new), f"{before:,}", f"{_count(model):,}", _count(model) / max(before, 1))
     return model

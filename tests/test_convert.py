@@ -208,3 +208,29 @@ def test_a_lazy_layer_is_refused_until_a_forward_gives_it_a_shape():
         biograd.convert(model, "fa")
     model(torch.randn(2, 4))
     assert isinstance(biograd.convert(model, "fa")[1], biograd.nn.Linear)
+
+
+def test_a_refused_conversion_changes_nothing():
+    model = biograd.convert(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), "fa")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.append(nn.LazyLinear(2))
+    with pytest.raises(ValueError, match="lazy layer"):
+        biograd.convert(model, "ss")
+    assert [layer.rule for _, layer in biograd.feedback_layers(model)] == ["fa", "fa"]
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_hooks_registered_before_converting_are_removed_by_their_handles():
+    model, calls = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), []
+    handle = model[0].register_forward_hook(lambda *_: calls.append("before"))
+    biograd.convert(model, "fa")
+    model(torch.randn(2, 3))
+    handle.remove()
+    model(torch.randn(2, 3))
+    handle = model[0].register_forward_hook(lambda *_: calls.append("converted"))
+    biograd.unconvert(model)
+    model(torch.randn(2, 3))
+    handle.remove()
+    model(torch.randn(2, 3))
+    assert calls == ["before", "converted"]

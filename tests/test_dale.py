@@ -392,3 +392,13 @@ def test_locally_connected_layers_hold_one_sign_per_input_channel():
         sign = layer.dale_sign  # (C_in,)
         w = layer.weight.detach().view(*layer.weight.shape[:2], layer.in_channels, 9)
         assert torch.equal(torch.sign(w), sign.view(1, 1, -1, 1).expand_as(w))
+
+
+def test_a_refused_dale_changes_nothing():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3), nn.LazyLinear(2))
+    before = {k: v.clone() for k, v in model[:3].state_dict().items()}
+    with pytest.raises(ValueError, match="lazy layer"):
+        biograd.dale(model, first=True)
+    assert not any("dale_sign" in name for name, _ in model.named_buffers())
+    for key, value in model[:3].state_dict().items():
+        assert torch.equal(value, before[key]), key

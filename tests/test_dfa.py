@@ -210,3 +210,37 @@ def test_converting_more_layers_later_gives_them_the_models_error():
                for _, layer in biograd.feedback_layers(model))
     F.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 3])).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_a_wrong_source_name_leaves_the_model_as_it_was():
+    x, y = torch.randn(5, 6), torch.randint(0, 4, (5,))
+    model, fresh = biograd.convert(mlp(), "dfa", seed=0), biograd.convert(mlp(), "dfa", seed=0)
+    F.cross_entropy(model(torch.randn(3, 6)), torch.randint(0, 4, (3,))).backward()
+    model.zero_grad()
+    with pytest.raises(ValueError, match="no module 'nosuch'"):
+        biograd.error_source(model, "nosuch")
+    for run in (model, fresh):
+        F.cross_entropy(run(x), y).backward()
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_leaving_dfa_drops_its_hooks_and_table_and_copies_carry_no_table():
+    model = biograd.convert(mlp(), "dfa", seed=0)
+    F.cross_entropy(model(torch.randn(3, 6)), torch.randint(0, 4, (3,))).backward()
+    assert model._biograd_error_source.tables  # drawn at the first backward
+    for copied in (copy.deepcopy(model), pickle_round_trip(model)):
+        assert not copied._biograd_error_source.tables
+        F.cross_entropy(copied(torch.randn(3, 6)), torch.randint(0, 4, (3,))).backward()
+    biograd.convert(model, "fa")
+    assert "_biograd_error_source" not in model.__dict__
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def pickle_round_trip(model):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)

@@ -142,3 +142,27 @@ def test_what_has_no_locally_connected_form_is_refused_naming_the_layer(conv, ma
         biograd.unshare(model, x)
     biograd.unshare(model, x, exclude="1")  # and excluding it is the way through
     assert not lc_names(model)
+
+
+def two_convs():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+
+
+def test_unshare_after_dfa_and_after_dale_is_unshare_before_them():
+    """Either order gives one model: the unshared layers take dfa's output error, and keep
+    their channels' Dale signs."""
+    x, y = torch.randn(2, 2, 5, 5), torch.tensor([0, 2])
+    after = biograd.unshare(biograd.convert(biograd.dale(two_convs(), first=True), "dfa"), x)
+    before = biograd.convert(biograd.dale(biograd.unshare(two_convs(), x), first=True), "dfa")
+    assert after.state_dict().keys() == before.state_dict().keys()
+    for (name, a), b in zip(after.state_dict().items(), before.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    for model in (after, before):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        biograd.after_step(model)  # Dale's hold, on the unshared layers too
+    for a, b in zip(after.parameters(), before.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+    assert isinstance(after[2], LocallyConnected2d) and "dale_sign" in after[2]._buffers

@@ -350,13 +350,21 @@ DROP_INS: dict[type[nn.Module], type[FeedbackLayer]] = {
 }
 
 
+#: torch's hook dicts on every Module: the user's handles remove hooks from these dicts.
+HOOK_DICTS = frozenset(k for k, v in nn.Module().__dict__.items()
+                       if "hooks" in k and isinstance(v, dict))
+
+
 def copy_module(module: nn.Module, cls: type[nn.Module], skip: Collection[str] = ()) -> nn.Module:
     """A `cls` with `module`'s attributes (but `skip`): the same parameters, buffers and
-    submodules, in dicts of its own (hooks and the like too), so either can gain or lose one
-    without the other."""
+    submodules, in dicts of its own, so either can gain or lose one without the other; the
+    hook dicts themselves are shared, so that a handle the user holds from a hook registered
+    before converting (or unconverting) still removes it."""
     new = cls.__new__(cls)
     for key, value in module.__dict__.items():
-        if key not in skip:
+        if key in HOOK_DICTS:
+            new.__dict__[key] = value
+        elif key not in skip:
             new.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
     return new
 
