@@ -68,7 +68,12 @@ def tiny_convs(rule: str, n: int) -> tuple[torch.nn.Module, torch.Tensor]:
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    rules = args.rules or biograd.list_rules()
+    # dfa forms no B (its backward projects the output error instead): step_time.py times it
+    rules = args.rules or [r for r in biograd.list_rules() if not biograd.get_rule(r).direct]
+    direct = [r for r in rules if r != NATIVE and biograd.get_rule(r).direct]
+    if direct:
+        raise SystemExit(f"overhead.py: {', '.join(direct)} forms no B to time; "
+                         f"benchmarks/step_time.py times its whole step")
     device = torch.device("cpu")
     variants = {r: Variant(r, device) for r in [NATIVE, *rules]}
     x, y = batch(args.size, args.batch, device)

@@ -27,7 +27,9 @@ def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = 
                         ) -> list[dict[str, Any]]:
     """`groups` (default: one group of all of `model`'s parameters) with the W and B of every
     layer whose rule sets its own weight decay (kp's `decay`) moved into groups of that
-    `weight_decay`. Each new group keeps its source group's other options (its lr, say)."""
+    `weight_decay`. Each new group keeps its source group's other options (its lr, say).
+    A group's "params" may be one tensor or any iterable of tensors (a generator is read
+    once), as torch's optimisers take it; the groups returned hold lists."""
     from biograd.convert import feedback_layers
 
     own: dict[int, float] = {}
@@ -39,7 +41,8 @@ def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = 
                     own[id(p)] = float(decay)
     out = []
     for group in groups or [{"params": list(model.parameters())}]:
-        params = list(group["params"])
+        params = group["params"]  # as torch takes it: one tensor, or any iterable of them
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
         plain = [p for p in params if id(p) not in own]
         if plain:
             out.append({**group, "params": plain})

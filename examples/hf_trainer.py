@@ -20,7 +20,10 @@ import biograd
 class Classifier(nn.Module):
     def __init__(self, rule: str) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+        # The rule forms a layer's input gradient, which trains the layers before it; the last
+        # layer is on backprop, so two layers before it are the fewest in which the rule counts.
+        self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                                 nn.Linear(64, 4))
         biograd.convert(self.net, rule, last="bp", seed=0)
 
     def forward(self, x, labels=None):

@@ -4,6 +4,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,23 @@ def test_main_records_the_variant_and_times_every_rule(one_thread, capsys):
         ratio = timed[rule]["wall"]["ratio"]
         assert math.isfinite(ratio) and ratio > 0
     assert "autocast bf16, channels_last True" in capsys.readouterr().out
+
+
+def test_overhead_times_every_rule_that_forms_a_b_by_default(one_thread, capsys):
+    """benchmarks/overhead.py with its default rules: every rule but dfa, which forms no B
+    (its `make` is None) and is refused when named."""
+    spec = importlib.util.spec_from_file_location("overhead", ROOT / "benchmarks/overhead.py")
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    import biograd
+
+    parser = overhead.get_args_parser()
+    overhead.main(parser.parse_args(["--size", "32", "--batch", "2", "--repeats", "1"]))
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")][2:]  # below the header and its "| --- |" line
+    assert rows == [r for r in biograd.list_rules() if r != "dfa"]
+    with pytest.raises(SystemExit, match="dfa forms no B"):
+        overhead.main(parser.parse_args(["--size", "32", "--batch", "2", "--rules", "dfa"]))
 
 
 def test_ddp_benchmark_counts_gradients_only(capsys):

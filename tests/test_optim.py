@@ -72,6 +72,29 @@ def test_kp_decay_shrinks_w_minus_b_by_one_minus_lr_decay_per_step():
     assert plain["weight_decay"] == 1e-4
 
 
+def test_weight_decay_groups_take_params_as_one_tensor_or_any_iterable_as_torch_does():
+    import biograd
+    from biograd.optim import weight_decay_groups
+
+    layer = biograd.convert(biograd.nn.Linear(6, 4), biograd.get_rule("kp", decay=0.1), seed=0)
+    model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+
+    def summary(groups):
+        return [([id(p) for p in g["params"]], g.get("weight_decay"), g["lr"]) for g in groups]
+
+    as_lists = summary(weight_decay_groups(model, [{"params": [p], "lr": 0.5} for p in params]))
+    assert sorted(i for ids, decay, _ in as_lists if decay == 0.1 for i in ids) == sorted(
+        [id(layer.weight), id(layer.feedback)])  # kp's decay on both its W and B
+    single = weight_decay_groups(model, [{"params": p, "lr": 0.5} for p in params])
+    assert summary(single) == as_lists
+    torch.optim.SGD(single, lr=0.1)  # every parameter a leaf, none split into its rows
+    one_list = summary(weight_decay_groups(model, [{"params": params, "lr": 0.5}]))
+    assert [decay for _, decay, _ in one_list] == [None, 0.1]
+    for given in (tuple(params), (p for p in params)):  # a generator is read once
+        assert summary(weight_decay_groups(model, [{"params": given, "lr": 0.5}])) == one_list
+
+
 def test_weight_decay_groups_leave_models_without_their_own_decay_alone():
     import biograd
     from biograd.optim import weight_decay_groups
