@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import logging
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -81,6 +82,23 @@ def _rewire(model: nn.Module, back: bool = False) -> None:
         elif _type_name(module) in REWIRED:
             where, name = REWIRED[_type_name(module)].split(":")
             module.__class__ = getattr(importlib.import_module(where), name)
+
+
+def _check_arguments(model: object, rules: object, include: object, exclude: object,
+                     seed: object) -> None:
+    """TypeError, saying what each takes, for convert's arguments of the wrong kind."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert takes an nn.Module, not {type(model).__name__}")
+    if rules is not None and not isinstance(rules, Mapping):
+        raise TypeError(f"rules maps name patterns to rules, like {{'layer4.*': 'bp'}}, not "
+                        f"{type(rules).__name__}")
+    for what, patterns in (("include", include), ("exclude", exclude)):
+        if patterns is not None and not isinstance(patterns, str) and not (
+                isinstance(patterns, Sequence) and all(isinstance(p, str) for p in patterns)):
+            raise TypeError(f"{what} takes a name pattern or a list of them, like "
+                            f"'layer4.*', not {patterns!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed is an integer, not {seed!r}")
 
 
 def _matches(name: str, patterns: Patterns) -> bool:
@@ -174,6 +192,7 @@ def convert(
     error (see `biograd.error_source`). The report of what changed is logged at INFO on the
     "biograd" logger; `report(model)` gives it at any time.
     """
+    _check_arguments(model, rules, include, exclude, seed)
     default = get_rule(rule, **options)
     choices = {pat: get_rule(r) for pat, r in (rules or {}).items()}
     last_rule = None if last is None else get_rule(last)
@@ -231,7 +250,8 @@ def unconvert(model: nn.Module) -> nn.Module:
     Every biograd layer becomes the torch class it was converted from (nn.Linear for one made
     as biograd.nn.Linear), sharing the same Parameter objects, so an optimiser built before
     keeps stepping them; the feedback state is dropped. The state dict then has the torch
-    model's keys: it loads into the plain model with strict=True.
+    model's keys: it loads into the plain model with strict=True (a model under Dale's law
+    keeps its `dale_sign` buffers and their hold: load those with strict=False).
     """
     release(model)
     _rewire(model, back=True)
@@ -360,6 +380,9 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> _Detach:
     A step a gradient scaler skips (fp16 overflow) runs no optimiser step, and so no
     after_step: brsf draws no new B, wm mirrors nothing, for a step that did not happen.
     """
+    if not isinstance(optimizer, torch.optim.Optimizer) or not isinstance(model, nn.Module):
+        raise TypeError(f"attach(optimizer, model) takes a torch optimiser and a module, not "
+                        f"{type(optimizer).__name__} and {type(model).__name__}")
     attached = optimizer.__dict__.setdefault("_biograd_attached", {})
     if id(model) in attached:
         return attached[id(model)]

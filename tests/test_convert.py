@@ -234,3 +234,18 @@ def test_hooks_registered_before_converting_are_removed_by_their_handles():
     handle.remove()
     model(torch.randn(2, 3))
     assert calls == ["before", "converted"]
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda m: biograd.convert("model", "fa"), "takes an nn.Module"),
+    (lambda m: biograd.convert(m, "fa", rules=["0"]), "rules maps name patterns"),
+    (lambda m: biograd.convert(m, "fa", include=3), "include takes a name pattern"),
+    (lambda m: biograd.convert(m, "fa", seed=1.5), "seed is an integer"),
+    (lambda m: biograd.attach(m, torch.optim.SGD(m.parameters(), lr=0.1)),
+     r"attach\(optimizer, model\)"),
+])
+def test_arguments_of_the_wrong_kind_say_what_they_take(call, match):
+    model = nn.Sequential(nn.Linear(2, 3))
+    with pytest.raises(TypeError, match=match):
+        call(model)
+    assert type(model[0]) is nn.Linear and "_biograd_attached" not in model.__dict__
