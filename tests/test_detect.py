@@ -182,3 +182,60 @@ def test_coco_configs_keep_torchvisions_heads_and_anchors(path):
 
     cfg = resolve(argparse.Namespace(config=path), DetectConfig)
     assert (cfg.head_norm, cfg.anchor_scale, cfg.min_size, cfg.max_size) == ("none", 1.0, 800, 1333)
+
+
+def test_validation_scores_one_image_at_a_time_and_the_angle_batch_reads_only_its_own(
+        tmp_path, shapes, monkeypatch):
+    # a batch pads its images to the largest, which the heads see: AP would depend on who
+    # shares a batch; and the angle batch reads its few images from the index, not them all
+    from biograd.config import DetectConfig, resolve
+    from biograd.detection.data import BoxDataset
+    from biograd.engine import detect as engine
+    from biograd.engine import distributed, loop
+
+    reads = []
+    real = BoxDataset.__getitem__
+    monkeypatch.setattr(BoxDataset, "__getitem__", lambda self, i: reads.append(i) or
+                        real(self, i))
+    cfg = resolve(cls=DetectConfig, data=str(shapes), batch_size=3, angle_batch=2,
+                  fpn_channels=32, out=str(tmp_path / "run"))
+    alone = distributed.Dist()
+    task = engine.build(cfg, alone, torch.device("cpu"))
+    assert len(reads) == 2 and len(task.angle_batch[0]) == 2
+    val = loop.make_loader(task, task.val_set, alone, cfg, torch.device("cpu"), False, 0)
+    assert [len(images) for images, _ in val] == [1] * len(task.val_set)
+    train = loop.make_loader(task, task.train_set, alone, cfg, torch.device("cpu"), True, 0)
+    assert len(next(iter(train))[0]) == 3
+
+
+def test_a_validation_split_without_boxes_measures_no_angles(tmp_path, shapes, caplog):
+    import shutil
+
+    data = tmp_path / "noboxes"
+    shutil.copytree(shapes, data)
+    path = data / "annotations" / "instances_val.json"
+    coco = json.loads(path.read_text())
+    path.write_text(json.dumps({**coco, "annotations": []}))
+    with caplog.at_level("INFO", logger="biograd"):
+        assert detect(data, tmp_path / "run", "--epochs", "1") == 0
+    assert "no validation image has a box" in caplog.text
+
+
+def test_missing_shapes_are_made_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    import biograd.detection as detection
+
+    def broken(out, **kwargs):
+        (Path(out) / "train").mkdir(parents=True)
+        raise KeyboardInterrupt  # stopped half-way
+
+    monkeypatch.setattr(detection, "make_shapes", broken)
+    assert detect(tmp_path / "shapes", tmp_path / "run", "--epochs", "1") == 130
+    assert sorted(p.name for p in tmp_path.iterdir() if "shapes" in p.name) == []
+
+
+def test_eval_of_a_detection_run_refuses_data_root_in_one_line(tmp_path, shapes, capsys):
+    out = tmp_path / "run"
+    assert detect(shapes, out, "--epochs", "1", "--angle-batch", "0") == 0
+    assert main(["eval", str(out), "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("biograd: error: --data-root") and "--data" in err[-1]

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
@@ -74,13 +75,25 @@ def summary(m: dict[str, Any]) -> str:
             f"{m['images_per_second']:.1f} img/s")
 
 
-def _data_root(cfg: DetectConfig) -> Path:
+def _data_root(cfg: DetectConfig, dist: distributed.Dist) -> Path:
+    """cfg.data; a missing folder named like "shapes" is made first: by rank 0, into a
+    temporary folder renamed when complete, while the other ranks wait."""
     root = Path(cfg.data)
     if not root.exists() and "shapes" in root.name:
-        from biograd.detection import make_shapes
+        if dist.main:
+            import os
+            import shutil
 
-        log.info("making the synthetic shapes data set in %s", root)
-        make_shapes(root, seed=0)
+            from biograd.detection import make_shapes
+
+            log.info("making the synthetic shapes data set in %s", root)
+            partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
+            try:
+                make_shapes(partial, seed=0)
+                partial.rename(root)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+        distributed.barrier(dist)
     return root
 
 
@@ -113,7 +126,13 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
         collate,
     )
 
-    data = build_detection_data(_data_root(cfg), keep_empty_train=cfg.keep_empty_train)
+    if device.type == "cpu" and cfg.amp == "bf16":
+        log.warning(
+            "--amp bf16 on the CPU: torch's CPU bf16 convolution weight gradient is not "
+            "reproducible, and at times not finite, on maps one pixel wide at stride 2, which "
+            "the detector's P6 and P7 levels are on small images: such a run may not resume "
+            "exactly, or may stop on a non-finite loss; --amp none avoids it")
+    data = build_detection_data(_data_root(cfg, dist), keep_empty_train=cfg.keep_empty_train)
     try:
         model = build_retinanet(
             num_classes=data.num_classes, backbone=cfg.backbone, rule=rule_for(cfg, cfg.rule),
@@ -126,9 +145,12 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
         raise UsageError(str(err).splitlines()[0]) from None
     model.to(device)
     fixed = None
-    if cfg.angle_batch > 0 and dist.main:
-        items = [data.val[i] for i in range(len(data.val)) if len(data.val[i][1]["boxes"])]
-        fixed = to_device(collate(items[: cfg.angle_batch]), device)
+    if cfg.angle_batch > 0 and dist.main:  # the first images with boxes, read from the index
+        with_boxes = np.flatnonzero(np.diff(data.val.offsets) > 0)[: cfg.angle_batch]
+        if len(with_boxes):
+            fixed = to_device(collate([data.val[int(i)] for i in with_boxes]), device)
+        else:
+            log.info("no validation image has a box: no gradient angles are measured")
     grouping = None
     if cfg.aspect_ratio_grouping:
         groups = aspect_ratio_groups(data.train.aspect_ratios)
@@ -140,7 +162,8 @@ def build(cfg: DetectConfig, dist: distributed.Dist, device: torch.device) -> lo
         model=model, train_set=data.train, val_set=data.val, loss=loss,
         evaluate=make_evaluate(data), to_device=to_device, best_key="AP", summary=summary,
         angle_batch=fixed, angle_loss=angle_loss, collate=collate, batch_sampler=grouping,
-    )
+        eval_batch_size=1,  # one image at a time: a batch pads its images to the largest,
+    )                       # which the heads see, so AP would depend on who shares a batch
 
 
 def train(cfg: DetectConfig, command: list[str] | None = None) -> dict[str, Any]:

@@ -56,6 +56,9 @@ def evaluate_checkpoint(target: str | Path, *, which: str = "best", data: str | 
                          f"model from): give a run folder, or its best.pt or checkpoint.pt")
     cls = DetectConfig if "backbone" in saved else TrainConfig
     known = {f.name for f in dataclasses.fields(cls)}
+    if data_root and "data_root" not in known:
+        raise UsageError("--data-root finds classification data sets; a detection run's data "
+                         "is a folder: give it with --data")
     cfg = cls(**{k: v for k, v in saved.items() if k in known})
     # the checkpoint holds every weight: no pretrained file is read; and fp16, which the CPU
     # does not train in, is scored in float32 there

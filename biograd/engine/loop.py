@@ -72,6 +72,7 @@ class Task:
     batch_sampler: Callable[[DistributedSampler, int], Any] | None = None
     param_groups: list[dict[str, Any]] | None = None  # default: one group of everything
     test_set: Dataset | None = None  # scored once at the end, by the best epoch's model
+    eval_batch_size: int | None = None  # default: the training batch size
 
 
 @dataclass
@@ -166,7 +167,8 @@ def make_loader(task: Task, dataset: Dataset, ctx_dist: distributed.Dist, cfg: R
     if shuffle and task.batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=task.batch_sampler(sampler, cfg.batch_size),
                           **common)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, **common)
+    size = cfg.batch_size if shuffle or task.eval_batch_size is None else task.eval_batch_size
+    return DataLoader(dataset, batch_size=size, sampler=sampler, **common)
 
 
 def autocast(cfg: RunConfig, device: torch.device):
