@@ -50,6 +50,9 @@ def _with_out(cfg, command: str):
     if cfg.out is None:
         if cfg.resume:
             raise UsageError("--resume needs --out: the run folder to continue")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("under torchrun give --out: each process would name a run folder "
+                             "of its own from its clock")
         cfg.out = f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg
 
@@ -98,8 +101,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cls = DetectConfig if args.__dict__.pop("task") == "detection" else TrainConfig
     base = _with_out(resolve(args, cls), "compare")
     paths = compare(base, rules, seeds, args.command_line)
-    print(paths["report.md"].read_text().split("\n\n![")[0].strip())
-    print(f"\nreport, figures and runs: {paths['report.md'].parent}")
+    if paths:  # rank 0's (under torchrun the others write nothing)
+        print(paths["report.md"].read_text().split("\n\n![")[0].strip())
+        print(f"\nreport, figures and runs: {paths['report.md'].parent}")
     return 0
 
 
@@ -243,17 +247,21 @@ def _main(argv: list[str]) -> int:
 
         level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
         logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATES, stream=sys.stderr)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone says why
     try:
         return args.func(args)
     except UsageError as err:  # DataError and ModelError included
-        print(f"biograd: error: {err}", file=sys.stderr)
+        if main:
+            print(f"biograd: error: {err}", file=sys.stderr)
         return 2
     except Diverged as err:
-        print(f"biograd: stopped: {err}", file=sys.stderr)
+        if main:
+            print(f"biograd: stopped: {err}", file=sys.stderr)
         return Diverged.exit_code
     except KeyboardInterrupt:
-        print("biograd: interrupted; the last checkpoint is kept: continue with --resume",
-              file=sys.stderr)
+        if main:
+            print("biograd: interrupted; the last checkpoint is kept: continue with --resume",
+                  file=sys.stderr)
         return 130
     finally:  # under torchrun: leave the process group the run joined
         import torch.distributed as dist

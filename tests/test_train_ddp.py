@@ -184,11 +184,13 @@ def test_resume_on_another_world_size_says_what_changed(two_ranks):
                batch_size=16, steps_per_epoch=3, progress="none", tensorboard=False,
                angle_batch=8, rule="brsf", schedule="constant", out=str(two_ranks / "parts"),
                resume=True)
-    with pytest.raises(UsageError, match=r"2 processes, a global batch of 32 \(now 1, 16\)"):
+    with pytest.raises(UsageError, match=r"2 processes × batch 16, a global batch of 32 "
+                       r"\(now 1 × 16, 16\)"):
         classify.train(resolve(epochs=2, **run))
-    classify.train(resolve(epochs=3, accept_changes=True, **run))  # one process goes on
+    # one process goes on, at the same global batch
+    classify.train(resolve(epochs=3, accept_changes=True, **{**run, "batch_size": 32}))
     state = torch.load(two_ranks / "parts" / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 3 and state["world_size"] == 1
+    assert state["epoch"] == 3 and state["world_size"] == 1 and state["global_batch"] == 32
 
 
 DETECT_WORKER = textwrap.dedent("""
@@ -267,3 +269,33 @@ def test_two_nodes_of_one_process_each(tmp_path):
     state = assert_same_on_both_ranks(tmp_path / "node-rank0.pt", tmp_path / "node-rank1.pt")
     assert any(k.endswith(".feedback") for k in state)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def torchrun_cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m biograd.cli ARGV` on loopback, from tmp_path."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           "-m", "biograd.cli", *argv]
+    return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+
+
+TINY = ["--model", "small_cnn", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+        "--progress", "none", "--tensorboard", "false", "--angle-batch", "0"]
+
+
+def test_compare_under_torchrun_reports_once_and_errors_are_one_line_on_rank_0(tmp_path):
+    out = tmp_path / "cmp"
+    done = torchrun_cli(tmp_path, "compare", "--rules", "fa,kp", *TINY, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| `kp` |") == 1 and "finished" in done.stdout
+    assert "| `fa` |" in (out / "report.md").read_text()
+    for argv, says in ((["train", *TINY, "--out", str(out / "fa")], "already holds a run"),
+                       (["train", *TINY], "under torchrun give --out")):
+        refused = torchrun_cli(tmp_path, *argv)  # every rank stops; rank 0 alone says why
+        assert refused.returncode != 0
+        assert refused.stderr.count("biograd: error:") == 1 and says in refused.stderr
+        assert "Connection closed" not in refused.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 from biograd.config import DetectConfig, RunConfig, validate
@@ -34,7 +35,8 @@ def _status(path: Path) -> str | None:
 
 def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
             command: list[str] | None = None) -> dict[str, Path]:
-    """Train every (rule, seed) of `base` into base.out, then write the report there.
+    """Train every (rule, seed) of `base` into base.out, then write the report there; returns
+    its paths (under torchrun, on rank 0; the other ranks write nothing and get {}).
 
     The task follows the config: a DetectConfig trains detectors (`biograd detect`), a
     TrainConfig classifiers (`biograd train`).
@@ -69,4 +71,6 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
                 train(cfg, command)
             except Diverged as err:
                 log.warning("%s: %s", rule, err)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes the report
+        return {}
     return write_report([load_run(p) for p in paths], out)

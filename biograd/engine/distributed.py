@@ -82,6 +82,15 @@ def gather_objects(obj: object, info: Dist) -> list[object]:
     return out
 
 
+def share(obj: object, info: Dist) -> object:
+    """Rank 0's `obj`, on every process (obj itself when running alone)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: Dist) -> None:
     """Wait for every process (nothing when running alone)."""
     if info.enabled:

@@ -314,12 +314,12 @@ def check_out(cfg: RunConfig, out: Path) -> None:
 
 def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
                      dist: distributed.Dist) -> bool:
-    """Refuse a resume whose recipe differs from the checkpoint's. Another world size or
-    another number of epochs changes the schedule's shape: refused too unless
+    """Refuse a resume whose recipe differs from the checkpoint's. Another world size, batch
+    size or number of epochs changes the schedule's shape: refused too unless
     cfg.accept_changes; returns True when the shape changed (and was accepted)."""
     saved = state["config"]
     changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k not in RESUMABLE | {"epochs"} and saved.get(k) != v)
+                     if k not in RESUMABLE | {"epochs", "batch_size"} and saved.get(k) != v)
     if changed:
         diffs = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
         raise UsageError(f"--resume: {out} was trained with {diffs}; drop the changed options "
@@ -327,10 +327,11 @@ def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
     shape = []
     if saved.get("epochs") != cfg.epochs:
         shape.append(f"epochs={saved.get('epochs')} (now {cfg.epochs})")
-    world = state.get("world_size", 1)
-    if world != dist.world_size:
-        shape.append(f"{world} processes, a global batch of {world * cfg.batch_size} (now "
-                     f"{dist.world_size}, {dist.world_size * cfg.batch_size})")
+    world, batch = state.get("world_size", 1), saved.get("batch_size", cfg.batch_size)
+    if (world, batch) != (dist.world_size, cfg.batch_size):  # the steps per epoch change
+        shape.append(f"{world} processes × batch {batch}, a global batch of {world * batch} "
+                     f"(now {dist.world_size} × {cfg.batch_size}, "
+                     f"{dist.world_size * cfg.batch_size})")
     if shape and not cfg.accept_changes:
         raise UsageError(f"--resume: {out} was trained with {'; '.join(shape)}: pass "
                          f"--accept-changes to continue with the schedule recomputed for the "
@@ -350,9 +351,16 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         raise UsageError("--amp fp16 needs a GPU, and this run's device is the CPU; use --amp "
                          "bf16 on the CPU")
     dist = distributed.setup(device)
+    refused = None
     if dist.main:
-        check_out(cfg, out)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            check_out(cfg, out)
+            out.mkdir(parents=True, exist_ok=True)
+        except UsageError as err:
+            refused = str(err)
+    refused = distributed.share(refused, dist)  # rank 0's verdict: every rank stops alike
+    if refused:
+        raise UsageError(refused)
     runlog = RunLog(out, dist.main, cfg.tensorboard)
     handler, level = None, log.level
     if dist.main:  # the run's log lines, also in its folder, whatever the root logger keeps
