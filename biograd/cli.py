@@ -260,7 +260,8 @@ def _main(argv: list[str]) -> int:
         return Diverged.exit_code
     except KeyboardInterrupt:
         if main:
-            print("biograd: interrupted; the last checkpoint is kept: continue with --resume",
+            print("biograd: interrupted; a run keeps the checkpoint of its last finished "
+                  "epoch, which --resume continues (its status.json says where it stopped)",
                   file=sys.stderr)
         return 130
     finally:  # under torchrun: leave the process group the run joined

@@ -46,6 +46,16 @@ def test_compare_checks_every_run_before_training_any(tmp_path, capsys):
     assert "seeds are integers >= 0" in capsys.readouterr().err
 
 
+def test_compare_resume_keeps_only_runs_of_the_same_recipe(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--rules", "bp", *QUICK, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--rules", "bp,ss", *QUICK, "--lr", "0.5", "--out", str(out),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "bp was run with lr=0.05 (now 0.5)" in err and not (out / "ss").exists()
+
+
 def test_compare_over_seeds_reports_spread(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "--rules", "ss,fa", "--seeds", "0,1", *QUICK, "--out", str(out)]) == 0

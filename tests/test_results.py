@@ -260,3 +260,30 @@ def test_angles_logged_every_few_steps(tmp_path):
     assert load_run(plain).angle_series() == load_run(plain).series("mean_weight_angle")
     written = write_report([run], tmp_path / "compare")
     assert written["angle_over_training.png"].stat().st_size > 0
+
+
+def test_the_angle_figure_draws_the_step_records_and_a_single_point(tmp_path, monkeypatch):
+    # training.md: angles.jsonl, "which the angle-over-training figures then use"
+    from biograd.results import figures
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"rule": "fa", "epochs": 1, "seed": 0}))
+    (run / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "val_top1": 50.0, "train_loss": 1.0, "mean_weight_angle": 80.0,
+         "mean_gradient_angle": 60.0, "weight_angles": {"0": 80.0}}) + "\n")
+    (run / "angles.jsonl").write_text("".join(json.dumps(
+        {"step": s, "epoch": s / 4, "mean_weight_angle": 90.0 - s,
+         "weight_angles": {"0": 90.0 - s}}) + "\n" for s in range(5)))
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = [(list(line.get_xdata()), line.get_marker())
+                            for line in fig.axes[0].lines if len(line.get_xdata())]
+        return path
+
+    monkeypatch.setattr(figures, "_save", keep)
+    plot_run(run, tmp_path / "figures")
+    lines = drawn["angle_over_training.png"]
+    assert ([0.0, 0.25, 0.5, 0.75, 1.0], "None") in lines  # the layer and the mean, by step
+    assert ([1], "o") in lines  # the gradient angle's one epoch: a visible point

@@ -269,9 +269,40 @@ def test_angle_every_logs_steps_and_resume_trims_them(tmp_path, monkeypatch):
               quick(tmp_path, "parts", **common))
     cut = (tmp_path / "parts" / "angles.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in cut] == list(range(8))  # 7: inside epoch 3
+    status = json.loads((tmp_path / "parts" / "status.json").read_text())
+    assert status["status"] == "interrupted" and "--resume continues" in status["message"]
+    for name in ("angles.jsonl", "metrics.jsonl"):  # what a kill mid-write leaves
+        with open(tmp_path / "parts" / name, "a") as fh:
+            fh.write('{"step": 8, "epo')
     classify.train(quick(tmp_path, "parts", resume=True, **common))
     again = [json.loads(x) for x in (tmp_path / "parts" / "angles.jsonl").read_text().splitlines()]
     assert again == lines
+    assert [m["epoch"] for m in metrics(tmp_path / "parts")] == [1, 2, 3]
+    assert json.loads((tmp_path / "parts" / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_fresh_start_after_a_stop_in_epoch_one_keeps_nothing_of_it(tmp_path, monkeypatch):
+    common = dict(rule="wm", epochs=1, steps_per_epoch=3)
+    interrupt(monkeypatch, "step_angles", lambda ctx, epoch, step: step == 2,
+              quick(tmp_path, angle_every=1, **common))
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and "start it again" in status["message"]
+    classify.train(quick(tmp_path, angle_every=2, **common))  # no checkpoint: starts afresh
+    steps = [json.loads(x)["step"]
+             for x in (tmp_path / "run" / "angles.jsonl").read_text().splitlines()]
+    assert steps == [0, 2]  # every second step: none of the stopped run's 0 and 1
+
+
+def test_a_run_that_fails_says_so(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(loop, "train_one_epoch", broken)
+    with pytest.raises(RuntimeError):
+        classify.train(quick(tmp_path))
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status == {"status": "failed", "message": "RuntimeError: out of memory; no epoch "
+                                                     "had finished: start it again"}
 
 
 def test_model_options_reach_the_builder(tmp_path):

@@ -17,9 +17,23 @@ from pathlib import Path
 
 from biograd.config import DetectConfig, RunConfig, validate
 from biograd.engine.checkpoint import NAME as CHECKPOINT
-from biograd.errors import Diverged
+from biograd.errors import Diverged, UsageError
 
 log = logging.getLogger("biograd")
+
+
+def _check_kept(path: Path, cfg: RunConfig) -> None:
+    """Refuse to keep a finished run of another recipe beside the new ones in one report."""
+    from biograd.config import saved_config
+    from biograd.engine.loop import RESUMABLE
+
+    saved = saved_config(path, type(cfg))
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE and k in saved and saved[k] != now[k])
+    if changed:
+        diffs = ", ".join(f"{k}={saved[k]!r} (now {now[k]!r})" for k in changed)
+        raise UsageError(f"compare --resume: {path} was run with {diffs}: give the options "
+                         f"it was run with, or another --out")
 
 
 def run_dir(out: Path, rule: str, seed: int, several_seeds: bool) -> Path:
@@ -54,6 +68,9 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
     for seed in seeds:  # every run checked before any trains
         for rule in rules:
             validate(dataclasses.replace(base, rule=rule, seed=seed))
+            path = run_dir(out, rule, seed, several)
+            if base.resume and _status(path) in ("finished", "diverged"):
+                _check_kept(path, dataclasses.replace(base, rule=rule, seed=seed))
     paths = []
     for seed in seeds:
         for rule in rules:

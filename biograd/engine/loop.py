@@ -370,12 +370,24 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
         runlog.environment(device, dist, command)
+    if not cfg.resume:
+        runlog.start()
     try:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         task = build(cfg, dist, device)  # (convert logs the conversion report)
         if cfg.init_checkpoint and not cfg.resume:
             load_weights(task.model, cfg.init_checkpoint, device, cfg)
         return _fit(cfg, dist, device, task, out, runlog)
+    except BaseException as err:  # a run this process started does not stay "running"
+        if runlog.current == "running":
+            kept = (out / checkpoint.NAME).exists()
+            where = ("--resume continues from its last finished epoch" if kept else
+                     "no epoch had finished: start it again")
+            if isinstance(err, KeyboardInterrupt):
+                runlog.status("interrupted", f"stopped by the user; {where}")
+            else:
+                runlog.status("failed", f"{type(err).__name__}: {err}; {where}")
+        raise
     finally:
         runlog.close()
         if handler is not None:

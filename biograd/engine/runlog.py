@@ -36,6 +36,7 @@ class RunLog:
         self.metrics_path = out / "metrics.jsonl"
         self.angles_path = out / "angles.jsonl"
         self.writer = None
+        self.current: str | None = None  # the status this process last wrote
         if main and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -45,13 +46,25 @@ class RunLog:
                 self.writer = SummaryWriter(str(out / "tensorboard"))
 
     def truncate(self, last_epoch: int) -> None:
-        """Keep only the lines of epochs up to `last_epoch` (the checkpoint's)."""
+        """Keep only the lines of epochs up to `last_epoch` (the checkpoint's); a line a
+        killed process left half-written goes too."""
         for path in (self.metrics_path, self.angles_path):
             if not self.main or not path.exists():
                 continue
-            lines = path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["epoch"] <= last_epoch:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("%s: dropped a line cut short: %.60s", path, line)
             path.write_text("".join(line + "\n" for line in kept))
+
+    def start(self) -> None:
+        """A fresh start in a folder a run stopped in before its first checkpoint: the step
+        angles it left are not this run's."""
+        if self.main:
+            self.angles_path.unlink(missing_ok=True)
 
     def angles(self, record: dict[str, Any]) -> None:
         """Append one line to angles.jsonl (and TensorBoard, by training step)."""
@@ -112,6 +125,7 @@ class RunLog:
             fh.write(json.dumps(record) + "\n")
 
     def status(self, status: str, message: str = "") -> None:
+        self.current = status
         if self.main:
             (self.out / "status.json").write_text(
                 json.dumps({"status": status, "message": message}) + "\n")

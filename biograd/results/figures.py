@@ -131,20 +131,27 @@ def _run_angles_per_layer(run: Run, title: str, path: Path) -> Path:
 
 
 def _run_angle_over_training(run: Run, title: str, path: Path) -> Path:
+    """Each layer's angle(W, B) and their mean, every --angle-every steps where angles.jsonl
+    has them (else per epoch), and the mean angle to bp's gradient per epoch; points are
+    marked where a line has too few to show."""
     fig, ax = _figure(7.5, 4.5)
-    layers = layer_order(m.get("weight_angles") or {} for m in run.metrics)
-    epochs = [m["epoch"] for m in run.metrics]
+    records = run.steps or run.metrics
+    layers = layer_order(r.get("weight_angles") or {} for r in records)
+    x = [number(r.get("epoch")) for r in records]
     colours = colormaps["viridis"]
+
+    def draw(xs, ys, *style, **kw):
+        ax.plot(xs, ys, *style, marker="o" if len(xs) < 3 else None, ms=3, **kw)
+
     for j, name in enumerate(layers):
-        values = [_get(m.get("weight_angles"), name) for m in run.metrics]
+        values = [_get(r.get("weight_angles"), name) for r in records]
         if any(math.isfinite(v) for v in values):
-            ax.plot(epochs, values, lw=0.8, alpha=0.6, color=colours(j / max(1, len(layers) - 1)))
-    means = {"mean weight angle(W, B)": ("mean_weight_angle", "-"),
-             "mean gradient angle to bp": ("mean_gradient_angle", "--")}
-    for label, (key, style) in means.items():
-        _, values = run.series(key)
+            draw(x, values, lw=0.8, alpha=0.6, color=colours(j / max(1, len(layers) - 1)))
+    series = {"mean weight angle(W, B)": (run.angle_series(), "-"),
+              "mean gradient angle to bp": (run.series("mean_gradient_angle"), "--")}
+    for label, ((xs, values), style) in series.items():
         if any(math.isfinite(v) for v in values):
-            ax.plot(epochs, values, style, lw=2.2, color="black", label=label)
+            draw(xs, values, style, lw=2.2, color="black", label=label)
     if layers and ax.lines:  # thin lines: one per layer, coloured first (dark) to last (yellow)
         ax.plot([], [], lw=0.8, color=colours(0.5),
                 label=f"one layer ({_short(layers[0])} dark … {_short(layers[-1])} light)")

@@ -2,7 +2,8 @@
 
 A run folder holds `config.yaml` (the resolved config: `rule`, `seed`, `model`, `data`,
 `epochs`, ...), `metrics.jsonl` (one JSON object per completed epoch) and, optionally,
-`status.json` ({"status": "finished" | "diverged" | "running", "message": str}).
+`status.json` ({"status": "running" | "finished" | "diverged" | "interrupted" | "failed",
+"message": str}).
 Missing keys and NaN/null values are read as NaN, so a failed epoch or a bp run with no
 angles never stops a report.
 """
