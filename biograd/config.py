@@ -335,6 +335,12 @@ def validate(cfg: RunConfig) -> None:
     if any(not isinstance(k, str) for k in getattr(cfg, "model_options", {})):
         raise UsageError(f"model_options (--model-options): option names are words, like "
                          f"'{{width: 32}}', not {cfg.model_options!r}")
+    reserved = sorted(set(getattr(cfg, "model_options", {})) & {
+        "num_classes", "in_channels", "image_size", "pretrained"})
+    if reserved:
+        raise UsageError(f"model_options (--model-options): {', '.join(reserved)} "
+                         f"{'come' if len(reserved) > 1 else 'comes'} from "
+                         f"the data set (and --image-size, --pretrained): leave them out")
     if isinstance(cfg, DetectConfig):
         _check_detector(cfg)
     if isinstance(cfg, TrainConfig) and (cfg.manhattan or cfg.no_sign_change) and \

@@ -69,6 +69,43 @@ def test_cifar_missing_is_one_line(tmp_path, capsys):
     assert "CIFAR-10 not found" in err[-1] and "--download" in err[-1]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_or_missing_batch_is_one_line_naming_it(root, tmp_path, capsys, damage):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    batch = copy / "cifar-10-batches-py" / "data_batch_3"
+    if damage == "truncated":
+        batch.write_bytes(batch.read_bytes()[:300])
+    else:
+        batch.unlink()
+    assert main(["train", "--data", "cifar10", "--data-root", str(copy), "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("biograd: error: CIFAR-10")
+    assert ("not a CIFAR batch" if damage == "truncated" else "missing: data_batch_3") in err[-1]
+
+
+def test_a_download_that_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    from torchvision.datasets import utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(utils, "download_url", offline)
+    monkeypatch.setattr(utils, "download_and_extract_archive", offline)
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--download",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("biograd: error: CIFAR-10") and "--download" in err[-1]
+
+
 def test_val_split_holds_training_images_out_and_scores_the_test_split(root, tmp_path):
     out = tmp_path / "run"
     argv = ["train", "--data", "cifar10", "--data-root", str(root), "--model", "lenet",

@@ -127,6 +127,19 @@ def test_a_bad_model_option_is_one_line(tmp_path, capsys):
     assert err[-1] == "biograd: error: small_cnn: width=-3: use an integer >= 1"
 
 
+@pytest.mark.parametrize(("model", "options", "says"), [
+    ("vit_small", "{heads: 5}", "vit_small: embed_dim must be divisible by num_heads"),
+    ("small_cnn", "{dropout: high}", "small_cnn: dropout='high': use a number"),
+    ("resnet_small", "{num_classes: 3}", "num_classes comes from the data set"),
+])
+def test_model_options_that_do_not_fit_are_one_line(tmp_path, capsys, model, options, says):
+    argv = ["train", "--model", model, "--model-options", options, "--image-size", "28",
+            "--out", str(tmp_path / "run"), "--progress", "none", "--tensorboard", "false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("biograd: error:") and says in err[-1], err[-1]
+
+
 @pytest.mark.parametrize("command", ["train", "detect", "compare"])
 def test_help_gives_each_default_once_and_the_rule_names(command, capsys):
     import re

@@ -370,6 +370,22 @@ def test_image_folder(image_folder):
         torch.testing.assert_close(image[channel], torch.full((16, 16), expected))
 
 
+def test_sixteen_bit_grayscale_keeps_its_shades_and_the_count_is_logged(image_folder, caplog):
+    import numpy as np
+    from PIL import Image
+
+    gray = np.tile(np.array([0, 16384, 32768, 65535], dtype=np.uint16), (4, 1))  # I;16
+    Image.fromarray(gray).save(image_folder / "train" / "cat" / "deep.png")
+    with caplog.at_level("INFO", logger="biograd"):
+        bundle = build_data(str(image_folder), image_size=4)
+    assert "7 training and 4 validation images in 2 classes" in caplog.text
+    from biograd.data.imagefolder import load_image
+
+    shades = np.asarray(load_image(str(image_folder / "train" / "cat" / "deep.png")))[0, :, 0]
+    assert shades.tolist() == [0, 64, 128, 255]  # not clipped to white
+    assert len(bundle.train) == 7
+
+
 def test_image_folder_default_size_and_prefix(image_folder):
     bundle = build_data(f"imagefolder:{image_folder}")
     assert bundle.image_size == 224 and bundle.val[0][0].shape == (3, 224, 224)

@@ -74,9 +74,21 @@ def _build(name: str, cls: type, title: str, folder: str, num_classes: int,
     except RuntimeError as err:
         if "not found or corrupted" not in str(err):
             raise
-        raise DataError(f"{title} not found: no {folder}/ with its batches in {root}; pass "
-                        f"--download to fetch it, or point --data-root at a folder holding "
-                        f"{folder}/") from None
+        names = [n for n, _ in cls.train_list + cls.test_list]
+        missing = [n for n in names if not (root / folder / n).is_file()]
+        which = f" (missing: {', '.join(missing)})" if missing and len(missing) < len(names) \
+            else ""
+        raise DataError(f"{title} not found: no {folder}/ with its batches in {root}{which}; "
+                        f"pass --download to fetch it, or point --data-root at a folder "
+                        f"holding {folder}/") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as err:
+        raise DataError(f"{title} in {root / folder} has a file that is not a CIFAR batch "
+                        f"({type(err).__name__}: {str(err)[:80]}): replace it, e.g. by "
+                        f"unpacking the archive again") from None
+    except OSError as err:  # a download that could not reach the server, a disk error
+        raise DataError(f"{title}: {err} (with --download, the archive is fetched from the "
+                        f"internet; without it, the batches are read from {root / folder})"
+                        ) from None
     return DataBundle(splits["train"], splits["test"], num_classes=num_classes,
                       in_channels=3, image_size=size, name=name,
                       train_plain=splits["plain"])

@@ -14,12 +14,15 @@ when that image's turn comes, not at start-up; delete or replace the file and re
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
 from biograd.data.base import DataBundle, DataError, DataOptions, list_datasets
+
+log = logging.getLogger("biograd")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,10 +34,23 @@ def load_image(path: str) -> Image.Image:
     """ImageFolder's loader: the image at `path` as RGB; DataError naming the file if it fails."""
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            picture = Image.open(f)
+            if picture.mode.startswith("I;16") or picture.mode in ("I", "F"):
+                picture = _to_8_bit(picture)  # PIL's convert would clip it to 0..255
+            return picture.convert("RGB")
     except Exception as err:  # PIL's decoders raise many types; each means this file is bad
         detail = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"cannot read image {path} ({detail}): delete or replace it") from err
+
+
+def _to_8_bit(picture: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit grayscale: 16-bit modes
+    (and "I", which PIL gives them) scaled from 0..65535, floats from 0..1."""
+    import numpy as np
+
+    values = np.asarray(picture, dtype=np.float64)
+    top = 1.0 if picture.mode == "F" else 65535.0
+    return Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def train_transform(size: int):
@@ -95,6 +111,11 @@ def build_imagefolder(path: str | Path, options: DataOptions) -> DataBundle:
         raise DataError(f"train/ and val/ of {folder} have different classes (only in train/: "
                         f"{', '.join(only_train) or 'none'}; only in val/: "
                         f"{', '.join(only_val) or 'none'}): give both the same class folders")
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    log.info("%s: %s training and %s validation images in %d classes (files ending %s; "
+             "others, .gif among them, are not read)", folder, f"{len(train):,}",
+             f"{len(val):,}", len(train.classes), " ".join(IMG_EXTENSIONS))
     return DataBundle(train, val, num_classes=len(train.classes), in_channels=3,
                       image_size=size, name=f"imagefolder:{folder}",
                       train_plain=_split(folder / "train", val_transform(size)))

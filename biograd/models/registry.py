@@ -105,7 +105,10 @@ def build_own(
     for key, value in options.items():  # every integer option is a size or a count
         if hints.get(key) is int and problem(int, {"low": 1}, value):
             raise ModelError(f"{name}: {key}={value!r}: {problem(int, {'low': 1}, value)}")
+        if hints.get(key) is float and problem(float, {}, value):
+            raise ModelError(f"{name}: {key}={value!r}: {problem(float, {}, value)}")
     try:
         return info.builder(**kwargs, **options)
-    except ValueError as err:  # an option's value out of range: say so in one line
-        raise ModelError(f"{name}: {err}") from None
+    except (ValueError, AssertionError) as err:  # options that do not fit: say so in one line
+        raise ModelError(f"{name}: {err or 'the options do not fit together'} (options: "
+                         f"{options})") from None
