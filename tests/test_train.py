@@ -383,9 +383,23 @@ def test_resume_with_other_epochs_needs_accepting(tmp_path, capsys):
     assert main([*longer, "--accept-changes"]) == 0
     lrs = [m["lr"] for m in metrics(tmp_path / "run")]
     # the cosine schedule recomputed for 3 epochs from the end of epoch 1 (the logged lr is
-    # the one after the epoch's last step)
-    expected = [0.05 * loop.lr_factor(resolve(epochs=3), 2)(2 * e) for e in (2, 3)]
+    # the one the epoch's last step, 0-based 2e - 1, trained with)
+    expected = [0.05 * loop.lr_factor(resolve(epochs=3), 2)(2 * e - 1) for e in (2, 3)]
     assert lrs[1:] == pytest.approx(expected)
+
+
+def test_the_logged_lr_is_the_one_used_and_warm_up_never_passes_it(tmp_path, caplog):
+    for warmup in (0.3, 0.5, 0.7, 2.0):  # in epochs of 3 steps: ramps of 0.9 to 6 steps
+        factors = [loop.lr_factor(resolve(epochs=3, warmup_epochs=warmup,
+                                          schedule="constant"), 3)(t) for t in range(9)]
+        assert max(factors) == 1.0 and factors == sorted(factors), (warmup, factors)
+    cfg = quick(tmp_path, epochs=2, steps_per_epoch=3, schedule="step", step_size=1,
+                gamma=0.1, progress="lines", log_interval=1, angle_batch=0)
+    with caplog.at_level("INFO", logger="biograd"):
+        classify.train(cfg)
+    assert [m["lr"] for m in metrics(tmp_path / "run")] == pytest.approx([0.05, 0.005])
+    lines = [r.getMessage() for r in caplog.records if ", step " in r.getMessage()]
+    assert [line.split("lr ")[1].split(",")[0] for line in lines] == ["0.05"] * 3 + ["0.005"] * 3
 
 
 def test_sync_bn_converts_in_place_and_refuses_the_cpu(caplog):

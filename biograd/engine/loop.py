@@ -101,7 +101,7 @@ def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
     total = cfg.epochs * steps_per_epoch
 
     def factor(step: int) -> float:
-        scale = (step + 1) / warmup if warmup and step < warmup else 1.0
+        scale = min(1.0, (step + 1) / warmup) if warmup else 1.0  # a ramp that ends at 1
         epoch = step // steps_per_epoch
         if cfg.schedule == "step":
             decays = (sum(epoch >= m for m in cfg.milestones) if cfg.milestones
@@ -213,6 +213,7 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
         ctx.optimizer.zero_grad(set_to_none=True)
+        lr = ctx.optimizer.param_groups[0]["lr"]  # the rate this step trained with
         ctx.scheduler.step()  # the rules' after_step ran in the optimiser's step (attach)
         done = (epoch - 1) * total + step  # steps of the run so far
         if cfg.angle_every and ctx.dist.main and done % cfg.angle_every == 0:
@@ -228,8 +229,7 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
             now = time.perf_counter()
             if ctx.dist.main:
                 eta = (now - start) / step * ((cfg.epochs - epoch) * total + total - step)
-                line = (f"loss {loss_sum / interval_seen:.4f}, lr "
-                        f"{ctx.optimizer.param_groups[0]['lr']:.4g}, "
+                line = (f"loss {loss_sum / interval_seen:.4f}, lr {lr:.4g}, "
                         f"{ctx.dist.world_size * interval_seen / (now - tick):.0f} img/s, "
                         f"eta {_duration(eta)}")
                 bar.report(f"epoch {epoch}/{cfg.epochs}, step {step}/{total}: {line}", line)
@@ -243,7 +243,8 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
     reduced = distributed.all_reduce_sum([*local, seen], device, ctx.dist)
     seen_all = reduced[-1]
     return {**{k: v / seen_all for k, v in zip(keys, reduced[:-1], strict=True)},
-            "epoch_seconds": seconds, "images_per_second": seen_all / seconds}
+            "epoch_seconds": seconds, "images_per_second": seen_all / seconds,
+            "lr": lr}  # the epoch's last step's
 
 
 def _rule_mean(ctx: Context, values: dict[str, float]) -> float:
@@ -255,8 +256,9 @@ def _rule_mean(ctx: Context, values: dict[str, float]) -> float:
 
 
 def angle_text(m: dict[str, Any]) -> str:
-    """The epoch line's angle: the mean angle(W, B), or where the rule has none (dfa's B is
-    not W's shape) the mean angle to bp's gradient; nothing where neither was measured (bp)."""
+    """The epoch line's angle: the mean angle(W, B) (0 under bp, whose B is W), or where the
+    rule has none (dfa's B is not W's shape) the mean angle to bp's gradient; nothing where
+    neither was measured."""
     for key, label in (("mean_weight_angle", "mean angle(W, B)"),
                        ("mean_gradient_angle", "mean angle to bp's gradient")):
         value = m.get(key)
@@ -565,7 +567,7 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         elapsed += stats["epoch_seconds"]
         distributed.broadcast_buffers(model, set(biograd.feedback_buffers(model)), dist)
         metrics = {"epoch": epoch, "rule": cfg.rule, "seed": cfg.seed, **stats,
-                   **task.evaluate(ctx, val_loader), "lr": optimizer.param_groups[0]["lr"],
+                   **task.evaluate(ctx, val_loader),
                    "elapsed_seconds": elapsed}
         if dist.main:
             metrics.update(angles(ctx))
