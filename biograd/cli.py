@@ -153,7 +153,9 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=biograd.__version__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("rules", help="list the learning rules")
+    p = sub.add_parser("rules", help="list the learning rules",
+                       description="List the learning rules: name, aliases, what B is, the "
+                       "state each keeps.")
     p.set_defaults(func=cmd_rules)
 
     p = sub.add_parser("train", help="train one model under one rule",
@@ -183,14 +185,17 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     add_arguments(p, DetectConfig)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("make-shapes", help="write a synthetic COCO-format detection data set")
-    p.add_argument("out", type=Path)
+    p = sub.add_parser("make-shapes", help="write a synthetic COCO-format detection data set",
+                       description="Write the synthetic shapes data set (coloured shapes "
+                       "on textured backgrounds) in COCO's format: OUT/train, OUT/val, "
+                       "OUT/annotations.")
+    p.add_argument("out", type=Path, help="the folder to write it into")
     p.add_argument("--train", type=int, default=1600, help="training images (default 1600)")
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
     p.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
     p.add_argument("--min-side", type=int, default=12,
                    help="smallest shape side in pixels (default 12)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="what draws the shapes (default 0)")
     p.set_defaults(func=cmd_make_shapes)
 
     p = sub.add_parser("eval", help="score a saved model on its validation split",
@@ -202,11 +207,14 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                    help="in a run folder: best.pt (default) or the last epoch's checkpoint.pt")
     p.add_argument("--data", default=None, help="another data set than the run's own")
     p.add_argument("--data-root", default=None, help="where to look for the data")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to score it (default auto: a GPU if there is one)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plot", help="redraw the figures of a run folder")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("plot", help="redraw the figures of a run folder",
+                       description="Redraw a run's figures (accuracy, loss, angles per layer, "
+                       "angles over training) from its metrics.jsonl and angles.jsonl.")
+    p.add_argument("run_dir", type=Path, help="a run folder (one rule, one seed)")
     p.add_argument("--out", type=Path, default=None, help="where (default: the run folder)")
     p.set_defaults(func=cmd_plot)
 

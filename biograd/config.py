@@ -74,8 +74,9 @@ class RunConfig:
     log_interval: int = setting(50, "steps between progress lines (loss, lr, images/s, ETA) "
                                 "and the non-finite-loss check, the only times the host waits "
                                 "on the device in an epoch (and its last step)", low=1)
-    accept_changes: bool = setting(False, "on --resume, accept another number of processes "
-                                   "or --epochs: the schedule is recomputed for the new shape")
+    accept_changes: bool = setting(False, "on --resume, accept another number of processes, "
+                                   "--batch-size or --epochs: the schedule is recomputed for "
+                                   "the new shape")
     init_checkpoint: str | None = setting(None, "start from the weights in this file: a torch "
                                           "or biograd state dict, a biograd checkpoint, or "
                                           ".safetensors (feedback is derived where absent)")
@@ -103,8 +104,8 @@ class TrainConfig(RunConfig):
     """Image classification under a learning rule. Defaults: every rule on the bundled digits
     in a few minutes on a CPU (`biograd compare` with no options)."""
 
-    data: str = setting("digits", "digits, mnist, fashion-mnist, fake, or a folder with "
-                        "train/ and val/")
+    data: str = setting("digits", "digits, mnist, fashion-mnist, fake, cifar10, cifar100, "
+                        "or a folder with train/ and val/ (ImageNet's, say)")
     model: str = setting("small_cnn", "a biograd model, a torchvision model name, or timm:NAME")
     model_options: dict = setting(default_factory=dict, help="options of the model's builder, "
                                   "e.g. '{width: 32, blocks: 1}' (YAML)")
@@ -123,8 +124,9 @@ class TrainConfig(RunConfig):
     val_split: int | None = setting(None, "hold this many training images out as the "
                                     "validation split (the test split is then scored once, "
                                     "with the best validation epoch's model: test.json)", low=1)
-    pretrained: bool = setting(False, "start from torchvision's (or timm's) pretrained weights, "
-                               "from the local cache: nothing is downloaded")
+    pretrained: bool = setting(False, "start from pretrained weights: torchvision's from "
+                               "torch's hub cache (never downloaded), timm's through timm's "
+                               "loader (which downloads unless HF_HUB_OFFLINE=1)")
     unshare: bool = setting(False, "no weight sharing: every Conv2d becomes a locally connected "
                             "layer, its kernel copied to every position (biograd.unshare)")
     dale: float | None = setting(None, "Dale's law: this fraction of units excitatory (e.g. "

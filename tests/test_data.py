@@ -111,6 +111,13 @@ def test_unknown_name_lists_the_names_and_the_folder_layout():
     assert isinstance(err.value, ValueError)
 
 
+def test_imagenet_by_name_says_to_give_its_folder():
+    # what every shipped configs/imagenet recipe names until --data gives the folder
+    with pytest.raises(DataError, match=r"give --data /path/to/imagenet") as err:
+        build_data("imagenet")
+    one_line(err)
+
+
 def test_bad_image_size():
     with pytest.raises(DataError, match="image_size"):
         build_data("digits", image_size=0)

@@ -115,8 +115,12 @@ def test_resume_needs_only_the_run_folder(tmp_path, monkeypatch):
     assert a["config"] == {**b["config"], "out": a["config"]["out"], "resume": False}
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    # an option given again overrides the saved one, and is checked against it
+    # an option given again overrides the saved one, and is checked against it; a refused
+    # resume is no start: environment.jsonl gains no line
+    starts = (tmp_path / "parts" / "environment.jsonl").read_text().count("\n")
+    assert starts == 2
     assert main(["train", "--out", str(tmp_path / "parts"), "--resume", "--lr", "0.1"]) == 2
+    assert (tmp_path / "parts" / "environment.jsonl").read_text().count("\n") == starts
 
 
 @pytest.mark.parametrize("rule", ["brsf", "wm", "dfa"])

@@ -34,6 +34,9 @@ def build_data(spec: str, *, image_size: int | None = None, root: str | None = N
     path = spec.removeprefix(FOLDER_PREFIX)
     if path != spec or Path(path).expanduser().exists() or _looks_like_path(path):
         return build_imagefolder(path, options)
+    if spec.lower() == "imagenet":  # what the shipped ImageNet recipes name: a folder
+        raise DataError(f"imagenet is read from its folder: give --data /path/to/imagenet, "
+                        f"{LAYOUT}")
     raise DataError(f"unknown data set {spec!r}: choose one of {', '.join(list_datasets())}, "
                     f"or give {LAYOUT}")
 

@@ -331,7 +331,8 @@ def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
         shape.append(f"epochs={saved.get('epochs')} (now {cfg.epochs})")
     world, batch = state.get("world_size", 1), saved.get("batch_size", cfg.batch_size)
     if (world, batch) != (dist.world_size, cfg.batch_size):  # the steps per epoch change
-        shape.append(f"{world} processes × batch {batch}, a global batch of {world * batch} "
+        shape.append(f"{world} process{'es' if world != 1 else ''} × batch {batch}, a global "
+                     f"batch of {world * batch} "
                      f"(now {dist.world_size} × {cfg.batch_size}, "
                      f"{dist.world_size * cfg.batch_size})")
     if shape and not cfg.accept_changes:
@@ -371,7 +372,6 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         log.addHandler(handler)
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
-        runlog.environment(device, dist, command)
     if not cfg.resume:
         runlog.start()
     try:
@@ -379,7 +379,7 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
         task = build(cfg, dist, device)  # (convert logs the conversion report)
         if cfg.init_checkpoint and not cfg.resume:
             load_weights(task.model, cfg.init_checkpoint, device, cfg)
-        return _fit(cfg, dist, device, task, out, runlog)
+        return _fit(cfg, dist, device, task, out, runlog, command)
     except BaseException as err:  # a run this process started does not stay "running"
         if runlog.current == "running":
             kept = (out / checkpoint.NAME).exists()
@@ -506,7 +506,8 @@ def sync_batchnorm(model: nn.Module, cfg: RunConfig, dist: distributed.Dist,
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, Any]:
+def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog,
+         command: list[str] | None = None) -> dict[str, Any]:
     task.model = sync_batchnorm(task.model, cfg, dist, device)
     model = task.model
     optimizer = build_optimizer(cfg, model, task.param_groups)
@@ -546,7 +547,8 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog) -> dict[str, 
         runlog.truncate(state["epoch"])
         log.info("resumed %s after epoch %d%s", out, state["epoch"],
                  " (new shape: schedule recomputed)" if reshaped else "")
-    if dist.main:
+    if dist.main:  # a start that was not refused: its environment, config and status
+        runlog.environment(device, dist, command)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         runlog.status("running")
 

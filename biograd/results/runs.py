@@ -238,7 +238,7 @@ def task_summary(runs: Iterable[Run]) -> str:
                  f"model of the best validation epoch")
     elif held:
         split = "; validation: the test split"
-    return f"model {models}, data {data}, {epochs} epochs{split}"
+    return f"model {models}, data {data}, {epochs} epoch{'' if epochs == '1' else 's'}{split}"
 
 
 def describe(value: object) -> str:
