@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", default=",".join(STUDIES),
                         help=f"comma-separated studies to run ({', '.join(STUDIES)}; 'none')")
     parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rewrite the reports and RESULTS.md")
+                        help="train nothing: rewrite the reports and RESULTS.md (the run "
+                        "records in experiments/runs stay as they are)")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"),
                         help="the RESULTS.md to write")
     parser.add_argument("--fresh", action="store_true",
@@ -257,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     from results import write_results
 
     path = write_results(out, Path(args.results))
+    if args.report_only:  # nothing trained: the committed records stay as they are
+        print(f"wrote {path}")
+        return 0
     archive(out, HERE / "runs")
     print(f"wrote {path}, and the run records to {HERE / 'runs'}")
     return 0
