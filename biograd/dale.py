@@ -255,6 +255,10 @@ def dale(
         if weight is None:
             free.append(f"{name} ({why})")
             continue
+        owner = next((n for n, _, w in chosen if w is weight), None)
+        if owner is not None:  # tied: one tensor cannot hold two layers' signs
+            free.append(f"{name} (its weight is {owner}'s, held to {owner}'s signs)")
+            continue
         chosen.append((name, module, weight))
     for name, module, weight in chosen:
         draw = torch.rand(_units(module), generator=generator(mix(seed, name, "dale")))

@@ -22,7 +22,7 @@ from torch import nn
 
 from biograd.convert import Patterns, _matches, _swap, _walk
 from biograd.dale import DALE_SIGN
-from biograd.nn.local import LocallyConnected2d, _int_padding, output_size
+from biograd.nn.local import LocallyConnected2d, output_size, unsharable
 from biograd.rules.dfa import error_source
 
 log = logging.getLogger("biograd")
@@ -75,7 +75,7 @@ def unshared_bytes(model: nn.Module, example_input: Any, include: Patterns = Non
     out = {}
     for name, conv, size in _input_sizes(model, example_input, include, exclude):
         try:
-            h, w = output_size(size, conv.kernel_size, conv.stride, _int_padding(conv),
+            h, w = output_size(size, conv.kernel_size, conv.stride, unsharable(conv),
                                conv.dilation)
         except ValueError as err:
             raise ValueError(f"{name or type(conv).__name__}: {err}") from None

@@ -466,3 +466,21 @@ def test_converted_swin_learns_through_rules_but_norms_and_position_bias(version
     assert others == {"logit_scale" if v2 else "relative_position_bias_table"}
     ran = learn_one_step(model)
     assert any(n.endswith(".attn.qkv") for n in ran) and any(n.endswith(".attn.proj") for n in ran)
+
+
+def test_nested_tensors_are_refused_off_bp_in_one_line():
+    layer = biograd.nn.MultiheadAttention(8, 2, batch_first=True, rule="fa").eval()
+    nested = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)])
+    with torch.no_grad(), pytest.raises(ValueError, match="nested tensors run only on bp"):
+        layer(nested, nested, nested, need_weights=False)
+
+
+def test_vit_small_says_which_patches_fit_the_image(tmp_path, capsys):
+    from biograd.cli import main
+
+    assert main(["train", "--model", "vit_small", "--data", "fake", "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("biograd: error: vit_small: image_size 32 is not a multiple of patch 7: "
+                   "give --model-options '{patch: P}' with P dividing it (2, 4, 8, 16), or "
+                   "another --image-size")

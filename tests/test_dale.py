@@ -402,3 +402,20 @@ def test_a_refused_dale_changes_nothing():
     assert not any("dale_sign" in name for name, _ in model.named_buffers())
     for key, value in model[:3].state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_a_tied_weight_takes_one_layers_signs(caplog):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    with caplog.at_level(logging.INFO, logger="biograd"):
+        biograd.dale(model, 0.5, first=True)
+    assert "b (its weight is a's, held to a's signs)" in caplog.text
+    held = model.a.weight.detach().clone()
+    biograd.after_step(model)
+    assert torch.equal(model.a.weight, held)  # one set of signs: nothing pinned at eps
+    assert "dale_sign" not in model.b._buffers

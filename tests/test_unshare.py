@@ -166,3 +166,13 @@ def test_unshare_after_dfa_and_after_dale_is_unshare_before_them():
     for a, b in zip(after.parameters(), before.parameters(), strict=True):
         assert torch.equal(a.grad, b.grad)
     assert isinstance(after[2], LocallyConnected2d) and "dale_sign" in after[2]._buffers
+
+
+def test_unshared_bytes_refuses_what_unshare_refuses():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), parametrizations.spectral_norm(nn.Conv2d(4, 4, 3)))
+    x = torch.randn(1, 2, 8, 8)
+    for measure in (biograd.unshare, unshared_bytes):
+        with pytest.raises(ValueError, match=r"^1: a parametrised weight"):
+            measure(model, x)

@@ -110,5 +110,6 @@ def build_own(
     try:
         return info.builder(**kwargs, **options)
     except (ValueError, AssertionError) as err:  # options that do not fit: say so in one line
-        raise ModelError(f"{name}: {err or 'the options do not fit together'} (options: "
-                         f"{options})") from None
+        detail = str(err).removeprefix(f"{name}: ") or "the options do not fit together"
+        raise ModelError(f"{name}: {detail}" + (f" (options: {options})" if options else "")
+                         ) from None

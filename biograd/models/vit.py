@@ -26,8 +26,11 @@ def vit_small(num_classes: int = 10, in_channels: int = 3, *, image_size: int = 
     (ss, frsf, brsf, wm) would send no error back at the first step.
     """
     if image_size % patch:
-        raise ValueError(f"vit_small: image_size {image_size} is not a multiple of patch "
-                         f"{patch}: choose a patch that divides it (4 or 7 for 28)")
+        fits = [p for p in range(2, min(image_size, 16) + 1) if image_size % p == 0]
+        raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}: give "
+                         f"--model-options '{{patch: P}}' with P dividing it "
+                         f"({', '.join(map(str, fits)) or 'none up to 16'}), or another "
+                         f"--image-size")
     model = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=depth,
                               num_heads=heads, hidden_dim=width, mlp_dim=2 * width,
                               num_classes=num_classes)

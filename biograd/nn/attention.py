@@ -105,6 +105,10 @@ class MultiheadAttention(FeedbackLayer, nn.MultiheadAttention):
 
     def _attend(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                 average_attn_weights, is_causal):
+        if any(t.is_nested for t in (query, key, value)):
+            raise ValueError(f"{type(self).__name__} on {self.learning_rule}: nested tensors "
+                             f"run only on bp (torch's fast path); pad the sequences and give "
+                             f"a key_padding_mask")
         batched = query.dim() == 3
         same_kv, same_qkv = key is value, query is key and key is value
         if not batched:  # one sequence: a batch of one

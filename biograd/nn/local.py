@@ -84,10 +84,7 @@ class LocallyConnected2d(FeedbackLayer):
         and bias copied to every position; a biograd Conv2d's rule and seed kept (its rule's
         state drawn again, for the new W). Raises ValueError for what has no such form here
         (groups, non-zero padding modes, uneven 'same' padding)."""
-        padding = _int_padding(conv)
-        if parametrize.is_parametrized(conv, "weight"):
-            raise ValueError("a parametrised weight (weight_norm, spectral_norm) is not "
-                             "unshared; exclude it")
+        padding = unsharable(conv)
         rule = getattr(conv, "learning_rule", None)
         seed = getattr(conv, "feedback_seed", None)
         weight = conv.weight.detach()
@@ -180,6 +177,16 @@ def output_size(input_size: tuple[int, int], kernel_size: tuple[int, int],
                              f"a larger input")
         out.append((size + 2 * p - span) // s + 1)
     return out[0], out[1]
+
+
+def unsharable(conv: nn.Conv2d) -> tuple[int, int]:
+    """The zero padding of a convolution `from_conv` can unshare; ValueError for one it cannot
+    (groups, non-zero padding modes, uneven 'same' padding, a parametrised weight)."""
+    padding = _int_padding(conv)
+    if parametrize.is_parametrized(conv, "weight"):
+        raise ValueError("a parametrised weight (weight_norm, spectral_norm) is not "
+                         "unshared; exclude it")
+    return padding
 
 
 def _int_padding(conv: nn.Conv2d) -> tuple[int, int]:
