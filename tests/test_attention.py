@@ -468,6 +468,7 @@ def test_converted_swin_learns_through_rules_but_norms_and_position_bias(version
     assert any(n.endswith(".attn.qkv") for n in ran) and any(n.endswith(".attn.proj") for n in ran)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_nested_tensors_are_refused_off_bp_in_one_line():
     layer = biograd.nn.MultiheadAttention(8, 2, batch_first=True, rule="fa").eval()
     nested = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)])
