@@ -201,6 +201,7 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: every loss finite
     interval_loss = torch.zeros((), dtype=torch.float64, device=device)
     seen = interval_seen = 0
+    lr = ctx.optimizer.param_groups[0]["lr"]
     start = tick = time.perf_counter()
     bar = Progress(loader, total, f"epoch {epoch}", cfg.progress, ctx.dist.main)
     for step, batch in enumerate(bar, 1):
