@@ -211,8 +211,8 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                    help="where to score it (default auto: a GPU if there is one)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plot", help="redraw the figures of a run folder",
-                       description="Redraw a run's figures (accuracy, loss, angles per layer, "
+    p = sub.add_parser("plot", help="draw the figures of a run folder",
+                       description="Draw a run's figures (accuracy, loss, angles per layer, "
                        "angles over training) from its metrics.jsonl and angles.jsonl.")
     p.add_argument("run_dir", type=Path, help="a run folder (one rule, one seed)")
     p.add_argument("--out", type=Path, default=None, help="where (default: the run folder)")

@@ -143,7 +143,7 @@ def _markdown(groups: dict[str, list[Run]], out: Path) -> str:
     if notes:
         lines += ["", "Runs that did not finish:", "", *notes]
     lines.append("")
-    label = task_metrics(runs)[0][1].replace(" (%)", "")
+    label = task_metrics(runs)[0][1].replace(" (%)", "").removeprefix("val ")
     for file, (caption, _) in FIGURES.items():
         lines += [f"![{caption.format(label=label)}]({file})", ""]
     if several:
