@@ -11,3 +11,19 @@ def assert_every_layer_learnt(converted: dict, ran: set, params: dict[str, torch
     assert not no_grad, f"no gradient: {no_grad}"
     bad = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradient: {bad}"
+
+
+def stop_in_epoch(monkeypatch, epoch: int):
+    """From now on, loop.train_one_epoch raises KeyboardInterrupt (a Ctrl-C) when it reaches
+    `epoch`; call the returned function to give it back its own."""
+    from biograd.engine import loop
+
+    real = loop.train_one_epoch
+
+    def stopping(ctx, loader, at):
+        if at == epoch:
+            raise KeyboardInterrupt
+        return real(ctx, loader, at)
+
+    monkeypatch.setattr(loop, "train_one_epoch", stopping)
+    return lambda: monkeypatch.setattr(loop, "train_one_epoch", real)

@@ -81,3 +81,10 @@ def test_the_dfa_table_quoted_is_what_resnet18_at_224_needs():
     megabytes = f"{table * 4 / 1e6:.0f} MB"
     assert f"{megabytes} for ResNet-18 at 224²" in README.read_text()
     assert f"**{megabytes}**" in (ROOT / "docs" / "rules.md").read_text()
+
+
+def test_the_experiments_wall_time_quoted_is_results_own():
+    results = (ROOT / "experiments" / "RESULTS.md").read_text()
+    minutes, sessions = re.search(r"Wall time: (\d+) minutes in (\d+) session", results).groups()
+    assert (f"({minutes} minutes of wall time on 2 cores, studies included, in the {sessions}\n"
+            f"sessions") in README.read_text()

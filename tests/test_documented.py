@@ -9,6 +9,7 @@ import logging
 
 import pytest
 import torch
+from checks import stop_in_epoch
 from torch import nn
 
 import biograd
@@ -228,16 +229,9 @@ def test_environment_gets_one_line_per_start_resumes_included(tmp_path, monkeypa
     # (resumes included)"
     out = tmp_path / "run"
     argv = ["train", "--epochs", "2", *QUICK[2:], "--out", str(out)]
-    real = loop.train_one_epoch
-
-    def stop_in_epoch_two(ctx, loader, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(ctx, loader, epoch)
-
-    monkeypatch.setattr(loop, "train_one_epoch", stop_in_epoch_two)
+    resume_epochs = stop_in_epoch(monkeypatch, 2)
     assert main(argv) == 130  # interrupted after epoch 1
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    resume_epochs()
     assert main([*argv, "--resume"]) == 0
     starts = [json.loads(line) for line in (out / "environment.jsonl").open()]
     assert [s["command"] for s in starts] == [["biograd", *argv], ["biograd", *argv, "--resume"]]

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 import torch
 import yaml
+from checks import stop_in_epoch
 
 import biograd
 from biograd.config import TrainConfig, resolve
@@ -99,16 +100,9 @@ def test_resume_needs_only_the_run_folder(tmp_path, monkeypatch):
              "2", "--batch-size", "8", "--lr", "0.02", "--schedule", "step", "--step-size", "1",
              "--progress", "none", "--tensorboard", "false", "--angle-batch", "0"]
     assert main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
-    real = loop.train_one_epoch
-
-    def stopping(ctx, loader, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(ctx, loader, epoch)
-
-    monkeypatch.setattr(loop, "train_one_epoch", stopping)
+    resume_epochs = stop_in_epoch(monkeypatch, 2)
     assert main(["train", *flags, "--out", str(tmp_path / "parts")]) == 130
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    resume_epochs()
     assert main(["train", "--out", str(tmp_path / "parts"), "--resume"]) == 0
     a, b = (torch.load(tmp_path / n / checkpoint.NAME, weights_only=True)
             for n in ("whole", "parts"))
