@@ -48,6 +48,16 @@ def test_unknown_model_lists_valid_ones(capsys, out):
                    "small_cnn")
 
 
+def test_a_torchvision_model_too_deep_for_the_images_names_a_size_it_takes(capsys, out):
+    # alexnet pools 28x28 maps to nothing: torch's traceback at the first step, before
+    last = one_line_error(capsys, ["train", "--model", "alexnet", "--data", "fake",
+                                   "--image-size", "28", *QUICK, *out],
+                          "alexnet cannot take 28x28 images", "Output size is too small")
+    side = int(last.split("--image-size ")[1].rstrip(")"))
+    assert main(["train", "--model", "alexnet", "--data", "fake", "--image-size", str(side),
+                 *QUICK, *out]) == 0
+
+
 def test_missing_data_folder(capsys, tmp_path, out):
     one_line_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), *QUICK, *out],
                    "nowhere")

@@ -213,6 +213,7 @@ def test_unknown_name_lists_models_and_close_matches():
     ("resnet_small", {"depth": 20}, "unexpected keyword argument 'depth'"),
     ("resnet18", {"in_channels": 2}, "3-channel images"),
     ("vit_b_16", {"image_size": 28}, "indivisible by patch size"),
+    ("vgg11", {"image_size": 28}, r"cannot take 28x28 images \(.*\): it takes 32x32"),
     ("mlp", {"num_classes": 0}, "num_classes must be a positive integer"),
 ])
 def test_errors_say_what_was_wrong(name, kwargs, match):

@@ -101,9 +101,43 @@ def build_model(
         options["pretrained"] = True
     model = builder(name, num_classes=num_classes, in_channels=in_channels,
                     image_size=image_size, **options)
+    if builder is not build_own:  # biograd's own models check their min_size before building
+        _check_image_size(model, name, in_channels, image_size)
     if pretrained and builder is _build_torchvision:
         load_cached_weights(model, name)
     return model
+
+
+# Sides tried, when a model refuses the asked one, to say which it takes.
+_SIDES = (32, 48, 64, 96, 128, 160, 224, 299)
+
+
+def _check_image_size(model: nn.Module, name: str, in_channels: int, side: int) -> None:
+    """ModelError, naming a side that works, when `model` cannot take (1, C, side, side) images:
+    torchvision's alexnet, vgg and inception_v3 pool 28x28 maps to nothing, which would
+    otherwise stop the first training step with torch's traceback."""
+    import torch
+
+    def fails(s: int) -> str | None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, in_channels, s, s))
+        except RuntimeError as err:
+            return str(err).splitlines()[0]
+        return None
+
+    was_training = model.training
+    model.eval()
+    try:
+        error = fails(side)
+        if error is None:
+            return
+        fits = next((s for s in _SIDES if s > side and fails(s) is None), None)
+    finally:
+        model.train(was_training)
+    hint = (f"it takes {fits}x{fits} (--image-size {fits})" if fits is not None
+            else "pick a model for small inputs (small_cnn, mlp, resnet_small)")
+    raise ModelError(f"{name} cannot take {side}x{side} images ({error}): {hint}")
 
 
 def load_cached_weights(model: nn.Module, name: str) -> None:
