@@ -12,10 +12,9 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from biograd._check import problem
 from biograd.errors import UsageError
@@ -183,22 +182,33 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-class _Loader(yaml.SafeLoader):
+@cache
+def _loader() -> type:
     """PyYAML's safe loader, reading 1e-3 as a float as YAML 1.2 does (PyYAML, following YAML
-    1.1, reads a number with an exponent but no dot as a string)."""
+    1.1, reads a number with an exponent but no dot as a string). PyYAML is imported here, not
+    at the top: `biograd --help`, `--version` and `rules` need none of the train extra."""
+    import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return Loader
 
 
 def load_yaml_text(text: str) -> Any:
-    """YAML text as Python values (see `_Loader`)."""
-    return yaml.load(text, Loader=_Loader)
+    """YAML text as Python values (see `_loader`)."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())
 
 
 def _parse_yaml_mapping(text: str) -> dict:
+    import yaml
+
     try:
         value = load_yaml_text(text)
     except yaml.YAMLError as err:
@@ -243,6 +253,8 @@ def find_config(path: Path | str) -> Path:
 def saved_config(out: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     """The fields of the run in `out` (its config.yaml; none if it has none), less those that
     belong to one start only (resume, accept_changes)."""
+    import yaml
+
     path = out / "config.yaml"
     if not path.is_file():
         return {}
@@ -258,6 +270,8 @@ def saved_config(out: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any
 def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     """The fields a YAML config file (or installed recipe) sets, checked against the task's
     config class."""
+    import yaml
+
     path = find_config(path)
     try:
         data = load_yaml_text(path.read_text()) or {}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import biograd
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Every module of the train and detect extras (Pillow comes with torchvision), made
@@ -43,7 +45,9 @@ def test_the_library_needs_no_extra():
     assert result.stdout.strip().endswith("ok")
 
 
-@pytest.mark.parametrize(("argv", "extra"), [(["train"], "train"), (["rules"], "train")])
+@pytest.mark.parametrize(("argv", "extra"), [
+    (["train"], "train"), (["compare", "--rules", "bp"], "train"), (["eval", "runs/x"], "train"),
+    (["detect", "--data", "fake"], "train")])
 def test_the_command_line_names_the_extra_it_needs(argv, extra):
     result = run(f"""
         from biograd.cli import main
@@ -54,11 +58,32 @@ def test_the_command_line_names_the_extra_it_needs(argv, extra):
     assert len(err) == 1 and f"pip install 'biograd[{extra}]'" in err[0], err
 
 
+def test_detect_names_the_detect_extra_before_it_starts(tmp_path):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.modules["pycocotools"] = None
+        from biograd.cli import main
+        raise SystemExit(main(["detect", "--data", "fake", "--out", {str(tmp_path / "run")!r}]))
+    """)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'biograd[detect]'" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--version"], biograd.__version__), (["rules"], "| `ss` |"), (["train", "--help"], "--rule")])
+def test_help_version_and_rules_need_no_extra(argv, expected):
+    result = run(f"""
+        from biograd.cli import main
+        raise SystemExit(main({argv!r}))
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout
+
+
 def test_the_wheel_ships_configs_license_and_type_marker(tmp_path):
     import shutil
     import zipfile
-
-    import biograd
 
     source = tmp_path / "src"  # a copy: setuptools writes build/ beside the project
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -31,13 +30,12 @@ from biograd import __version__
 from biograd._seed import mix
 from biograd.config import RunConfig
 from biograd.engine import checkpoint, distributed
-from biograd.engine.runlog import Progress, RunLog
+from biograd.engine.runlog import LOG_DATES, LOG_FORMAT, Progress, RunLog
 from biograd.errors import Diverged, UsageError
 
 log = logging.getLogger("biograd")
 
 #: How log lines look, on the terminal and in RUN/train.log: time, level, message.
-LOG_FORMAT, LOG_DATES = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
 
 #: Fields that may differ between a run and its resumption (epochs only with
 #: accept_changes, which may itself change).
@@ -550,6 +548,8 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog,
                  " (new shape: schedule recomputed)" if reshaped else "")
     if dist.main:  # a start that was not refused: its environment, config and status
         runlog.environment(device, dist, command)
+        import yaml
+
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         runlog.status("running")
 

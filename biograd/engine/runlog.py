@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+LOG_FORMAT, LOG_DATES = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
+
 log = logging.getLogger("biograd")
 
 
