@@ -294,18 +294,26 @@ def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = Train
     A resume (resume and out set) starts from the run folder's config.yaml instead of the
     defaults, so `--out RUN --resume` alone continues the run as it was."""
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # the file a value came from, for its error message
     known = {f.name for f in dataclasses.fields(cls)}
     if args is not None:
         given = dict(vars(args))
         path = given.pop("config", None)
         if path is not None:
             values.update(load_yaml(path, cls))
-        values.update({k: v for k, v in given.items() if k in known})
+            origins.update(dict.fromkeys(values, f"in {path}"))
+        flags = {k: v for k, v in given.items() if k in known}
+        values.update(flags)
+        for name in flags:
+            origins.pop(name, None)
     values.update(overrides)
     if values.get("resume") and values.get("out"):
-        values = {**saved_config(Path(values["out"]), cls), **values}
+        saved = saved_config(Path(values["out"]), cls)
+        origins.update({k: f"in {Path(values['out']) / 'config.yaml'}" for k in saved
+                        if k not in values})
+        values = {**saved, **values}
     cfg = cls(**values)
-    validate(cfg)
+    validate(cfg, origins)
     # canonical names, so that run folders and reports group "usf" with "ss"
     cfg.rule = get_rule(cfg.rule).name
     if isinstance(cfg, TrainConfig):
@@ -313,48 +321,56 @@ def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = Train
     return cfg
 
 
-def check_fields(cfg: RunConfig) -> None:
+def _where(name: str, origins: dict[str, str] | None) -> str:
+    """Where field `name` was set: its flag, or the file it came from."""
+    return (origins or {}).get(name) or "--" + name.replace("_", "-")
+
+
+def check_fields(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
     """Every field's value against its type and bounds, wherever it came from (defaults, a
-    YAML file, flags, code): a UsageError naming the field, its flag and what it takes."""
+    YAML file, flags, code): a UsageError naming the field, its flag (or the file that set it)
+    and what it takes."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         wrong = problem(hints[f.name], f.metadata, value)
         if wrong:
-            flag = "--" + f.name.replace("_", "-")
-            raise UsageError(f"{f.name}={value!r} ({flag}): {wrong}")
+            raise UsageError(f"{f.name}={value!r} ({_where(f.name, origins)}): {wrong}")
 
 
-def _rule_name(field_name: str, value: str) -> None:
+def _rule_name(field_name: str, value: str, origins: dict[str, str] | None = None) -> None:
     try:
         get_rule(value)
     except ValueError as err:
-        raise UsageError(f"{field_name}={value!r} (--{field_name.replace('_', '-')}): "
+        raise UsageError(f"{field_name}={value!r} ({_where(field_name, origins)}): "
                          f"{err}") from None
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
     """Reject bad values, unknown names and contradictory options with one line that says
-    what to do."""
-    check_fields(cfg)
+    what to do. `origins`: the file each field read from a file came from (`resolve`'s), so
+    that the line names the file, not a flag the user never gave."""
+    check_fields(cfg, origins)
     for name in ("rule", "last_rule") if isinstance(cfg, TrainConfig) else ("rule",):
-        _rule_name(name, getattr(cfg, name))
+        _rule_name(name, getattr(cfg, name), origins)
+    where = _where("rule_options", origins)
     for name, options in cfg.rule_options.items():
         if not isinstance(name, str) or not isinstance(options, dict | None):
-            raise UsageError(f"rule_options (--rule-options): {name!r}: {options!r} is not a "
+            raise UsageError(f"rule_options ({where}): {name!r}: {options!r} is not a "
                              f"rule name with a mapping of its options, like "
                              f"'{{wm: {{samples: 128}}}}'")
         try:
             get_rule(name, **(options or {}))
         except (ValueError, TypeError) as err:
-            raise UsageError(f"rule_options (--rule-options): {err}") from None
+            raise UsageError(f"rule_options ({where}): {err}") from None
+    where = _where("model_options", origins)
     if any(not isinstance(k, str) for k in getattr(cfg, "model_options", {})):
-        raise UsageError(f"model_options (--model-options): option names are words, like "
+        raise UsageError(f"model_options ({where}): option names are words, like "
                          f"'{{width: 32}}', not {cfg.model_options!r}")
     reserved = sorted(set(getattr(cfg, "model_options", {})) & {
         "num_classes", "in_channels", "image_size", "pretrained"})
     if reserved:
-        raise UsageError(f"model_options (--model-options): {', '.join(reserved)} "
+        raise UsageError(f"model_options ({where}): {', '.join(reserved)} "
                          f"{'come' if len(reserved) > 1 else 'comes'} from "
                          f"the data set (and --image-size, --pretrained): leave them out")
     if isinstance(cfg, DetectConfig):

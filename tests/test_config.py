@@ -77,6 +77,25 @@ def test_a_bad_value_in_a_config_file_is_refused(tmp_path, task, name, value, fl
     with pytest.raises(UsageError, match=rf"^{name}=") as err:
         resolve(argparse.Namespace(config=path), CLASSES[task])
     assert "\n" not in str(err.value)
+    assert f"(in {path})" in str(err.value)  # the file that set it, not a flag never given
+
+
+def test_a_flag_over_a_config_file_value_is_named_as_the_flag(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("epochs: 3\nrule: nope\n")
+    args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "0"])
+    with pytest.raises(UsageError, match=r"^epochs=0 \(--epochs\)"):
+        resolve(args)
+    args = build_parser().parse_args(["train", "--config", str(path)])
+    with pytest.raises(UsageError, match=rf"^rule='nope' \(in {path}\)"):
+        resolve(args)
+
+
+def test_a_bad_value_in_a_resumed_runs_config_names_that_file(tmp_path):
+    (tmp_path / "config.yaml").write_text("epochs: many\n")
+    args = build_parser().parse_args(["train", "--out", str(tmp_path), "--resume"])
+    with pytest.raises(UsageError, match=rf"^epochs='many' \(in {tmp_path / 'config.yaml'}\)"):
+        resolve(args)
 
 
 @pytest.mark.parametrize(("task", "name", "value", "flag"), [c for c in CASES if c[3]],
