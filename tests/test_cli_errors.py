@@ -3,6 +3,7 @@ traceback; a diverged run exits non-zero with its own line."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -115,7 +116,12 @@ def test_resume_without_a_checkpoint(capsys, out):
 def test_resume_with_changed_recipe(capsys, out):
     assert main(["train", *QUICK, *out]) == 0
     capsys.readouterr()
-    one_line_error(capsys, ["train", "--resume", "--rule", "fa", *QUICK, *out], "rule='ss'")
+    lines = (Path(out[1]) / "train.log").read_text().splitlines()
+    last = one_line_error(capsys, ["train", "--resume", "--rule", "fa", *QUICK, *out],
+                          "rule='ss'")
+    added = (Path(out[1]) / "train.log").read_text().splitlines()[len(lines):]
+    # the refused start's set-up lines are followed by why it went no further
+    assert added[-1].endswith(f"ERROR stopped: {last.removeprefix('biograd: error: ')}")
 
 
 def test_bad_config_files(capsys, tmp_path, out):

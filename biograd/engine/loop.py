@@ -380,6 +380,12 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
             load_weights(task.model, cfg.init_checkpoint, device, cfg)
         return _fit(cfg, dist, device, task, out, runlog, command)
     except BaseException as err:  # a run this process started does not stay "running"
+        if handler is not None:  # train.log says why its last lines led nowhere (the file
+            # alone: the command line prints its own line)
+            why = "interrupted" if isinstance(err, KeyboardInterrupt) else (
+                f"stopped: {err}" if isinstance(err, UsageError | Diverged)
+                else f"failed: {type(err).__name__}: {err}")
+            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, why, (), None))
         if runlog.current == "running":
             kept = (out / checkpoint.NAME).exists()
             where = ("--resume continues from its last finished epoch" if kept else
