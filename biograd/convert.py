@@ -21,7 +21,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from biograd._seed import mix
-from biograd.dale import dale_buffers, hold_dale_
+from biograd.dale import DALE_SIGN, dale_buffers, dale_layers, hold_dale_
 from biograd.nn.layers import DROP_INS, FeedbackLayer
 from biograd.rules.base import Rule, get_rule
 from biograd.rules.dfa import error_source, release
@@ -267,10 +267,13 @@ class Report:
     transport: (owner, class, parameter count, why) for every module whose own parameters
         learn by backprop: BatchNorm, LayerNorm, embeddings, layers on bp, layers that could
         not be converted.
+    dale: (name, excitatory input units, input units) for every layer under Dale's law
+        (`biograd.dale`).
     """
 
     layers: list[tuple[str, str, str]] = field(default_factory=list)
     transport: list[tuple[str, str, int, str]] = field(default_factory=list)
+    dale: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __str__(self) -> str:
         rules: dict[str, int] = {}
@@ -288,6 +291,11 @@ class Report:
         ]
         lines += [f"  {m} x {kind} ({n:,} params): {why}" for (kind, why), (m, n) in
                   groups.items()]
+        if self.dale:
+            excitatory, units = (sum(d[i] for d in self.dale) for i in (1, 2))
+            layers = f"{len(self.dale)} layer{'s' if len(self.dale) > 1 else ''}"
+            lines.append(f"  under Dale's law: {layers}, {excitatory:,} of {units:,} input "
+                         f"units excitatory")
         return "\n".join(lines)
 
 
@@ -310,6 +318,9 @@ def report(model: nn.Module) -> Report:
                 out.transport.append((name, kind, own, "on bp"))
         elif own:
             out.transport.append((name, kind, own, why or _why_not(module)))
+    for name, module in dale_layers(model):
+        sign = module._buffers[DALE_SIGN]
+        out.dale.append((name, int((sign > 0).sum()), sign.numel()))
     return out
 
 

@@ -419,3 +419,17 @@ def test_a_tied_weight_takes_one_layers_signs(caplog):
     biograd.after_step(model)
     assert torch.equal(model.a.weight, held)  # one set of signs: nothing pinned at eps
     assert "dale_sign" not in model.b._buffers
+
+
+def test_the_conversion_report_says_which_layers_are_under_dale():
+    model = biograd.convert(biograd.dale(mlp(), 0.8, seed=0), "fa", last="bp")
+    report = biograd.report(model)
+    held = {name: layer.dale_sign for name, layer in dale_layers(model)}
+    assert [name for name, _, _ in report.dale] == list(held) and held
+    assert [(e, n) for _, e, n in report.dale] == [
+        (int((s > 0).sum()), s.numel()) for s in held.values()]
+    excitatory = sum(int((s > 0).sum()) for s in held.values())
+    units = sum(s.numel() for s in held.values())
+    assert (f"under Dale's law: {len(held)} layers, {excitatory:,} of {units:,} input units "
+            f"excitatory") in str(report)
+    assert "Dale" not in str(biograd.report(biograd.convert(mlp(), "fa")))
