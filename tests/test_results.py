@@ -287,3 +287,17 @@ def test_the_angle_figure_draws_the_step_records_and_a_single_point(tmp_path, mo
     lines = drawn["angle_over_training.png"]
     assert ([0.0, 0.25, 0.5, 0.75, 1.0], "None") in lines  # the layer and the mean, by step
     assert ([1], "o") in lines  # the gradient angle's one epoch: a visible point
+
+
+def test_runs_of_one_rule_with_other_recipes_are_not_averaged(tmp_path):
+    runs = []
+    for folder, seed, dale in (("a", 0, None), ("b", 1, None), ("c", 0, 0.8)):
+        write_run(tmp_path / folder, "ss", seed, EPOCHS, None)
+        config = yaml.safe_load((tmp_path / folder / "config.yaml").read_text())
+        config.update(dale=dale, out=str(tmp_path / folder), workers=seed)  # settings differ too
+        (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump(config))
+        runs.append(load_run(tmp_path / folder))
+    report = write_report(runs, tmp_path / "compare")["report.md"].read_text()
+    rows = table_rows(report)
+    assert set(rows) == {"ss, dale=none", "ss, dale=0.8"}
+    assert rows["ss, dale=none"][1] == "2 (0, 1)" and rows["ss, dale=0.8"][1] == "0"

@@ -3,6 +3,7 @@
 Per run: best = the highest value over epochs (each metric on its own), final = the value at
 the last epoch that recorded it, time = the run's cumulative elapsed_seconds. Per rule, with
 several seeds: mean ± sample standard deviation over the seeds that have a finite value.
+Runs of one rule whose recipes differ (not only in seed) get a row each (`group_label`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import biograd
 from biograd.results import figures
-from biograd.results.runs import Run, task_metrics, task_summary
+from biograd.results.runs import Run, describe, task_metrics, task_summary
 
 
 def numbers(runs: list[Run]) -> list[tuple[str, str, int]]:
@@ -68,7 +69,8 @@ def summarize(run: Run, keys: list[tuple[str, str, int]] | None = None) -> dict[
 def write_report(runs: list[Run], out: str | Path) -> dict[str, Path]:
     """Write report.md, results.csv and the figures into `out`; returns {file name: path}.
 
-    Rules appear in the order of their first run in `runs`; a rule's runs are its seeds.
+    Rules appear in the order of their first run in `runs`; a rule's runs are its seeds,
+    unless their recipes differ: then each recipe is a row of its own (`group_label`).
     """
     if not runs:
         raise ValueError("write_report needs at least one run")
@@ -76,13 +78,31 @@ def write_report(runs: list[Run], out: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     groups: figures.Groups = {}
     for run in runs:
-        groups.setdefault(run.rule, []).append(run)
+        groups.setdefault(group_label(run, runs), []).append(run)
     written = {"report.md": out / "report.md", "results.csv": out / "results.csv"}
     written["report.md"].write_text(_markdown(groups, out))
     _write_csv(runs, written["results.csv"])
     for file, (_, draw) in FIGURES.items():
         written[file] = draw(groups, out / file)
     return written
+
+
+#: Config entries that say where or how a run ran, not what it learned: runs of one rule
+#: that differ in these alone are seeds of one group.
+SETTINGS = {"seed", "out", "resume", "accept_changes", "workers", "progress", "device",
+            "tensorboard", "data_root", "download", "log_interval"}
+
+
+def group_label(run: Run, runs: list[Run]) -> str:
+    """The row `run` belongs to: its rule, and, where runs of that rule differ in their
+    recipe (--dale, --lr, the model, ...), the entries that set it apart ("ss, dale=0.8"):
+    only seeds of one recipe are averaged."""
+    same_rule = [r.config for r in runs if r.rule == run.rule]
+    keys = sorted({k for config in same_rule for k in config} - SETTINGS - {"rule"})
+    differ = [k for k in keys if len({repr(c.get(k)) for c in same_rule}) > 1]
+    values = {k: run.config.get(k) for k in differ}
+    return ", ".join([run.rule, *(f"{k}={'none' if v is None else describe(v)}"
+                                  for k, v in values.items())])
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
