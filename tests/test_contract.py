@@ -294,6 +294,21 @@ SECOND_ORDER = [c for c in LAYERS if c[0] in (
     "linear_3d_input", "conv1d_stride", "conv2d_same_even", "convtranspose1d_output_padding")]
 
 
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", SECOND_ORDER, ids=[c[0] for c in SECOND_ORDER])
+def test_autocast_leaves_float64_alone_as_torch_does(case, rule):
+    _, factory, shape = case
+    reference, layer = make(factory, rule, torch.float64)
+    x = torch.randn(shape, dtype=torch.float64)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        expected = reference(x)
+    grad_out = torch.randn(expected.shape, dtype=torch.float64)
+    y, gx, grads = run(layer, x, grad_out, dtype=torch.bfloat16)
+    assert expected.dtype == y.dtype == gx.dtype == torch.float64
+    assert torch.equal(y, expected)
+    assert all(g.dtype == torch.float64 for g in grads.values())
+
+
 @pytest.mark.parametrize("rule", TRANSPOSED)
 @pytest.mark.parametrize("case", SECOND_ORDER, ids=[c[0] for c in SECOND_ORDER])
 def test_double_backward_differentiates_the_rules_backward(case, rule, monkeypatch):

@@ -37,7 +37,10 @@ def _autocast_dtype(x: Tensor) -> torch.dtype | None:
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    return t if t is None or dtype is None else t.to(dtype)
+    """t in autocast's `dtype`, as autocast casts each argument: float64 tensors stay float64."""
+    if t is None or dtype is None or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
 
 
 def _as(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
