@@ -251,3 +251,18 @@ def test_a_bad_rule_option_is_one_line_from_the_command(capsys):
     assert main(["train", "--rule", "fa", "--rule-options", "{fa: {scale: wieght}}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scale='wieght'" in err[0] and "'seed', 'weight'" in err[0]
+
+
+@pytest.mark.parametrize("rule", biograd.rules.list_rules())
+@pytest.mark.parametrize(("layer", "shape"), [
+    (lambda: nn.Linear(6, 8), (0, 6)),        # an empty batch
+    (lambda: nn.Linear(3, 8), (2, 0, 3)),     # an empty sequence
+    (lambda: nn.Conv2d(3, 4, 3), (0, 3, 5, 5)),
+], ids=["linear-empty-batch", "linear-empty-sequence", "conv-empty-batch"])
+def test_an_empty_batch_gives_zero_gradients(rule, layer, shape):
+    torch.manual_seed(0)
+    model = biograd.convert(nn.Sequential(layer(), nn.ReLU(), nn.Flatten(1)), rule)
+    x = torch.randn(*shape, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad.shape == x.shape and not x.grad.any()
+    assert not model[0].weight.grad.any()

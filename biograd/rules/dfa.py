@@ -90,7 +90,7 @@ class ErrorSource:
 
             def store(grad: Tensor | None) -> None:  # None: an undefined gradient, e = 0
                 grad = torch.zeros_like(like) if grad is None else grad.detach()
-                current.error = grad.reshape(grad.shape[0], -1)
+                current.error = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
 
             output.register_hook(store)
 
@@ -191,6 +191,8 @@ def _project(layer: nn.Module, source: ErrorSource | None, run: _Pass | None,
             f"{type(layer).__name__} on dfa: its input has shape {tuple(shape)}, but the "
             f"output error has {e.shape[0]} samples: dfa needs the batch first in every layer's "
             f"input (batch_first=True for attention)")
+    if e.numel() == 0 or math.prod(rest) == 0:  # an empty batch, or an empty input
+        return e.new_zeros(shape)
     b = _window(source, layer, e.shape[1], rest, e.device, e.dtype)
     return (e @ b).mul_(1.0 / math.sqrt(b.shape[1])).view(shape)
 
