@@ -266,3 +266,25 @@ def test_an_empty_batch_gives_zero_gradients(rule, layer, shape):
     model(x).sum().backward()
     assert x.grad.shape == x.shape and not x.grad.any()
     assert not model[0].weight.grad.any()
+
+
+def test_kp_b_takes_the_gradient_w_gets_through_its_own_layer():
+    # as docs/rules.md says: a W tied to an embedding gets the embedding's part too, B does not
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, i):
+            return self.head(torch.tanh(self.emb(i)))
+
+    torch.manual_seed(0)
+    model = biograd.convert(Tied(), "kp", include=["head"])
+    tokens, targets = torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])
+    F.cross_entropy(model(tokens), targets).backward()
+    hidden = torch.tanh(model.emb(tokens)).detach()
+    own = torch.func.grad(lambda w: F.cross_entropy(hidden @ w.T, targets))(
+        model.head.weight.detach())
+    torch.testing.assert_close(model.head.feedback.grad, own)
+    assert not torch.allclose(model.head.weight.grad, own)
