@@ -174,8 +174,8 @@ def convert(
         rules: per-layer choices, {pattern: rule}; the first matching pattern wins.
         last: the rule of the model's last convertible layer in registration order (the
             classifier of torchvision and timm models), whatever include and exclude pick;
-            "bp" keeps it on backprop, as the seed's code did. An excluded last layer stays
-            as it is.
+            "bp" keeps it on backprop, as the seed's code did. A last layer that include or
+            exclude leave out stays as it is; a `rules` pattern matching it wins over last.
         include, exclude: fnmatch patterns on qualified module names; a pattern matching a
             module matches everything inside it ("layer4", "*.downsample.*").
         seed: the run's seed; each layer's feedback is drawn from (seed, its name), so every

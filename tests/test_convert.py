@@ -186,6 +186,8 @@ def test_last_names_the_models_last_layer_whatever_is_filtered():
     assert rules_of(model) == {"0": "fa", "3.0": "fa"}  # the classifier is left alone
     model = biograd.convert(small_net(), "fa", last="bp", include=["0", "3"])
     assert rules_of(model) == {"0": "fa", "3.0": "fa"}
+    model = biograd.convert(small_net(), "fa", last="bp", rules={"6": "ss"})
+    assert rules_of(model) == {"0": "fa", "3.0": "fa", "6": "ss"}  # a pattern wins over last
 
 
 TRANSPOSED = [
