@@ -213,6 +213,12 @@ def convert(
             raise ValueError(f"{name or type(module).__name__}: a lazy layer, whose weight has "
                              f"no shape yet: run one forward pass of the model before "
                              f"biograd.convert")
+        if module._parameters.get(cls.weight_name) is not None and \
+                module._parameters[cls.weight_name].is_meta:
+            raise ValueError(f"{name or type(module).__name__}: on the meta device, where the "
+                             f"rule's feedback would be drawn as nothing (to_empty leaves it "
+                             f"uninitialised): materialise the model's weights first "
+                             f"(to_empty and initialise or load them), then biograd.convert")
         chosen = next((r for pat, r in choices.items() if _matches(name, pat)), None)
         if chosen is None:
             chosen = last_rule if last_rule is not None and name == last_name else default

@@ -212,6 +212,19 @@ def test_a_lazy_layer_is_refused_until_a_forward_gives_it_a_shape():
     assert isinstance(biograd.convert(model, "fa")[1], biograd.nn.Linear)
 
 
+def test_a_model_on_the_meta_device_is_refused_until_its_weights_exist():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match=r"^0: on the meta device.*materialise"):
+        biograd.convert(model, "fa")
+    assert not any(isinstance(m, FeedbackLayer) for m in model.modules())
+    model.to_empty(device="cpu")
+    for layer in (model[0], model[2]):
+        layer.reset_parameters()
+    model = biograd.convert(model, "fa")
+    assert torch.isfinite(model[0].feedback).all() and model[0].feedback.abs().sum() > 0
+
+
 def test_a_refused_conversion_changes_nothing():
     model = biograd.convert(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), "fa")
     before = {k: v.clone() for k, v in model.state_dict().items()}
