@@ -60,6 +60,23 @@ def test_conversion_is_idempotent_and_switches_rules():
     assert not hasattr(model[0], "feedback")
 
 
+def test_a_switch_redraws_the_state_in_the_tensors_an_optimiser_holds():
+    torch.manual_seed(0)
+    model = biograd.convert(small_net(), "kp", seed=1)
+    b = model[0].feedback
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    biograd.convert(model, "kp", decay=1e-3, seed=2)  # other options: a switch, B redrawn
+    assert model[0].feedback is b
+    assert torch.equal(b, biograd.convert(small_net(), "kp", decay=1e-3, seed=2)[0].feedback)
+    before = b.detach().clone()
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    optimiser.step()
+    assert not torch.equal(model[0].feedback, before)  # the optimiser steps the live B
+    biograd.convert(model, "fa", seed=1)  # kp's Parameter becomes fa's buffer
+    assert "feedback" in model[0]._buffers and "feedback" not in model[0]._parameters
+    assert torch.equal(model[0].feedback, biograd.convert(small_net(), "fa", seed=1)[0].feedback)
+
+
 def test_feedback_depends_on_seed_and_name_only():
     a = biograd.convert(small_net(), "fa", seed=3)
     torch.manual_seed(99)  # the global stream has no say

@@ -93,9 +93,10 @@ class FeedbackLayer(nn.Module):
         old = self.__dict__.get("learning_rule")
         if old == new and (seed is None or seed == self.feedback_seed):
             return
-        if old is not None:
-            for name in old.state:
-                delattr(self, name)
+        if old is not None:  # state the new rule keeps too is rewritten in place (put_state):
+            for name in old.state:  # an optimiser holding kp's B keeps stepping the live one
+                if name not in new.state:
+                    delattr(self, name)
         if seed is None:
             seed = _default_seed(self.weight_now())
         self.learning_rule, self.feedback_seed = new, int(seed)
@@ -105,6 +106,8 @@ class FeedbackLayer(nn.Module):
         """Give the rule's state `name` the value `value`: written in place (copy_) into the
         tensor already there, so optimisers and wrappers that hold it keep the live one;
         registered as a buffer (a Parameter if `learned`) when there is none."""
+        if name in (self._buffers if learned else self._parameters):  # fa's B, now kp's
+            delattr(self, name)
         current = (self._parameters if learned else self._buffers).get(name)
         if current is not None and current.shape == value.shape:
             with torch.no_grad():
