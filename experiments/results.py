@@ -4,9 +4,10 @@
     python experiments/results.py experiments/runs      # the same, from the committed records
 
 Every number and verdict in RESULTS.md is computed here from OUT/DATA/RULE-seedN (config.yaml,
-metrics.jsonl, angles.jsonl) and OUT/experiment.json (commands, machine, wall time): nothing
-is typed in by hand except the published numbers below and the thresholds of the verdicts,
-which the page states.
+metrics.jsonl, angles.jsonl) and OUT/experiment.json (commands, machine, wall time, and from
+its jobs which session trained which runs, so that times are compared within one session and
+runs no recorded session trained are named): nothing is typed in by hand except the published
+numbers below and the thresholds of the verdicts, which the page states.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from biograd.results import load_run
 from biograd.results.figures import (
@@ -108,6 +112,249 @@ def gap(groups: dict[str, list], rule: str) -> tuple[float, float]:
     m, s = mean_std([error(r) for r in groups.get(rule, [])])
     b, t = mean_std([error(r) for r in groups.get("bp", [])])
     return m - b, s + t
+
+
+# --- which session trained what -------------------------------------------------------------
+
+# A job recorded before jobs recorded whether they trained (the 'trained' flag reproduce.py
+# writes now) counts as training when it ran this long or longer. A job that finds its runs
+# finished only starts Python and redraws its report: 2 to 13 s in experiments/runs; the
+# shortest job that trained ran 34 s (the ViT's dfa, three seeds diverging in epoch 1).
+TRAINED_SECONDS = 30.0
+
+
+class Job(NamedTuple):
+    """One recorded job of experiment.json: which session (1-based, the record's order), the
+    folder and rules it trained (rules None: every rule of the folder), how long, whether it
+    trained anything."""
+
+    session: int
+    folder: str
+    rules: tuple[str, ...] | None
+    seconds: float
+    trained: bool
+
+    def covers(self, folder: str, rule: str) -> bool:
+        return self.folder == folder and (self.rules is None or rule in self.rules)
+
+
+def recorded_jobs(sessions: list[dict]) -> list[Job]:
+    jobs = []
+    for number, session in enumerate(sessions, 1):
+        for job in session.get("runs", []):
+            args = shlex.split(job["command"])
+            if "--out" not in args:
+                continue
+            rules = tuple(args[args.index("--rules") + 1].split(",")) \
+                if "--rules" in args else None
+            seconds = float(job.get("seconds", 0.0))
+            trained = job.get("trained", seconds >= TRAINED_SECONDS)
+            jobs.append(Job(number, Path(args[args.index("--out") + 1]).name, rules, seconds,
+                            bool(trained)))
+    return jobs
+
+
+def all_runs(out: Path) -> dict[str, dict[str, list]]:
+    """{folder: {rule: [Run]}} of every folder of `out` that holds run folders."""
+    found = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        runs = [load_run(p) for p in sorted(folder.iterdir()) if (p / "config.yaml").is_file()]
+        groups = {rule: [r for r in runs if r.rule == rule] for rule in list_rules()}
+        if runs:
+            found[folder.name] = {rule: rs for rule, rs in groups.items() if rs}
+    return found
+
+
+class Provenance:
+    """Which recorded session trained each folder's runs, from experiment.json's jobs.
+
+    A (folder, rule) is trained by the sessions whose jobs for it trained. Where the trained
+    jobs' seconds add up to less than the runs' own training time (their metrics'
+    elapsed_seconds), part of it happened in a job the record lacks: an interrupted session
+    records only its finished jobs.
+    """
+
+    def __init__(self, sessions: list[dict], runs: dict[str, dict[str, list]]):
+        self.sessions = sessions
+        self.jobs = recorded_jobs(sessions)
+        self.runs = runs
+
+    def trained_by(self, folder: str, rule: str) -> list[int]:
+        """The sessions that trained the runs there now: from the last that started them
+        afresh (--fresh, whose records replaced the folder's), if one did."""
+        by = sorted({j.session for j in self.jobs if j.trained and j.covers(folder, rule)})
+        fresh = [n for n in by if self.sessions[n - 1].get("fresh")]
+        return [n for n in by if n >= fresh[-1]] if fresh else by
+
+    def session_trained(self, number: int) -> bool:
+        """Whether the session trained any of the runs there now."""
+        for j in self.jobs:
+            if j.session == number and j.trained:
+                rules = j.rules or tuple(self.runs.get(j.folder, {}))
+                if not rules or any(number in self.trained_by(j.folder, r) for r in rules):
+                    return True
+        return False
+
+    def scopes(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(folder, rules) of each job's runs, jobs of the same runs taken together, in the
+        order of the folders."""
+        seen: dict[tuple[str, tuple[str, ...]], None] = {}
+        for folder, groups in self.runs.items():
+            for rule in groups:
+                rules = next((j.rules for j in self.jobs if j.covers(folder, rule)), None)
+                seen[(folder, rules or tuple(groups))] = None
+        return list(seen)
+
+    def partly_outside(self, folder: str, rules: tuple[str, ...]) -> tuple[float, float] | None:
+        """(seconds of the trained jobs, seconds of training in the runs) where the jobs are
+        too short to hold the training, else None."""
+        jobs = [j for j in self.jobs if j.trained and any(j.covers(folder, r) for r in rules)]
+        runs = [r for rule in rules for r in self.runs.get(folder, {}).get(rule, [])
+                if math.isfinite(r.seconds)]
+        job_time, run_time = sum(j.seconds for j in jobs), sum(r.seconds for r in runs)
+        return (job_time, run_time) if jobs and job_time < run_time else None
+
+    def outside_lines(self) -> list[str]:
+        """RESULTS.md's sentences on runs that no recorded session trained, or only part of."""
+        lines = []
+        for folder, rules in self.scopes():
+            if any(self.trained_by(folder, r) for r in rules):
+                part = self.partly_outside(folder, rules)
+                if part:
+                    lines.append(
+                        f"Part of the training of {folder}'s {', '.join(rules)} runs happened "
+                        f"in no recorded job: the jobs that trained them ran "
+                        f"{part[0] / 60:.1f} minutes, the runs record {part[1] / 60:.1f} minutes "
+                        f"of training (a session stopped part way records only its finished "
+                        f"jobs).")
+                continue
+            n = sum(len(self.runs[folder].get(r, [])) for r in rules)
+            jobs = [j for j in self.jobs if any(j.covers(folder, r) for r in rules)]
+            seen = ("no recorded job names them" if not jobs else
+                    "the recorded jobs for them trained nothing, finding them finished ("
+                    + ", ".join(f"session {j.session}: {j.seconds:.0f} s" for j in jobs) + ")")
+            lines.append(f"The {n} runs of {folder} ({', '.join(rules)}) were trained outside "
+                         f"the recorded sessions: {seen}.")
+        return lines
+
+    def source(self, folder: str, rule: str) -> str:
+        by = self.trained_by(folder, rule)
+        if not by:
+            return "outside the recorded sessions"
+        return ("session" + ("s " if len(by) > 1 else " ") + " and ".join(map(str, by))
+                + (" (partly in no recorded job)" if self.partly_outside(folder, (rule,))
+                   else ""))
+
+    def sources_line(self, folder: str, rules: list[str]) -> str:
+        """Which session trained a table's rows; where that is more than one, a warning that
+        their times are not comparable."""
+        where: dict[str, list[str]] = {}
+        for rule in rules:
+            where.setdefault(self.source(folder, rule), []).append(rule)
+        if len(where) == 1:
+            return f"Trained in {next(iter(where))}."
+        return ("Trained in " + "; ".join(f"{src}: {', '.join(rs)}" for src, rs in where.items())
+                + ". Minutes per run from different sessions are not comparable: the machine's "
+                "load differed between them.")
+
+    def epoch_seconds(self, folder: str, rule: str) -> tuple[float, int] | None:
+        """(median epoch_seconds, the one session) of a folder's runs of `rule`, where one
+        session alone trained them all, else None."""
+        by = self.trained_by(folder, rule)
+        runs = self.runs.get(folder, {}).get(rule, [])
+        if len(by) != 1 or self.partly_outside(folder, (rule,)) or not runs:
+            return None
+        values = [v for r in runs for v in r.series("epoch_seconds")[1] if math.isfinite(v)]
+        return (statistics.median(values), by[0]) if values else None
+
+
+# the options that set what an epoch costs: runs that agree on them ran the same work
+RECIPE_KEYS = ("data", "model", "model_options", "batch_size", "image_size", "amp",
+               "channels_last", "angle_every", "angle_batch", "steps_per_epoch", "unshare",
+               "dale", "rule")
+
+
+def recipe(run) -> tuple:
+    return tuple(str(run.config.get(k) or None) for k in RECIPE_KEYS)
+
+
+def same_recipe_epochs(prov: Provenance, reference) -> dict[int, tuple[float, str]]:
+    """{session: (median epoch seconds, folder)} of the runs of `reference`'s recipe and rule,
+    each session's first folder: how fast the same work went in each session."""
+    found: dict[int, tuple[float, str]] = {}
+    for folder, groups in prov.runs.items():
+        runs = groups.get(reference.rule, [])
+        if runs and all(recipe(r) == recipe(reference) for r in runs):
+            measured = prov.epoch_seconds(folder, reference.rule)
+            if measured and measured[1] not in found:
+                found[measured[1]] = (measured[0], folder)
+    return dict(sorted(found.items()))
+
+
+def wall_time(prov: Provenance) -> str:
+    """The wall-time sentences: the sessions that trained, measured or (interrupted before
+    sessions recorded their time as they went) estimated; those that trained nothing, named
+    and not counted."""
+    sessions = prov.sessions
+    trained = [n for n in range(1, len(sessions) + 1) if prov.session_trained(n)]
+    measured, estimated, notes = 0.0, 0.0, []
+    for n in trained:
+        s = sessions[n - 1]
+        if "wall_seconds" in s:
+            measured += s["wall_seconds"]
+            if "finished" not in s:
+                notes.append(f"session {n} (started {s['started']}) was stopped part way: its "
+                             f"{s['wall_seconds'] / 60:.0f} minutes run to its last finished job")
+            continue
+        job_time = sum(j.seconds for j in prov.jobs if j.session == n)
+        estimate = job_time / max(1, s.get("jobs", 1))
+        estimated += estimate
+        nxt = (f"; the next session started {minutes_between(s, sessions[n]):.0f} minutes "
+               f"after it" if n < len(sessions) and minutes_between(s, sessions[n]) else "")
+        # at most `jobs` ran at once, so their time over `jobs` is a lower bound; the job
+        # the session was stopped in is not recorded at all
+        notes.append(f"session {n} (started {s['started']}) was interrupted and recorded no "
+                     f"wall time: about {estimate / 60:.0f} minutes, an estimate and a lower "
+                     f"bound, are counted for it, its {len(s.get('runs', []))} finished jobs' "
+                     f"{job_time / 60:.0f} minutes at {s.get('jobs', 1)} at a time{nxt}")
+    counted = [n for n in trained if "wall_seconds" in sessions[n - 1]]
+    total = measured + estimated
+    text = (f"Wall time: {total / 60:.0f} minutes in {len(trained)} session"
+            f"{'s' if len(trained) != 1 else ''} of the script that trained runs"
+            + (f" (the first started {sessions[trained[0] - 1]['started']})" if trained else "")
+            + ": " + ", ".join(f"{minutes(sessions[n - 1]['wall_seconds'])} measured in "
+                               f"session {n}" for n in counted))
+    text += ("; " if counted and notes else "") + "; ".join(notes) + "."
+    idle = [n for n in range(1, len(sessions) + 1) if n not in trained]
+    for n in idle:
+        s = sessions[n - 1]
+        jobs = [j for j in prov.jobs if j.session == n]
+        if any(j.trained for j in jobs):
+            text += (f" Session {n} (started {s['started']}) is not counted: a later session "
+                     f"trained its runs again from scratch (--fresh).")
+            continue
+        text += (f" Session {n} (started {s['started']}) is not counted: its {len(jobs)} jobs "
+                 f"trained nothing, finding their runs finished ("
+                 f"{sum(j.seconds for j in jobs) / 60:.1f} minutes in all).")
+    if any("trained" not in job for s in sessions for job in s.get("runs", [])):
+        text += (f" (Jobs recorded before jobs recorded whether they trained count as training "
+                 f"when they ran {TRAINED_SECONDS:.0f} s or more: one that finds its runs "
+                 f"finished takes a few seconds.)")
+    return text
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} minute{'' if round(seconds / 60) == 1 else 's'}"
+
+
+def minutes_between(a: dict, b: dict) -> float:
+    """Minutes from session a's start to session b's; 0 where either time is unreadable."""
+    try:
+        t = [datetime.strptime(" ".join(s["started"].split()[:2]), "%Y-%m-%d %H:%M:%S")
+             for s in (a, b)]
+    except (KeyError, ValueError):
+        return 0.0
+    return max(0.0, (t[1] - t[0]).total_seconds() / 60)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -253,35 +500,43 @@ def _short(command: str) -> str:
 
 def write_results(out: Path, path: Path) -> Path:
     found = load(out)
-    if not found:
+    if not any(found.values()):
         raise SystemExit(f"no run folders under {out}: run experiments/reproduce.py first")
     record = json.loads((out / "experiment.json").read_text()) \
         if (out / "experiment.json").is_file() else {"sessions": []}
     figures = path.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sessions = record.get("sessions", [])
-    wall = sum(s.get("wall_seconds", 0.0) for s in sessions)
+    prov = Provenance(sessions, all_runs(out))
 
     lines = ["# Results: the seed's claims at CPU scale",
              "",
              "Written by `experiments/results.py` from the run folders of "
              "`experiments/reproduce.py`; do not edit by hand.",
              ""]
-    if sessions:
-        m = sessions[-1]["machine"]
-        jobs = sessions[-1]["jobs"]
-        trained = sum(r.seconds for groups in found.values() for rs in groups.values()
-                      for r in rs if math.isfinite(r.seconds))
+    trained = [s for n, s in enumerate(sessions, 1) if prov.session_trained(n)] or sessions
+    if trained:
+        m = trained[-1]["machine"]
+        jobs = trained[-1]["jobs"]
+        total = sum(r.seconds for groups in found.values() for rs in groups.values()
+                    for r in rs if math.isfinite(r.seconds))
         lines += [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
-                  f"{m['torch']}. {jobs} runs at a time, {sessions[-1]['threads']} thread "
-                  f"each. Wall time: {wall / 60:.0f} minutes in {len(sessions)} session(s) of "
-                  f"the script (started {sessions[0]['started']}). Training time summed over "
-                  f"the main comparison's runs: {trained / 60:.0f} minutes, "
-                  f"{trained / 60 / jobs:.0f} per process (evaluation and start-up excluded).",
-                  ""]
+                  f"{m['torch']}. {jobs} runs at a time, {trained[-1]['threads']} thread "
+                  f"each. {wall_time(prov)} Training time summed over the main comparison's "
+                  f"runs: {total / 60:.0f} minutes, {total / 60 / jobs:.0f} per process "
+                  f"(evaluation and start-up excluded).", ""]
+        load_line = session_load(prov, found)
+        outside = prov.outside_lines()
+        if load_line or outside:
+            lines += [" ".join([*outside, load_line]).strip(), ""]
     lines += ["## Verdicts", "", *verdicts(found), ""]
     for data, groups in found.items():
         runs = [r for rs in groups.values() for r in rs]
+        if not runs:  # the folder is there, its jobs trained nothing (a data set missing?)
+            lines += [f"## {TITLES[data]}", "", f"No runs in {data}/ yet: "
+                      f"`python experiments/reproduce.py` trains them (its log says why a job "
+                      f"failed).", ""]
+            continue
         cfg = runs[0].config
         options = cfg.get("model_options") or {}
         epochs = cfg.get("epochs")
@@ -293,7 +548,8 @@ def write_results(out: Path, path: Path) -> Path:
                   f"{cfg.get('weight_decay')}, last layer on {cfg.get('last_rule')}, rule "
                   f"options {cfg.get('rule_options') or 'none'}; seeds "
                   f"{sorted({r.seed for r in runs})}. Test error is 100 − the final epoch's "
-                  f"top-1 on the test split.", "", *table(data, groups), ""]
+                  f"top-1 on the test split.", "", *table(data, groups), "",
+                  prov.sources_line(data, list(groups)), ""]
         for name, draw in (("angles-per-layer", angles_per_layer_figure),
                            ("angle-over-training", angle_over_training_figure),
                            ("accuracy", accuracy_figure)):
@@ -304,16 +560,37 @@ def write_results(out: Path, path: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from studies import sections
 
-    lines += sections(out, found, PUBLISHED, figures)
+    lines += sections(out, found, PUBLISHED, figures, prov)
     lines += ["## Commands", "",
               "Run from the repository root (paths shortened to it; the commands ran with "
               "OMP_NUM_THREADS=1).", "", "```"]
-    for session in sessions:
+    for number, session in enumerate(sessions, 1):
+        what = ("" if prov.session_trained(number) else ": trained nothing") + \
+            ("" if "finished" in session else ": interrupted (its finished jobs below)")
+        lines.append(f"# session {number}, started {session['started']}{what}")
         lines.append(_short(session["script"]))
         lines += [_short(run["command"]) for run in session.get("runs", [])]
-    lines += [*map(_short, record.get("report_commands", {}).values()), "```", ""]
+    lines += ["# the reports", *map(_short, record.get("report_commands", {}).values()), "```",
+              ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def session_load(prov: Provenance, found: dict[str, dict[str, list]]) -> str:
+    """How fast the same work went in each session that trained some: bp's epoch on the main
+    comparison's first data set, wherever runs of that recipe were trained in one session."""
+    for groups in found.values():
+        if groups.get("bp"):
+            epochs = same_recipe_epochs(prov, groups["bp"][0])
+            break
+    else:
+        return ""
+    if len(epochs) < 2:
+        return ""
+    return ("Times are comparable within a session only: the machine's load differed between "
+            "them. The same recipe's bp epoch took a median "
+            + ", ".join(f"{sec:.1f} s in session {n} ({folder})"
+                        for n, (sec, folder) in epochs.items()) + ".")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,17 @@ import math
 import statistics
 from pathlib import Path
 
-from results import TITLES, angle_cell, error, gap, layer_means, mean_std, pm, rule_layers
+from results import (
+    TITLES,
+    angle_cell,
+    error,
+    gap,
+    layer_means,
+    mean_std,
+    pm,
+    rule_layers,
+    same_recipe_epochs,
+)
 
 from biograd.results import load_run
 from biograd.results.figures import accuracy_figure, angle_over_training_figure
@@ -243,9 +253,10 @@ def vit_section(groups, lower: list[dict[str, list]]) -> list[str]:
              f"{g_fa:+.2f}; from best to worst: "
              + ", ".join(f"{r} {errors[r]:.2f}%" for r in ranked) + "."]
     for rule, runs in groups.items():
-        if diverged(runs):
+        if diverged(runs):  # each seed's own message: where it diverged differs by seed
             lines.append(f"- {rule} diverged in {len(diverged(runs))} of {len(runs)} seeds at "
-                         f"lr {runs[0].config.get('lr')} ({diverged(runs)[0].message}).")
+                         f"lr {runs[0].config.get('lr')}:")
+            lines += [f"  - seed {r.seed}: {r.message or 'no message'}" for r in diverged(runs)]
     for rule, runs in ((r, rs) for low in lower for r, rs in done_groups(low).items()):
         g, noise = gap({**finished, rule: runs}, rule)
         fa_gap = versus({rule: runs, "fa": finished.get("fa", [])}, rule, "fa")
@@ -257,19 +268,45 @@ def vit_section(groups, lower: list[dict[str, list]]) -> list[str]:
     return lines + ([left] if left else [])
 
 
+def epoch_cost(prov, study: dict[str, list], main: dict[str, list], label: str) -> str:
+    """"; an epoch took N times the ResNet's (...)" for `study`'s bp against the main
+    recipe's bp, measured in one session; where no session trained both, both times and
+    their sessions, said not to compare; "" without the runs."""
+    if prov is None or not study.get("bp") or not main.get("bp"):
+        return ""
+    mine = next((prov.epoch_seconds(f, "bp") for f, g in prov.runs.items()
+                 if g.get("bp") and g["bp"][0].path == study["bp"][0].path), None)
+    theirs = same_recipe_epochs(prov, main["bp"][0])
+    if not mine or not theirs:
+        return ""
+    seconds, session = mine
+    if session in theirs:
+        ref, folder = theirs[session]
+        return (f"; {label} took {seconds / ref:.1f} times the ResNet's (bp's epochs in "
+                f"session {session}: a median {seconds:.1f} s against {ref:.1f} s in "
+                f"{folder})")
+    other, (ref, folder) = next(iter(theirs.items()))
+    return (f"; bp's epoch took a median {seconds:.1f} s here in session {session}, the "
+            f"ResNet's {ref:.1f} s in session {other} ({folder}): different sessions, under "
+            f"different load, so not a measure of the cost")
+
+
 def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
-             figures: Path) -> list[str]:
-    """The studies' part of RESULTS.md."""
+             figures: Path, prov=None) -> list[str]:
+    """The studies' part of RESULTS.md; `prov` (results.Provenance) says which session
+    trained what, for the times."""
     fashion = main.get("fashion-mnist", {})
+    unshared = epoch_cost(prov, load_study(out, "unshared"), fashion, "an epoch of it")
+    vit = epoch_cost(prov, load_study(out, "vit"), fashion, "an epoch of it")
     lines = ["## The studies: further, and the open problems", "",
              "Each on Fashion-MNIST and the main recipe (3 seeds), changed by a flag or two "
              "(reproduce.py's STUDIES, sized to stay within about three hours of the 2 cores "
              "with the main comparison): `long` trains bp and ss for 20 epochs, the most the "
-             "question asks, for W's distribution to change shape; `unshared` keeps 3 epochs, "
-             "as each takes about three times as long (5.7 M weights); `dale` keeps 3, and "
+             "question asks, for W's distribution to change shape; `unshared` keeps 3 epochs "
+             f"(5.7 M weights){unshared}; `dale` keeps 3, and "
              "balances the weights, as without it BatchNorm networks stop learning "
-             "(docs/beyond.md); the ViT (16 patches of 7×7, 4 layers of width 64) gets 5, as "
-             "its epoch costs a third of the ResNet's. Differences are called real when they "
+             "(docs/beyond.md); the ViT (16 patches of 7×7, 4 layers of width 64) gets 5"
+             f"{vit}. Differences are called real when they "
              f"exceed both the two std's added and {NOISE_FLOOR} points.", ""]
     intro = {
         "long": ("Longer training (claims 1 and 3b)", fashion, "3 epochs (main)"),
@@ -303,6 +340,8 @@ def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
                     g, [load_study(out, "vit_dfa"), load_study(out, "vit_dfa_slow")])}[study]()
         lines += [line for line in body if line] + [""]
         lines += [*table(groups, reference, label), ""]
+        if prov is not None:
+            lines += [prov.sources_line(study, list(groups)), ""]
         finished = done_groups(groups)
         if finished:
             for name, draw in (("accuracy", accuracy_figure),

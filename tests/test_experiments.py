@@ -7,6 +7,8 @@ status.json), with errors and angles chosen so that each verdict is known before
 import importlib.util
 import json
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,18 +27,20 @@ def results():
 
 
 def write_run(folder: Path, rule: str, seed: int, error: float, layer_angles: list[float],
-              start_angles: list[float] | None = None):
+              start_angles: list[float] | None = None, epoch_seconds: float = 30.0,
+              **config_changes):
     """A finished 2-epoch run whose final test error is `error` and whose final weight angles
     are `layer_angles` (the classifier, on bp, at 0); with `start_angles`, an angles.jsonl
     with those at step 0 and the final ones at the last step."""
     folder.mkdir(parents=True)
     config = {"rule": rule, "seed": seed, "epochs": 2, "last_rule": "bp", "model": "resnet_small",
               "model_options": {"width": 32}, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
-              "schedule": "cosine", "momentum": 0.9, "weight_decay": 5e-4}
+              "schedule": "cosine", "momentum": 0.9, "weight_decay": 5e-4, **config_changes}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     angles = dict(zip(LAYERS, [*layer_angles, 0.0], strict=True))
     lines = [{"epoch": e, "rule": rule, "seed": seed, "val_top1": 100 - error - (2 - e),
-              "epoch_seconds": 30.0, "elapsed_seconds": 30.0 * e, "weight_angles": angles,
+              "epoch_seconds": epoch_seconds, "elapsed_seconds": epoch_seconds * e,
+              "weight_angles": angles,
               "gradient_angles": dict(zip(LAYERS[:-1], GRADIENT_ANGLES.get(rule, [0.0] * 4),
                                           strict=True)),
               "mean_weight_angle": sum(layer_angles) / len(layer_angles)} for e in (1, 2)]
@@ -137,7 +141,8 @@ def test_the_studies_answer_each_question_from_their_runs(results, tmp_path):
         folder = out / "vit" / f"dfa-seed{seed}"
         write_run(folder, "dfa", seed, 50.0, [88.0] * 4)
         (folder / "status.json").write_text(json.dumps(
-            {"status": "diverged", "message": "the loss became non-finite at epoch 1"}))
+            {"status": "diverged",
+             "message": f"the loss became non-finite at epoch 1, step {200 + seed}"}))
         write_run(out / "vit_dfa" / f"dfa-seed{seed}", "dfa", seed, 15.0 + seed / 10,
                   [88.0] * 4)
     page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
@@ -154,7 +159,11 @@ def test_the_studies_answer_each_question_from_their_runs(results, tmp_path):
     assert "sign_fixed +2.00" in page  # what Dale's law costs it
     assert "kp +1.80 (±0.20), fa +6.00 (±0.20)" in page  # and unsharing, each rule
     assert "from best to worst: bp 12.00%, kp 12.50%, ss 13.00%, fa 20.00%" in page
-    assert "dfa diverged in 3 of 3 seeds at lr 0.1 (the loss became non-finite" in page
+    # each seed's own message, not the first seed's for all
+    assert "dfa diverged in 3 of 3 seeds at lr 0.1:" in page
+    for seed in range(3):
+        assert (f"  - seed {seed}: the loss became non-finite at epoch 1, step {200 + seed}"
+                in page)
     assert "dfa at lr 0.1: 15.10 ± 0.10% over 3 seeds (dfa − BP +3.10 points" in page
     assert "dfa − FA -4.90" in page and "Not finished yet" not in page
 
@@ -186,3 +195,288 @@ def test_a_studys_report_covers_its_own_rules_only(tmp_path):
         trained = {c[c.index("--rules") + 1] for c in commands}
         assert set(named) == trained, folder
     assert folders.keys() == {"fashion-mnist", *reproduce.STUDIES}
+
+
+# --- reproduce.py, with the job runner replaced (nothing trains) ------------------------------
+
+def load_reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce",
+                                                  ROOT / "experiments" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def reproduce(tmp_path, monkeypatch):
+    """reproduce.py with its committed records (experiments/runs) under tmp_path/records."""
+    module = load_reproduce()
+    monkeypatch.setattr(module, "RUNS", tmp_path / "records")
+    monkeypatch.setattr(module, "run_report", lambda command: 0)
+    return module
+
+
+def fake_jobs(reproduce, monkeypatch, error: float = 10.0) -> list[str]:
+    """Replace the job runner by one that writes each run the job names (finished, `error`)
+    and records the job as having trained; returns the names of the jobs run."""
+    calls = []
+
+    def run_job(name, command, logs, threads):
+        calls.append(name)
+        folder, rules = reproduce.job_scope(command)
+        seeds = [int(s) for s in command[command.index("--seeds") + 1].split(",")]
+        for rule in rules or reproduce.list_rules():
+            for seed in seeds:
+                path = reproduce.run_dir(folder, rule, seed, len(seeds) > 1)
+                if not path.exists():
+                    write_run(path, rule, seed, error, ANGLES.get(rule, [45.0] * 4))
+        return {"name": name, "command": shlex.join(command), "exit": 0, "seconds": 60.0,
+                "trained": True}
+
+    monkeypatch.setattr(reproduce, "run_job", run_job)
+    return calls
+
+
+def no_jobs(*args):
+    raise AssertionError("a job ran")
+
+
+def test_a_job_records_whether_it_trained_and_a_failure_says_why(reproduce, tmp_path, capsys):
+    folder, logs = tmp_path / "out" / "long", tmp_path / "logs"
+    logs.mkdir()
+    trains = ("import json, pathlib, sys; run = pathlib.Path(sys.argv[sys.argv.index('--out') "
+              "+ 1]) / 'bp-seed0'; run.mkdir(parents=True, exist_ok=True); "
+              "(run / 'metrics.jsonl').open('a').write(json.dumps({'epoch': 1}) + '\\n')")
+    job = reproduce.run_job("long-bp", [sys.executable, "-c", trains, "--out", str(folder),
+                                        "--rules", "bp"], logs, 1)
+    assert job["trained"] and (job["epochs_before"], job["epochs_after"]) == (0, 1)
+    # a job that finds its runs finished, beside another rule's run that changes meanwhile
+    idle = reproduce.run_job("long-ss", [sys.executable, "-c", trains, "--out", str(folder),
+                                         "--rules", "ss"], logs, 1)
+    assert not idle["trained"] and idle["epochs_before"] == idle["epochs_after"] == 0
+    assert "long-ss: exit 0" in capsys.readouterr().out
+    # a job that fails: the console gets its log's last line, where the reason is
+    fails = ("import sys; print('starting'); sys.exit('biograd: error: Fashion-MNIST not found:"
+             " install it: `apt install dataset-fashion-mnist` (Debian)')")
+    job = reproduce.run_job("long-fa", [sys.executable, "-c", fails, "--out", str(folder),
+                                        "--rules", "fa"], logs, 1)
+    line = capsys.readouterr().out.strip()
+    assert job["exit"] == 1 and line.startswith("long-fa: exit 1 after")
+    assert "`apt install dataset-fashion-mnist`" in line and str(logs / "long-fa.log") in line
+
+
+def test_a_stopped_session_keeps_its_wall_time_up_to_its_last_finished_job(
+        reproduce, monkeypatch, tmp_path):
+    calls = []
+
+    def run_job(name, command, logs, threads):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second job
+        return {"name": name, "command": shlex.join(command), "exit": 0, "seconds": 1.0,
+                "trained": True}
+
+    monkeypatch.setattr(reproduce, "run_job", run_job)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main(["--fresh", "--jobs", "1", "--data", "digits", "--studies", "long",
+                        "--out", str(out), "--results", str(tmp_path / "RESULTS.md")])
+    session = json.loads((out / "experiment.json").read_text())["sessions"][-1]
+    assert [job["name"] for job in session["runs"]] == ["digits"]
+    assert session["wall_seconds"] > 0 and "finished" not in session
+
+
+def test_report_only_trains_nothing_and_names_the_missing_runs(reproduce, monkeypatch,
+                                                               tmp_path, capsys):
+    for rule in reproduce.list_rules():
+        for seed in (0, 1):
+            if (rule, seed) != ("bp", 1):  # a run the digits report would train
+                write_run(reproduce.RUNS / "digits" / f"{rule}-seed{seed}", rule, seed, 1.0,
+                          ANGLES.get(rule, [45.0] * 4))
+    for rule in ("ss", "bp"):
+        for seed in (0, 1):
+            write_run(reproduce.RUNS / "long" / f"{rule}-seed{seed}", rule, seed, 9.0,
+                      ANGLES[rule])
+    reports = []
+    monkeypatch.setattr(reproduce, "run_report", lambda command: reports.append(command) or 0)
+    monkeypatch.setattr(reproduce, "run_job", no_jobs)
+    out = tmp_path / "out"
+    assert reproduce.main(["--report-only", "--data", "digits", "--studies", "long", "--seeds",
+                           "0,1", "--out", str(out), "--results",
+                           str(tmp_path / "RESULTS.md")]) == 0
+    assert "digits: no report: 1 of 18 runs missing or not finished (bp-seed1)" \
+        in capsys.readouterr().out
+    assert [c[c.index("--out") + 1] for c in reports] == [str(out / "long")]
+    assert not (out / "digits" / "bp-seed1").exists()
+
+
+def test_fresh_replaces_only_the_folders_it_trained(reproduce, monkeypatch, tmp_path):
+    records = reproduce.RUNS
+    for rule in ("ss", "bp"):
+        for seed in (0, 1):
+            write_run(records / "long" / f"{rule}-seed{seed}", rule, seed, 9.0, ANGLES[rule])
+            write_run(records / "digits" / f"{rule}-seed{seed}", rule, seed, 5.0, ANGLES[rule])
+    old = {"started": "2026-01-01 00:00:00 UTC", "jobs": 2, "threads": 1,
+           "machine": {"cpu": "CPU", "cores": 2, "python": "3", "torch": "2"},
+           "script": "python experiments/reproduce.py", "wall_seconds": 600.0,
+           "finished": "2026-01-01 00:10:00 UTC", "runs": [
+               {"name": "long-bp", "command": "python -m biograd compare --out /r/long "
+                "--rules bp --seeds 0,1", "exit": 0, "seconds": 600.0},
+               {"name": "digits", "command": "python -m biograd compare --out /r/digits "
+                "--seeds 0,1", "exit": 0, "seconds": 600.0}]}
+    (records / "experiment.json").write_text(json.dumps(
+        {"sessions": [old], "report_commands": {"long": "the long report"}, "notes": "kept"}))
+    fake_jobs(reproduce, monkeypatch, error=2.0)
+    reproduce.main(["--fresh", "--data", "digits", "--studies", "none", "--seeds", "0,1",
+                    "--out", str(tmp_path / "out"), "--results", str(tmp_path / "RESULTS.md")])
+    assert sorted(p.name for p in (records / "long").iterdir()) == [
+        "bp-seed0", "bp-seed1", "ss-seed0", "ss-seed1"]  # not trained: kept as it was
+    digits = sorted(p.name for p in (records / "digits").iterdir())
+    assert len(digits) == 2 * len(reproduce.list_rules())  # trained: this session's runs
+    assert not list((records / "digits").rglob("*.pt"))  # records only, no checkpoints
+    record = json.loads((records / "experiment.json").read_text())
+    assert record["sessions"][0] == old and len(record["sessions"]) == 2
+    assert record["report_commands"]["long"] == "the long report"
+    assert "--out" in record["report_commands"]["digits"] and record["notes"] == "kept"
+    page = (tmp_path / "RESULTS.md").read_text()  # from the records: both folders
+    assert "## digits (sklearn)" in page and "### Longer training" in page
+    # the digits runs now are session 2's alone; long's still session 1's
+    digits, long = page.split("## digits (sklearn)")[1], page.split("### Longer training")[1]
+    assert "Trained in session 2.\n" in digits and "Trained in session 1: bp;" in long
+
+
+@pytest.mark.parametrize(("existing", "seeds", "advice"), [
+    (["bp-seed0", "bp-seed1"], "0", "give two seeds or more"),  # bp would be a third seed
+    (["bp"], "0,1", "give one seed"),
+])
+def test_seeds_that_would_mix_run_names_are_refused(reproduce, monkeypatch, tmp_path, capsys,
+                                                    existing, seeds, advice):
+    for name in existing:
+        write_run(reproduce.RUNS / "long" / name, "bp", 0, 9.0, ANGLES["bp"])
+    monkeypatch.setattr(reproduce, "run_job", no_jobs)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--data", "none", "--studies", "long", "--seeds", seeds, "--out",
+                        str(out), "--results", str(tmp_path / "RESULTS.md")])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and advice in message and str(reproduce.RUNS / "long") in message
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(("data", "studies", "message"), [
+    ("fashion_mnist", "none", "unknown data sets fashion_mnist: choose from fashion-mnist, "
+     "mnist, digits"),
+    ("none", "none", "nothing to run"),
+])
+def test_unknown_data_sets_are_refused(reproduce, monkeypatch, tmp_path, capsys, data,
+                                       studies, message):
+    monkeypatch.setattr(reproduce, "run_job", no_jobs)
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--data", data, "--studies", studies, "--out", str(tmp_path / "out"),
+                        "--results", str(tmp_path / "RESULTS.md")])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "RESULTS.md").exists()
+
+
+# --- RESULTS.md from the record of the sessions ------------------------------------------------
+
+def session(started: str, jobs: list[dict], wall: float | None = None) -> dict:
+    record = {"started": started, "jobs": 2, "threads": 1, "script": "python reproduce.py",
+              "machine": {"cpu": "CPU", "cores": 2, "python": "3", "torch": "2"}, "runs": jobs}
+    if wall is not None:
+        record.update(wall_seconds=wall, finished="later")
+    return record
+
+
+def job(folder: str, rule: str, seconds: float, **flag) -> dict:
+    return {"name": f"{folder}-{rule}", "exit": 0, "seconds": seconds, **flag,
+            "command": f"python -m biograd compare --rules {rule} --out /o/{folder}"}
+
+
+MAIN = {"fashion-mnist": {"bp": 9.0, "ss": 9.3, "fa": 14.0, "kp": 9.2, "wm": 9.4},
+        "mnist": {"bp": 0.9, "ss": 1.0, "fa": 1.6, "kp": 0.9, "wm": 1.0}}
+
+
+def write_study(out: Path, study: str, rules: list[str], **options):
+    for rule in rules:
+        for seed in range(3):
+            write_run(out / study / f"{rule}-seed{seed}", rule, seed, 10.0, ANGLES[rule],
+                      **options)
+
+
+def test_wall_time_counts_the_sessions_that_trained_and_estimates_an_interrupted_one(
+        results, tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out, MAIN, ANGLES)
+    write_study(out, "long", ["ss", "bp"])
+    write_study(out, "vit_dfa_slow", ["fa"])
+    write_study(out, "unshared", ["bp"], unshare=True)
+    main_jobs = [job(d, r, 600.0) for d in MAIN for r in MAIN[d]]
+    sessions = [
+        session("2026-01-01 00:00:00 UTC", main_jobs, wall=3600.0),
+        # interrupted: no wall time; 2 jobs of 15 minutes, 2 at a time
+        session("2026-01-02 00:00:00 UTC", [job("long", "ss", 900.0), job("long", "bp", 900.0)]),
+        # found everything finished (before jobs said whether they trained: 2 s each)
+        session("2026-01-02 00:20:00 UTC", [*(job(d, r, 2.0) for d in MAIN for r in MAIN[d]),
+                                            job("vit_dfa_slow", "fa", 2.0)], wall=30.0),
+        # a job that says it trained nothing, however long it ran
+        session("2026-01-03 00:00:00 UTC", [job("unshared", "bp", 100.0, trained=False)],
+                wall=110.0),
+    ]
+    (out / "experiment.json").write_text(json.dumps({"sessions": sessions}))
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    # 60 minutes measured + 15 estimated; README quotes this sentence (tests/test_docs.py)
+    assert re.search(r"Wall time: 75 minutes in 2 sessions? ", page)
+    assert ("session 2 (started 2026-01-02 00:00:00 UTC) was interrupted and recorded no wall "
+            "time: about 15 minutes, an estimate" in page)
+    assert "the next session started 20 minutes after it" in page
+    assert "Session 3 (started 2026-01-02 00:20:00 UTC) is not counted" in page
+    assert "Session 4 (started 2026-01-03 00:00:00 UTC) is not counted" in page
+    assert ("The 3 runs of vit_dfa_slow (fa) were trained outside the recorded sessions: the "
+            "recorded jobs for them trained nothing, finding them finished (session 3: 2 s)"
+            in page)
+    assert "The 3 runs of unshared (bp) were trained outside the recorded sessions" in page
+    assert "The 3 runs of long" not in page
+
+
+def test_times_are_compared_within_a_session_only(results, tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out, {**MAIN, "fashion-mnist": {**MAIN["fashion-mnist"], "dfa": 12.0}},
+              {**ANGLES, "dfa": [88.0] * 4})
+    write_study(out, "long", ["ss", "bp"], epoch_seconds=10.0)
+    write_study(out, "unshared", ["kp", "fa", "ss", "bp"], epoch_seconds=70.0, unshare=True)
+    write_study(out, "vit", ["fa", "ss", "bp"], epoch_seconds=12.0, model="vit_small")
+    sessions = [
+        session("2026-01-01 00:00:00 UTC", [job(d, r, 600.0) for d in MAIN for r in MAIN[d]],
+                wall=3600.0),
+        session("2026-01-02 00:00:00 UTC", [
+            job("fashion-mnist", "dfa", 600.0), job("long", "ss", 600.0),
+            job("long", "bp", 600.0),
+            *(job("unshared", r, 900.0) for r in ("kp", "fa", "ss", "bp"))], wall=3000.0),
+        session("2026-01-03 00:00:00 UTC", [job("vit", r, 600.0) for r in ("fa", "ss", "bp")],
+                wall=1000.0),
+    ]
+    (out / "experiment.json").write_text(json.dumps({"sessions": sessions}))
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert ("The same recipe's bp epoch took a median 30.0 s in session 1 (fashion-mnist), "
+            "10.0 s in session 2 (long)." in page)
+    # unshared and long in one session: a ratio; the ViT's has no session in common
+    assert ("`unshared` keeps 3 epochs (5.7 M weights); an epoch of it took 7.0 times the "
+            "ResNet's (bp's epochs in session 2: a median 70.0 s against 10.0 s in long)"
+            in page)
+    assert ("bp's epoch took a median 12.0 s here in session 3, the ResNet's 30.0 s in session "
+            "1 (fashion-mnist): different sessions" in page)
+    assert "three times as long" not in page and "a third of the ResNet's" not in page
+    assert ("Trained in session 1: bp, fa, ss, kp, wm; session 2: dfa. Minutes per run from "
+            "different sessions are not comparable" in page)
+    assert page.count("Trained in session 1.\n") == 1  # MNIST's table: one session
+
+
+def test_a_data_folder_without_runs_is_reported_not_a_crash(results, tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out, {"fashion-mnist": {}, "mnist": MAIN["mnist"]}, ANGLES)
+    (out / "fashion-mnist" / "bp").mkdir(parents=True)  # a job that failed before its config
+    (out / "fashion-mnist" / "bp" / "train.log").write_text("ERROR Fashion-MNIST not found\n")
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert "## Fashion-MNIST\n\nNo runs in fashion-mnist/ yet" in page
+    assert "## MNIST" in page
