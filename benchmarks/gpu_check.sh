@@ -6,7 +6,9 @@
 #   3. `biograd train` on the GPU with bf16, channels_last and torch.compile;
 #   4. compiled steps (bf16, channels_last) for every rule, torch.compile's default mode and
 #      reduce-overhead (CUDA graphs), batch 128: the host cost per layer, compiled away or not.
-# Each part writes its table or log into OUT (default gpu-check/) as it finishes: 8 files.
+# Each part writes its table or log into OUT (default gpu-check/) as it finishes: 9 files
+# (machine.txt, contract.txt, step_fp32.md, step_bf16_cl.md, train-ss.txt, train-kp.txt,
+# train-brsf.txt, step_compiled.md, step_cudagraphs.md).
 # (Parts 3 and 4 were extended after the last GPU run, of 2026-11-27; they have not run yet.)
 #
 #     bash benchmarks/gpu_check.sh [OUT]

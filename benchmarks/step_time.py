@@ -261,21 +261,36 @@ def machine() -> dict[str, str | int]:
     return info
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low (a bad value is argparse's one-line error, not a
+    traceback or an empty median later)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"an integer >= {low}, not {text!r}")
+        return value
+    return parse
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 96],
+    p.add_argument("--sizes", type=at_least(1), nargs="+", default=[64, 96],
                    help="input heights = widths (default: 64 96)")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=at_least(1), default=32)
     p.add_argument("--model", choices=MODELS, default="resnet18",
                    help="resnet18 (default), resnet18-unshared or vit (one --sizes for these)")
-    p.add_argument("--classes", type=int, default=1000,
+    p.add_argument("--classes", type=at_least(1), default=1000,
                    help="the model's outputs (default 1000; dfa's projection scales with it)")
-    p.add_argument("--repeats", type=int, default=9, help="timed rounds per size")
-    p.add_argument("--warmup", type=int, default=1, help="discarded rounds per size")
-    p.add_argument("--group", type=int, default=2,
+    p.add_argument("--repeats", type=at_least(1), default=9, help="timed rounds per size")
+    p.add_argument("--warmup", type=at_least(0), default=1, help="discarded rounds per size")
+    p.add_argument("--group", type=at_least(1), default=2,
                    help="rule steps between two native steps in a round (default 2)")
-    p.add_argument("--rules", nargs="+", default=None,
+    p.add_argument("--rules", nargs="+", default=None, choices=biograd.list_rules(),
+                   metavar="RULE",
                    help=f"default: all registered ({' '.join(biograd.list_rules())})")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
@@ -307,8 +322,6 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--model {args.model} is built for one input size: give one --sizes")
     device = torch.device(args.device)
     rules = args.rules or biograd.list_rules()
-    for r in rules:
-        biograd.get_rule(r)  # unknown names fail now, with the list of valid ones
     command = "python " + shlex.join(sys.argv)
     if args.compile:
         # every variant is alive at once, so each is a cache entry of the same code (ResNet's

@@ -1,7 +1,9 @@
 """benchmarks/step_time.py runs the variant it names (a tiny ResNet-18 step on the CPU)."""
 
 import importlib.util
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,50 @@ def test_ddp_benchmark_counts_gradients_only(capsys):
     with_b = sum(p.numel() * 4 for p in kp.parameters())  # B's gradient, W's own, goes too
     assert result["kp"]["allreduce"] == with_b > 1.9 * grads
     assert result["native"]["broadcast"] == result["fa"]["broadcast"] == stats
+
+
+@pytest.mark.parametrize("argv", [["--rules", "foo"], ["--repeats", "0"], ["--group", "0"],
+                                  ["--sizes", "0"], ["--warmup", "-1"]])
+def test_step_time_refuses_a_bad_argument_in_one_line(argv, capsys):
+    """An unknown rule was a ValueError's traceback and --repeats 0 an empty median's: both
+    are argparse's one-line error now, before anything is built."""
+    with pytest.raises(SystemExit) as stop:
+        load_step_time().get_args_parser().parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and f": error: argument {argv[0]}" in err[-1]
+
+
+def test_gpu_check_says_how_many_files_it_writes():
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    stated = int(re.search(r"as it finishes: (\d+) files", script).group(1))
+    rules = re.search(r"for rule in ([\w ]+); do", script).group(1).split()
+    written = set(re.findall(r'"\$out/([^"]+)"', script))
+    expanded = {n.replace("$rule", r) for n in written for r in rules}
+    assert stated == len(expanded) == 9
+    for name in expanded:
+        assert name in script.split("\n#\n")[0]  # each named in the header
+
+
+def bold_ratios(text: str, heading: str) -> dict[str, str]:
+    """{rule: bold wall ratio} of the table that follows the line starting with `heading`."""
+    rows = text.split(heading, 1)[1].split("\n\n", 2)[1]
+    return dict(re.findall(r"^\| (\w+) \| \*\*([\d.]+)\*\*", rows, flags=re.M))
+
+
+def test_performance_doc_quotes_the_records():
+    """docs/performance.md's reading of bp in single runs is the range of the two headline
+    runs' JSON, and it quotes every 30-round run benchmarks/RESULTS.md lists for fa, ss, brsf."""
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    bp = [size["bp"]["wall"]["ratio"] for n in (1, 2) for size in json.loads(
+        (ROOT / "benchmarks" / f"results_run{n}.json").read_text())["sizes"].values()]
+    low, high = re.search(r"it reads ([\d.]+) to ([\d.]+)\s+in single runs", doc).groups()
+    assert (low, high) == (f"{min(bp):.3f}", f"{max(bp):.3f}")
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    long_runs = [bold_ratios(results, "`--sizes 64 --batch 32 --repeats 30 --threads 1 --rules "
+                                      "bp fa ss kp brsf`"),
+                 bold_ratios(results, "`--sizes 64 --batch 32 --repeats 30 --threads 1 --rules "
+                                      "fa ss brsf --group 1`")]
+    quoted = " ".join(doc.split())
+    for rule in ("fa", "ss", "brsf"):
+        first, second = (run[rule] for run in long_runs)
+        assert f"{rule} {first} and {second}" in quoted, rule
