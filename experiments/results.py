@@ -337,9 +337,9 @@ def wall_time(prov: Provenance) -> str:
                  f"trained nothing, finding their runs finished ("
                  f"{sum(j.seconds for j in jobs) / 60:.1f} minutes in all).")
     if any("trained" not in job for s in sessions for job in s.get("runs", [])):
-        text += (f" (Jobs recorded before jobs recorded whether they trained count as training "
-                 f"when they ran {TRAINED_SECONDS:.0f} s or more: one that finds its runs "
-                 f"finished takes a few seconds.)")
+        text += (f" (The record's older jobs do not say whether they trained: those that ran "
+                 f"{TRAINED_SECONDS:.0f} s or more count as training, since one that only finds "
+                 f"its runs finished takes a few seconds.)")
     return text
 
 
