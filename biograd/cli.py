@@ -24,6 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _rules(text: str) -> list[str]:
     names = [n for n in text.split(",") if n]
+    if not names:
+        raise argparse.ArgumentTypeError(f"give one rule or more, like bp,fa,ss, not {text!r}")
     try:
         return [biograd.rules.rule_class(n).name for n in names]
     except ValueError as err:
@@ -84,7 +86,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from biograd.detection import make_shapes
+    from biograd.engine.loop import check_folder
 
+    check_folder(Path(args.out).expanduser(), "make-shapes")
     out = make_shapes(args.out, train=args.train, val=args.val, image_size=args.size,
                       seed=args.seed, min_side=args.min_side)
     print(out)
@@ -95,6 +99,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from biograd.config import resolve
     from biograd.engine.compare import compare
 
+    if "rule" in args:  # given on the command line (flags left out are absent)
+        raise UsageError(f"compare trains the rules of --rules (now {','.join(args.rules)}), "
+                         f"each on every layer: --rule is train's; use --rules {args.rule}")
     rules, seeds = args.__dict__.pop("rules"), args.__dict__.pop("seeds")
     from biograd.config import DetectConfig, TrainConfig
 

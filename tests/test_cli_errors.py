@@ -1,6 +1,7 @@
 """Bad input gets one line that says what was wrong and what to do, exit code 2, and no
 traceback; a diverged run exits non-zero with its own line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,48 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+
+
+@pytest.mark.parametrize("command", [["train"], ["compare", "--rules", "bp"], ["make-shapes"]])
+@pytest.mark.parametrize("where", ["afile", "afile/run"])
+def test_an_out_that_is_or_lies_under_a_file_is_one_line(capsys, tmp_path, command, where):
+    (tmp_path / "afile").write_text("x")
+    target = str(tmp_path / where)
+    argv = [*command, target] if command == ["make-shapes"] else [*command, *QUICK, "--out",
+                                                                  target]
+    one_line_error(capsys, argv, f"{tmp_path / 'afile'} is a file, not a folder")
+
+
+def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if os.access(tmp_path / "locked", os.W_OK):  # root writes anyway: use a path in /proc
+        target = "/proc/biograd-cannot-be-here"
+    else:
+        target = str(tmp_path / "locked" / "run")
+    one_line_error(capsys, ["train", *QUICK, "--out", target], "the folder cannot be made")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--rules", "fa,fa"], "--rules names fa more than once"),
+    (["--rules", "bp", "--seeds", "0,0"], "--seeds names 0 more than once"),
+    (["--rule", "fa"], "use --rules fa"),
+])
+def test_compare_refuses_a_repeated_run_or_train_s_rule_flag_before_training(
+        capsys, tmp_path, argv, says):
+    out = tmp_path / "cmp"
+    one_line_error(capsys, ["compare", *argv, *QUICK, "--out", str(out)], says)
+    assert not out.exists()  # nothing trained
+
+
+def test_compare_refuses_a_folder_holding_a_run_before_training_any(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["train", "--rule", "bp", *QUICK, "--out", str(out / "bp")]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, ["compare", "--rules", "kp,bp", *QUICK, "--out", str(out)],
+                   f"{out / 'bp'} already holds a run")
+    assert sorted(p.name for p in out.iterdir()) == ["bp"]  # kp was not trained first
+
+
+def test_compare_with_no_rule_is_one_line(capsys):
+    assert run_main(["compare", "--rules", ","]) == 2
+    assert "give one rule or more" in capsys.readouterr().err

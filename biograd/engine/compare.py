@@ -55,6 +55,7 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
     The task follows the config: a DetectConfig trains detectors (`biograd detect`), a
     TrainConfig classifiers (`biograd train`).
     """
+    from biograd.engine.loop import check_folder, check_out
     from biograd.results import load_run, write_report
 
     if isinstance(base, DetectConfig):
@@ -65,12 +66,21 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
     out = Path(base.out)
     seeds = seeds or [base.seed]
     several = len(seeds) > 1
+    for flag, values in (("--rules", rules), ("--seeds", seeds)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise UsageError(f"{flag} names {', '.join(twice)} more than once: each run is "
+                             f"trained once, name each once")
+    check_folder(out)
     for seed in seeds:  # every run checked before any trains
         for rule in rules:
             validate(dataclasses.replace(base, rule=rule, seed=seed))
             path = run_dir(out, rule, seed, several)
-            if base.resume and _status(path) in ("finished", "diverged"):
+            status = _status(path)
+            if base.resume and status in ("finished", "diverged"):
                 _check_kept(path, dataclasses.replace(base, rule=rule, seed=seed))
+            elif not base.resume or not (path / CHECKPOINT).exists():
+                check_out(dataclasses.replace(base, resume=False), path)
     paths = []
     for seed in seeds:
         for rule in rules:

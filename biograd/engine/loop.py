@@ -303,8 +303,30 @@ def angles(ctx: Context) -> dict[str, Any]:
             "mean_gradient_angle": _rule_mean(ctx, gradient)}
 
 
+def check_folder(out: Path, flag: str = "--out") -> None:
+    """A one-line UsageError where `out` cannot be a folder: it, or a folder above it, is a
+    file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"{flag} {out}: {path} is a file, not a folder: choose "
+                                 f"another folder")
+            return
+
+
+def make_folder(out: Path, flag: str = "--out") -> None:
+    """mkdir -p `out`, with a one-line UsageError where it cannot be made."""
+    check_folder(out, flag)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{flag} {out}: the folder cannot be made ({err.strerror or err}): "
+                         f"choose another folder") from None
+
+
 def check_out(cfg: RunConfig, out: Path) -> None:
     """Refuse to overwrite a run; refuse to resume what is not there."""
+    check_folder(out)
     ckpt = out / checkpoint.NAME
     if not cfg.resume and (ckpt.exists() or (out / "metrics.jsonl").exists()):
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or "
@@ -357,7 +379,7 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
     if dist.main:
         try:
             check_out(cfg, out)
-            out.mkdir(parents=True, exist_ok=True)
+            make_folder(out)
         except UsageError as err:
             refused = str(err)
     refused = distributed.share(refused, dist)  # rank 0's verdict: every rank stops alike
