@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from biograd.results import Run, load_run, plot_run, write_report
+from biograd.results import Run, figures, load_run, plot_run, write_report
 
 LAYERS = ["features.0", "features.3", "features.6", "classifier.1", "classifier.4"]
 EPOCHS = 4
@@ -301,3 +301,29 @@ def test_runs_of_one_rule_with_other_recipes_are_not_averaged(tmp_path):
     rows = table_rows(report)
     assert set(rows) == {"ss, dale=none", "ss, dale=0.8"}
     assert rows["ss, dale=none"][1] == "2 (0, 1)" and rows["ss, dale=0.8"][1] == "0"
+
+
+def test_a_compare_folder_names_the_run_folders_it_holds(compared):
+    root = compared[0]
+    with pytest.raises(ValueError, match=r"holds the run folders .*kp-3.*give one of them"):
+        load_run(root)
+
+
+def test_a_long_title_is_wrapped_inside_the_figure():
+    fig, ax = figures._figure(7.5, 4.8)
+    ax.plot([1, 2], [1, 2])
+    figures._finish(ax, "Angles during training, ss, seed 0: " + "a long task summary " * 8,
+                    "epoch", "angle")
+    fig.canvas.draw()
+    box = ax.title.get_window_extent()
+    assert len(ax.title.get_text().splitlines()) > 1
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+def test_the_accuracy_figure_says_validation_once(compared, tmp_path, monkeypatch):
+    titles = []
+    finish = figures._finish
+    monkeypatch.setattr(figures, "_finish", lambda ax, title, x, y, **kw: (
+        titles.append((title, y)), finish(ax, title, x, y, **kw))[-1])
+    figures.accuracy_figure({"ss": compared[1][1:3]}, tmp_path / "accuracy.png")
+    assert titles == [("Validation top-1 per epoch", "validation top-1 (%)")]

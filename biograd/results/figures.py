@@ -8,6 +8,7 @@ the comparison, the same in every figure.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def accuracy_figure(groups: Groups, path: Path) -> Path:
     (key, label), _ = task_metrics([run for runs in groups.values() for run in runs])
     for i, (rule, runs) in enumerate(groups.items()):
         _mean_line(ax, i, _label(rule, runs), [run.series(key) for run in runs])
-    name = label.replace(" (%)", "")
+    name = label.replace(" (%)", "").removeprefix("val ")  # "val top-1 (%)": "top-1"
     _finish(ax, f"Validation {name} per epoch", "epoch", f"validation {name} (%)",
             integer_x=True)
     _legend(fig, ax)
@@ -214,7 +215,9 @@ def _marks(points: int) -> dict:
 
 
 def _finish(ax: Axes, title: str, xlabel: str, ylabel: str, integer_x: bool = False) -> None:
-    ax.set_title(title, fontsize=11)
+    # wrapped to the figure's width (about 10 characters an inch at this size): a run's
+    # title carries its task summary, which can be longer than the figure is wide
+    ax.set_title(textwrap.fill(title, int(ax.figure.get_figwidth() * 10)), fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

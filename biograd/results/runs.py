@@ -126,6 +126,10 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise ValueError(f"{what}: not a directory {hint}")
     if not (path / CONFIG).is_file():
+        inside = sorted(p.name for p in path.iterdir() if (p / CONFIG).is_file())
+        if inside:  # a compare folder: its figures are compare's; each run's are plot's
+            hint = (f"(it holds the run folders {', '.join(inside)}: give one of them, like "
+                    f"{path / inside[0]})")
         raise ValueError(f"{what}: no {CONFIG} {hint}")
     if not (path / METRICS).is_file() and not (path / STATUS).is_file():
         raise ValueError(f"{what}: no {METRICS} {hint}")
