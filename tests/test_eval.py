@@ -1,6 +1,8 @@
 """Saved models: best.pt, `biograd eval`, --init-checkpoint and --pretrained."""
 
 import json
+import pickle
+import re
 
 import pytest
 import torch
@@ -98,6 +100,22 @@ def test_init_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("biograd: error: --init-checkpoint:")
+    # every key named whole, the first few of each kind, and how many more
+    assert "1 unexpected key(s): something)" in err[-1]
+    assert re.search(r"\d+ missing key\(s\): (\S+, ){3}\S+ and \d+ more;", err[-1]), err[-1]
+
+
+@pytest.mark.parametrize("contents", [b"not a checkpoint at all\n", pickle.dumps({"a": {1, 2}})])
+def test_a_file_that_is_no_checkpoint_is_one_line_without_torchs_advice(
+        tmp_path, capsys, contents):
+    (tmp_path / "file.pt").write_bytes(contents)
+    for argv in (["eval", str(tmp_path / "file.pt")],
+                 ["train", *RUN, "--init-checkpoint", str(tmp_path / "file.pt"),
+                  "--out", str(tmp_path / "run")]):
+        assert main(argv) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "not a file of tensors that torch.load reads with weights_only=True" in last
+        assert "weights_only` set to `False`" not in last
 
 
 def test_pretrained_reads_the_local_cache_and_never_downloads(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,9 @@ leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,13 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"no checkpoint at {path}: nothing to resume") from None
+    except pickle.UnpicklingError as err:  # torch's advice (weights_only=False) is not ours
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        raise UsageError(
+            f"cannot read checkpoint {path}: not a file of tensors that torch.load reads with "
+            f"weights_only=True ({found.group(1).strip() if found else 'unpickling failed'}): "
+            f"give a biograd checkpoint, a state dict of tensors or a .safetensors file "
+            f"(biograd never runs code a file holds)") from None
     except Exception as err:  # a truncated or foreign file: say which, never a traceback
         raise UsageError(f"cannot read checkpoint {path}: {type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}") from None

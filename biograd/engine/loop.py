@@ -462,13 +462,14 @@ def load_weights(model: nn.Module, path: str | Path, device: torch.device,
     try:
         missing, unexpected = model.load_state_dict(kept, strict=False)
         lacking = [k for k in missing if weights_only(k)]
-        if lacking or unexpected:
+        if lacking or unexpected:  # the first few keys of each, whole, and how many more
             raise RuntimeError("\n" + "; ".join(
-                f"{what} key(s): {', '.join(keys)}" for what, keys in
-                (("missing", lacking), ("unexpected", unexpected)) if keys))
-    except RuntimeError as err:
+                f"{len(keys)} {what} key(s): {', '.join(keys[:4])}"
+                + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+                for what, keys in (("missing", lacking), ("unexpected", unexpected)) if keys))
+    except RuntimeError as err:  # torch's size mismatches: the first, a line of its own
         detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
-        raise UsageError(f"--init-checkpoint: {path} does not fit the model ({detail[:300]})"
+        raise UsageError(f"--init-checkpoint: {path} does not fit the model ({detail})"
                          ) from None
     if cfg is not None and getattr(cfg, "dale", None) is not None:
         biograd.dale(model, cfg.dale, seed=cfg.seed, balance=cfg.dale_balance)
