@@ -101,6 +101,24 @@ def _check_arguments(model: object, rules: object, include: object, exclude: obj
         raise TypeError(f"seed is an integer, not {seed!r}")
 
 
+def _check_patterns(names: list[str], rules: object, include: Patterns,
+                    exclude: Patterns) -> None:
+    """ValueError for a pattern that matches no convertible layer: a misspelt name would
+    otherwise leave the model on another rule than asked, with no word."""
+    given = [("rules", p) for p in (rules or {})]
+    for what, patterns in (("include", include), ("exclude", exclude)):
+        given += [(what, p) for p in ([patterns] if isinstance(patterns, str) else
+                                      patterns or [])]
+    unmatched = [(what, p) for what, p in given if not any(_matches(n, [p]) for n in names)]
+    if unmatched:
+        shown = ", ".join(n or "''" for n in names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ValueError(
+            f"{', '.join(f'{what} pattern {p!r}' for what, p in unmatched)} "
+            f"{'matches' if len(unmatched) == 1 else 'match'} no convertible layer: the "
+            f"layers are named like {shown or 'nothing (the model has none)'} "
+            f"(see model.named_modules())")
+
+
 def _matches(name: str, patterns: Patterns) -> bool:
     """True if `name` or one of its ancestors ("layer1" for "layer1.0.conv1") matches."""
     if patterns is None:
@@ -198,6 +216,7 @@ def convert(
     last_rule = None if last is None else get_rule(last)
     _rewire(model)
     convertible = _convertible(model)
+    _check_patterns([name for name, _, _ in convertible], rules, include, exclude)
     last_name = convertible[-1][0] if convertible else None
     new: dict[int, nn.Module] = {}
     switches: list[tuple[FeedbackLayer, Rule, int]] = []  # converted layers changing rule

@@ -242,6 +242,16 @@ def test_a_model_on_the_meta_device_is_refused_until_its_weights_exist():
     assert torch.isfinite(model[0].feedback).all() and model[0].feedback.abs().sum() > 0
 
 
+@pytest.mark.parametrize("kwargs", [{"rules": {"6": "bp", "3.O": "kp"}}, {"include": ["0", "7"]},
+                                    {"exclude": "classifier"}])
+def test_a_pattern_that_matches_no_layer_is_refused(kwargs):
+    model = small_net()
+    with pytest.raises(ValueError, match=r"pattern .* matches no convertible layer: the layers "
+                                         r"are named like 0, 3\.0, 6 "):
+        biograd.convert(model, "fa", **kwargs)
+    assert not any(isinstance(m, FeedbackLayer) for m in model.modules())
+
+
 def test_a_refused_conversion_changes_nothing():
     model = biograd.convert(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), "fa")
     before = {k: v.clone() for k, v in model.state_dict().items()}
