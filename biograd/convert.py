@@ -264,8 +264,23 @@ def convert(
         error_source(model, found.source if found is not None else "")
     else:  # no layer left on dfa: its hooks and table go
         release(model)
+    _warn_rank_one_classifier(model, last_name)
     log.info("%s", report(model))
     return model
+
+
+def _warn_rank_one_classifier(model: nn.Module, last_name: str | None) -> None:
+    """Warn where the last layer is under Dale's law on a rule whose B is sign(W): one sign
+    per input unit makes B rank one, B = 1 sᵀ, so δx = s Σ δy, which is 0 for softmax
+    cross-entropy (its output error sums to zero): the classifier would send nothing down."""
+    layer = dict(model.named_modules()).get(last_name) if last_name is not None else None
+    if isinstance(layer, FeedbackLayer) and DALE_SIGN in layer._buffers and \
+            layer.learning_rule.name in ("ss", "sign_fixed"):
+        log.warning("%s, the last layer, is on %s under Dale's law: its feedback sign(W) has "
+                    "one sign per input unit (rank one), so under softmax cross-entropy, whose "
+                    "output error sums to zero, it sends no error down: put it on bp "
+                    "(last='bp', --last-rule bp)", last_name or type(layer).__name__,
+                    layer.learning_rule.name)
 
 
 def unconvert(model: nn.Module) -> nn.Module:

@@ -201,7 +201,8 @@ def test_under_dale_sign_symmetry_needs_no_sign_transport(net):
 
 
 @pytest.mark.parametrize("rule", ["ss", "sign_fixed"])
-def test_under_dale_sign_feedback_has_rank_one_and_a_dale_classifier_passes_nothing(rule):
+def test_under_dale_sign_feedback_has_rank_one_and_a_dale_classifier_passes_nothing(
+        rule, caplog):
     """s·sign(W) has equal rows under Dale's law: each unit below gets s_j · s · Σ_k δ_k, and
     softmax cross-entropy's errors sum to 0 per sample."""
     x, y = batch(mlp())
@@ -210,13 +211,21 @@ def test_under_dale_sign_feedback_has_rank_one_and_a_dale_classifier_passes_noth
         model = mlp()
         if held:
             biograd.dale(model, first=True)
-        biograd.convert(model, rule)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="biograd"):
+            biograd.convert(model, rule)
+        warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+        assert bool(warned) is held and all("sends no error down" in w for w in warned)
         F.cross_entropy(model(x), y).backward()
         b = model[2].feedback_weight()
         assert (torch.linalg.matrix_rank(b).item() == 1) is held
         grads[held] = [model[i].weight.grad.norm().item() for i in (0, 2, 4)]
     assert max(grads[True][:2]) < 1e-5 * grads[True][2]  # nothing below the classifier
     assert min(grads[False][:2]) > 1e-2 * grads[False][2]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="biograd"):
+        biograd.convert(biograd.dale(mlp(), first=True), rule, last="bp")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_state_dict_round_trip_and_exact_resume():
