@@ -209,7 +209,7 @@ def test_unknown_name_lists_models_and_close_matches():
 
 
 @pytest.mark.parametrize(("name", "kwargs", "match"), [
-    ("alexnet_bn", {"image_size": 32}, "at least 63x63"),
+    ("alexnet_bn", {"image_size": 32}, r"at least 63x63.*\(--image-size 63\)"),
     ("resnet_small", {"depth": 20}, "unexpected keyword argument 'depth'"),
     ("resnet18", {"in_channels": 2}, "3-channel images"),
     ("vit_b_16", {"image_size": 28}, "indivisible by patch size"),

@@ -92,8 +92,8 @@ def build_own(
     if image_size < info.min_size:
         raise ModelError(
             f"{name} needs images of at least {info.min_size}x{info.min_size}, got "
-            f"{image_size}x{image_size}: resize the images or pick a model for small inputs "
-            f"(small_cnn, mlp, resnet_small)"
+            f"{image_size}x{image_size}: resize the images (--image-size {info.min_size}) or "
+            f"pick a model for small inputs (small_cnn, mlp, resnet_small)"
         )
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     try:
