@@ -119,11 +119,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.target, which=args.checkpoint, data=args.data,
                                  data_root=args.data_root, device=args.device)
+    written = result.pop("written")
     width = max(len(k) for k in result)
     for key, value in result.items():
         shown = f"{value:.2f}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
-    print(f"written to {Path(result['checkpoint']).parent / 'eval.json'}")
+    print(f"written to {written}")
     return 0
 
 
@@ -208,7 +209,8 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a saved model on its validation split",
                        description="Score a run's saved model (best.pt, or checkpoint.pt) "
                        "on the validation split its config names, as training scored it; "
-                       "print the numbers and write eval.json beside the checkpoint.")
+                       "print the numbers and write eval.json (eval-last.json, "
+                       "eval-DATA.json) beside the checkpoint.")
     p.add_argument("target", type=Path, help="a run folder, or a checkpoint file in one")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="in a run folder: best.pt (default) or the last epoch's checkpoint.pt")

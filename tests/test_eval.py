@@ -3,6 +3,7 @@
 import json
 import pickle
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,11 +40,25 @@ def test_eval_scores_the_saved_model_as_training_did(run, which, capsys):
     assert main(["eval", str(run), "--checkpoint", which]) == 0
     lines = metrics(run)
     expected = max(lines, key=lambda m: m["val_top1"]) if which == "best" else lines[-1]
-    result = json.loads((run / "eval.json").read_text())
+    written = run / ("eval.json" if which == "best" else "eval-last.json")
+    result = json.loads(written.read_text())
     assert result["epoch"] == expected["epoch"] and result["split"] == "val"
     assert result["val_top1"] == pytest.approx(expected["val_top1"], abs=1e-9)
     assert result["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
-    assert "val_top1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "val_top1" in out and f"written to {written}" in out
+
+
+def test_no_evaluation_overwrites_another():
+    from biograd.engine.evaluate import result_name
+
+    names = {result_name(Path("run") / checkpoint.BEST),
+             result_name(Path("run") / checkpoint.NAME),
+             result_name(Path("run") / checkpoint.BEST, "fashion-mnist"),
+             result_name(Path("run") / checkpoint.NAME, "/data/imagenet/"),
+             result_name(Path("run") / checkpoint.BEST, "/data/my shapes")}
+    assert names == {"eval.json", "eval-last.json", "eval-fashion-mnist.json",
+                     "eval-last-imagenet.json", "eval-my_shapes.json"}
 
 
 def test_eval_says_what_it_cannot_read(tmp_path, capsys):

@@ -7,7 +7,8 @@
 The checkpoint holds the config that built the model: the same data, model, rules and
 feedback are built again, the saved weights and feedback loaded (strict), and the task's own
 evaluation runs (top-1/top-5 and loss; detection: the COCO APs). The numbers are printed and
-written to eval.json beside the checkpoint.
+written beside the checkpoint: eval.json for best.pt, eval-last.json for checkpoint.pt, with
+"-DATA" added for another data set, so no evaluation overwrites another.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,7 +48,8 @@ def find_checkpoint(target: str | Path, which: str = "best") -> Path:
 def evaluate_checkpoint(target: str | Path, *, which: str = "best", data: str | None = None,
                         data_root: str | None = None, device: str = "auto") -> dict[str, Any]:
     """The validation metrics of the model saved at `target` (see the module's doc); also
-    written to eval.json beside the checkpoint."""
+    written beside the checkpoint (`result_name`: eval.json for best.pt on the run's own data),
+    whose path the returned dict gives as "written"."""
     path = find_checkpoint(target, which)
     dev = distributed.pick_device(device, 0)
     state = checkpoint.load(path, dev)
@@ -86,5 +89,17 @@ def evaluate_checkpoint(target: str | Path, *, which: str = "best", data: str | 
     metrics = task.evaluate(ctx, loader)
     result = {"checkpoint": str(path), "epoch": state.get("epoch"), "data": cfg.data,
               "split": "val", **metrics}
-    (path.parent / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    other_data = data is not None and data != saved.get("data")
+    file = path.parent / result_name(path, str(cfg.data) if other_data else None)
+    file.write_text(json.dumps(result, indent=1) + "\n")
+    return {**result, "written": str(file)}
+
+
+def result_name(checkpoint_path: Path, other_data: str | None = None) -> str:
+    """Where an evaluation is written beside its checkpoint: eval.json for best.pt on the
+    run's own data; eval-last.json for checkpoint.pt, and "-DATA" added for another data set
+    (its last path part), so that no evaluation overwrites another."""
+    name = "eval" + ("-last" if checkpoint_path.name == checkpoint.NAME else "")
+    if other_data:
+        name += "-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(other_data).name) or "data")
+    return name + ".json"
