@@ -90,8 +90,9 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
             if base.resume and status in ("finished", "diverged"):
                 log.info("%s: %s already, kept", path, status)
                 continue
-            cfg = dataclasses.replace(base, rule=rule, seed=seed, out=str(path),
-                                      resume=base.resume and (path / CHECKPOINT).exists())
+            resume = base.resume and (path / CHECKPOINT).exists()  # else a new run
+            cfg = dataclasses.replace(base, rule=rule, seed=seed, out=str(path), resume=resume,
+                                      accept_changes=base.accept_changes and resume)
             validate(cfg)
             log.info("== %s, seed %d -> %s", rule, seed, path)
             try:

@@ -65,7 +65,8 @@ def evaluate_checkpoint(target: str | Path, *, which: str = "best", data: str | 
     cfg = cls(**{k: v for k, v in saved.items() if k in known})
     # the checkpoint holds every weight: no pretrained file is read; and fp16, which the CPU
     # does not train in, is scored in float32 there
-    cfg = dataclasses.replace(cfg, device=device, resume=False, tensorboard=False,
+    cfg = dataclasses.replace(cfg, device=device, resume=False, accept_changes=False,
+                              tensorboard=False,
                               angle_batch=0, **({"data": data} if data else {}),
                               **({"data_root": data_root} if data_root else {}),
                               **({"pretrained": False} if "pretrained" in known else {}),
