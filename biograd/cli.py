@@ -100,13 +100,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from biograd.engine.compare import compare
 
     if "rule" in args:  # given on the command line (flags left out are absent)
-        raise UsageError(f"compare trains the rules of --rules (now {','.join(args.rules)}), "
-                         f"each on every layer: --rule is train's; use --rules {args.rule}")
+        raise UsageError(f"compare trains each rule of --rules on every layer: --rule is "
+                         f"train's; use --rules {args.rule}")
     rules, seeds = args.__dict__.pop("rules"), args.__dict__.pop("seeds")
     from biograd.config import DetectConfig, TrainConfig
 
     cls = DetectConfig if args.__dict__.pop("task") == "detection" else TrainConfig
     base = _with_out(resolve(args, cls), "compare")
+    saved = _saved_compare(base)
+    rules = rules or saved.get("rules") or biograd.list_rules()
+    seeds = seeds or saved.get("seeds")
     paths = compare(base, rules, seeds, args.command_line)
     if paths:  # rank 0's (under torchrun the others write nothing)
         print(paths["report.md"].read_text().split("\n\n![")[0].strip())
@@ -143,15 +146,47 @@ def cmd_plot(args: argparse.Namespace) -> int:
 TASKS = ("classification", "detection")
 
 
-def _task_of(argv: list[str]) -> str:
-    """The --task of a compare command line, read before the flags that depend on it."""
+def _flag(argv: list[str], flag: str) -> str | None:
+    """The value of `flag` in `argv` ("--flag VALUE" or "--flag=VALUE"), or None."""
     for i, word in enumerate(argv):
-        value = argv[i + 1] if word == "--task" and i + 1 < len(argv) else None
-        if word.startswith("--task="):
-            value = word.split("=", 1)[1]
-        if value in TASKS:
-            return value
+        if word == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(f"{flag}="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _task_of(argv: list[str]) -> str:
+    """The --task of a compare command line, read before the flags that depend on it: on
+    `compare --out OUT --resume`, the compare's own (OUT/compare.yaml) unless given."""
+    value = _flag(argv, "--task")
+    if value in TASKS:
+        return value
+    out = _flag(argv, "--out")
+    if argv[:1] == ["compare"] and "--resume" in argv and out is not None:
+        from biograd.config import COMPARE
+
+        try:
+            import yaml
+
+            saved = yaml.safe_load((Path(out) / COMPARE).read_text())
+        except Exception:  # unreadable: read again, and said in one line, later
+            saved = None
+        if isinstance(saved, dict) and saved.get("task") in TASKS:
+            return saved["task"]
     return "classification"
+
+
+def _saved_compare(base) -> dict:
+    """A resumed compare's rules and seeds (OUT/compare.yaml), or {}."""
+    from biograd.config import COMPARE, read_saved
+
+    path = Path(base.out) / COMPARE
+    if not base.resume or not path.is_file():
+        return {}
+    saved = read_saved(path)
+    return {k: saved[k] for k in ("rules", "seeds")
+            if isinstance(saved, dict) and isinstance(saved.get(k), list)}
 
 
 def build_parser(task: str = "classification") -> argparse.ArgumentParser:
@@ -176,10 +211,12 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                        "then write report.md, results.csv and figures into --out (default: "
                        "a new runs/compare-DATE-TIME). With no options: every rule on the "
                        "bundled digits, in a few minutes on a laptop CPU.")
-    p.add_argument("--rules", type=_rules, default=biograd.list_rules(),
-                   help="comma-separated rule names (default: all)")
+    p.add_argument("--rules", type=_rules, default=None,
+                   help="comma-separated rule names (default: all; on --resume, the "
+                   "compare's own)")
     p.add_argument("--seeds", type=_seeds, default=None,
-                   help="comma-separated seeds to repeat each rule with (default: --seed)")
+                   help="comma-separated seeds to repeat each rule with (default: --seed; on "
+                   "--resume, the compare's own)")
     p.add_argument("--task", choices=TASKS, default="classification",
                    help="classification (biograd train's options) or detection (biograd "
                    "detect's options)")

@@ -250,19 +250,36 @@ def find_config(path: Path | str) -> Path:
                      f"{CONFIGS}: {', '.join(f + '/' for f in folders)})")
 
 
-def saved_config(out: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
-    """The fields of the run in `out` (its config.yaml; none if it has none), less those that
-    belong to one start only (resume, accept_changes)."""
+#: What `biograd compare` records in its folder: the task, rules, seeds and shared config.
+COMPARE = "compare.yaml"
+
+
+def saved_path(out: Path) -> Path | None:
+    """The file a resume in `out` reads its options from: a run's config.yaml, else a compare
+    folder's compare.yaml; None where there is neither."""
+    return next((p for p in (out / "config.yaml", out / COMPARE) if p.is_file()), None)
+
+
+def read_saved(path: Path) -> Any:
+    """A saved config file's YAML, with a one-line error if it is not valid YAML."""
     import yaml
 
-    path = out / "config.yaml"
-    if not path.is_file():
-        return {}
     try:
-        data = load_yaml_text(path.read_text()) or {}
+        return load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UsageError(f"--resume: {path} is not valid YAML ({str(err).splitlines()[0]}): "
                          f"restore it, or give every option of the run again") from None
+
+
+def saved_config(out: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
+    """The fields of the run (or compare) in `out` (`saved_path`; none if it has none), less
+    those that belong to one start only (resume, accept_changes)."""
+    path = saved_path(out)
+    if path is None:
+        return {}
+    data = read_saved(path)
+    if path.name == COMPARE:
+        data = data.get("config", {}) if isinstance(data, dict) else {}
     known = {f.name for f in dataclasses.fields(cls)} - {"resume", "accept_changes"}
     return {k: v for k, v in data.items() if k in known} if isinstance(data, dict) else {}
 
@@ -291,8 +308,9 @@ def load_yaml(path: Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
 def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = TrainConfig,
             **overrides: Any) -> Any:
     """Defaults, then the YAML file in args.config, then flags, then `overrides`; validated.
-    A resume (resume and out set) starts from the run folder's config.yaml instead of the
-    defaults, so `--out RUN --resume` alone continues the run as it was."""
+    A resume (resume and out set) starts from the run folder's config.yaml (a compare folder's
+    compare.yaml) instead of the defaults, so `--out RUN --resume` alone continues the run as
+    it was."""
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}  # the file a value came from, for its error message
     known = {f.name for f in dataclasses.fields(cls)}
@@ -309,7 +327,7 @@ def resolve(args: argparse.Namespace | None = None, cls: type[RunConfig] = Train
     values.update(overrides)
     if values.get("resume") and values.get("out"):
         saved = saved_config(Path(values["out"]), cls)
-        origins.update({k: f"in {Path(values['out']) / 'config.yaml'}" for k in saved
+        origins.update({k: f"in {saved_path(Path(values['out']))}" for k in saved
                         if k not in values})
         values = {**saved, **values}
     cfg = cls(**values)

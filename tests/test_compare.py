@@ -2,8 +2,10 @@
 
 import csv
 import json
+import shutil
 
 import pytest
+import yaml
 from PIL import Image
 
 from biograd.cli import main
@@ -82,3 +84,29 @@ def test_plot_redraws_a_run(tmp_path, capsys):
 def test_plot_of_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "biograd: error:" in capsys.readouterr().err
+
+
+def test_compare_resumes_from_its_folder_alone(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--rules", "bp,fa", "--seeds", "0,1", *QUICK, "--lr", "0.07",
+                 "--out", str(out)]) == 0
+    shutil.rmtree(out / "fa-seed1")  # as if stopped before its turn
+    capsys.readouterr()
+    assert main(["compare", "--out", str(out), "--resume"]) == 0  # no other option
+    again, first = (yaml.safe_load((out / run / "config.yaml").read_text())
+                    for run in ("fa-seed1", "fa-seed0"))
+    assert again["lr"] == 0.07 and again["seed"] == 1
+    assert {k: v for k, v in again.items() if k not in ("seed", "out", "resume")} == {
+        k: v for k, v in first.items() if k not in ("seed", "out", "resume")}
+    report = (out / "report.md").read_text()
+    assert "| `bp` | 2 (0, 1) |" in report and "| `fa` | 2 (0, 1) |" in report
+
+
+def test_a_resumed_compare_reads_its_task(tmp_path):
+    from biograd.cli import _task_of
+
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({"task": "detection"}))
+    assert _task_of(["compare", "--out", str(tmp_path), "--resume"]) == "detection"
+    assert _task_of(["compare", "--out", str(tmp_path)]) == "classification"  # a new one
+    assert _task_of(["compare", f"--out={tmp_path}", "--resume", "--task",
+                     "classification"]) == "classification"

@@ -40,6 +40,22 @@ def run_dir(out: Path, rule: str, seed: int, several_seeds: bool) -> Path:
     return out / (f"{rule}-seed{seed}" if several_seeds else rule)
 
 
+def _record(out: Path, base: RunConfig, rules: list[str], seeds: list[int]) -> None:
+    """Write OUT/compare.yaml (atomically): the task, rules, seeds and shared config."""
+    import yaml
+
+    from biograd.config import COMPARE
+
+    shared = {k: v for k, v in base.to_dict().items()
+              if k not in ("out", "resume", "accept_changes", "rule", "seed")}
+    record = {"task": "detection" if isinstance(base, DetectConfig) else "classification",
+              "rules": list(rules), "seeds": list(seeds), "config": shared}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{COMPARE}.tmp-{os.getpid()}"
+    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    os.replace(tmp, out / COMPARE)
+
+
 def _status(path: Path) -> str | None:
     try:
         return json.loads((path / "status.json").read_text())["status"]
@@ -81,6 +97,8 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
                 _check_kept(path, dataclasses.replace(base, rule=rule, seed=seed))
             elif not base.resume or not (path / CHECKPOINT).exists():
                 check_out(dataclasses.replace(base, resume=False), path)
+    if os.environ.get("RANK", "0") == "0":  # what `compare --out OUT --resume` alone reads
+        _record(out, base, rules, seeds)
     paths = []
     for seed in seeds:
         for rule in rules:
