@@ -281,14 +281,14 @@ def _missing_extra(err: ModuleNotFoundError) -> str | None:
             f"extra: pip install 'biograd[{EXTRAS[root]}]'")
 
 
-def _check_extras(command: str) -> None:
+def _check_extras(command: str, task: str | None = None) -> None:
     """Raise ModuleNotFoundError for a module the command's extra brings and that is missing,
     before the command starts: a run must not stop half set up. `rules` needs none, and
     TensorBoard is optional (a run without it writes metrics.jsonl only)."""
     import importlib.util
 
-    needed = set() if command == "rules" else {"train", "detect"} if command == "detect" else {
-        "train"}
+    detection = command == "detect" or (command == "compare" and task == "detection")
+    needed = set() if command == "rules" else {"train", "detect"} if detection else {"train"}
     for module, extra in EXTRAS.items():
         if extra in needed and module != "tensorboard" and importlib.util.find_spec(module) is None:
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = build_parser(_task_of(argv)).parse_args(argv)
     args.command_line = ["biograd", *argv]  # recorded in each run's environment.jsonl
-    _check_extras(args.command)
+    _check_extras(args.command, getattr(args, "task", None))
     if not logging.getLogger().handlers:  # rank 0 alone prints what is not a warning
         from biograd.engine.runlog import LOG_DATES, LOG_FORMAT
 

@@ -402,15 +402,9 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
                          "too (e.g. --dale 0.8)")
     if cfg.amp == "fp16" and cfg.device == "cpu":
         raise UsageError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
-    if cfg.compile_mode != "default" and not cfg.compile:
-        raise UsageError(f"--compile-mode {cfg.compile_mode} sets how --compile compiles: add "
-                         f"--compile, or leave it out")
-    if cfg.accept_changes and not cfg.resume:
+    if cfg.accept_changes and not cfg.resume:  # a flag of one start: never in a saved config
         raise UsageError("--accept-changes accepts a changed shape on --resume: add --resume, "
                          "or leave it out")
-    if cfg.warmup_epochs > cfg.epochs:
-        raise UsageError(f"--warmup-epochs {cfg.warmup_epochs:g} is longer than the run "
-                         f"(--epochs {cfg.epochs}): warm up for at most the run's epochs")
     if cfg.schedule != "step":
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING
                     else f.default_factory() for f in dataclasses.fields(cfg)}

@@ -163,7 +163,8 @@ def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path):
         target = "/proc/biograd-cannot-be-here"
     else:
         target = str(tmp_path / "locked" / "run")
-    one_line_error(capsys, ["train", *QUICK, "--out", target], "the folder cannot be made")
+    for command in (["train"], ["compare", "--rules", "bp"]):
+        one_line_error(capsys, [*command, *QUICK, "--out", target], "the folder cannot be made")
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -227,3 +227,16 @@ def test_errors_say_what_was_wrong(name, kwargs, match):
 def test_register_model_refuses_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         register_model(inputs=((1, 8),), name="mlp")(lambda **_: nn.Identity())
+
+
+def test_a_model_that_asserts_its_size_is_a_model_error_whatever_size_is_tried():
+    from biograd.models.factory import _check_image_size
+
+    class Fixed(nn.Module):  # like timm's fixed-size models: 28 fails inside, others assert
+        def forward(self, x):
+            assert x.shape[-1] == 28, f"Input height ({x.shape[-1]}) doesn't match model (28)"
+            raise RuntimeError("Output size is too small")
+
+    with pytest.raises(ModelError, match=r"cannot take 28x28 images \(Output size is too "
+                                         r"small\): pick a model for small inputs"):
+        _check_image_size(Fixed(), "fixed", 3, 28)

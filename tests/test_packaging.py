@@ -58,12 +58,14 @@ def test_the_command_line_names_the_extra_it_needs(argv, extra):
     assert len(err) == 1 and f"pip install 'biograd[{extra}]'" in err[0], err
 
 
-def test_detect_names_the_detect_extra_before_it_starts(tmp_path):
+@pytest.mark.parametrize("command", [["detect"], ["compare", "--task", "detection"]])
+def test_detection_names_the_detect_extra_before_it_starts(tmp_path, command):
+    argv = [*command, "--data", "fake", "--out", str(tmp_path / "run")]
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         sys.modules["pycocotools"] = None
         from biograd.cli import main
-        raise SystemExit(main(["detect", "--data", "fake", "--out", {str(tmp_path / "run")!r}]))
+        raise SystemExit(main({argv!r}))
     """)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install 'biograd[detect]'" in result.stderr.strip().splitlines()[-1]

@@ -327,3 +327,16 @@ def test_the_accuracy_figure_says_validation_once(compared, tmp_path, monkeypatc
         titles.append((title, y)), finish(ax, title, x, y, **kw))[-1])
     figures.accuracy_figure({"ss": compared[1][1:3]}, tmp_path / "accuracy.png")
     assert titles == [("Validation top-1 per epoch", "validation top-1 (%)")]
+
+
+def test_a_key_a_runs_config_lacks_counts_as_its_default(tmp_path):
+    runs = []
+    for folder, seed, extra in (("a", 0, {"dale_balance": False}), ("b", 1, {})):
+        write_run(tmp_path / folder, "ss", seed, EPOCHS, None)
+        config = yaml.safe_load((tmp_path / folder / "config.yaml").read_text())
+        config.update(extra, rule_options={"wm": {"samples": 8, "rate": 0.1}} if seed else
+                      {"wm": {"rate": 0.1, "samples": 8}})  # one mapping, two key orders
+        (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        runs.append(load_run(tmp_path / folder))
+    report = write_report(runs, tmp_path / "compare")["report.md"].read_text()
+    assert table_rows(report)["ss"][1] == "2 (0, 1)"  # one row: the seeds of one recipe

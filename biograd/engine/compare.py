@@ -50,7 +50,6 @@ def _record(out: Path, base: RunConfig, rules: list[str], seeds: list[int]) -> N
               if k not in ("out", "resume", "accept_changes", "rule", "seed")}
     record = {"task": "detection" if isinstance(base, DetectConfig) else "classification",
               "rules": list(rules), "seeds": list(seeds), "config": shared}
-    out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{COMPARE}.tmp-{os.getpid()}"
     tmp.write_text(yaml.safe_dump(record, sort_keys=False))
     os.replace(tmp, out / COMPARE)
@@ -71,7 +70,7 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
     The task follows the config: a DetectConfig trains detectors (`biograd detect`), a
     TrainConfig classifiers (`biograd train`).
     """
-    from biograd.engine.loop import check_folder, check_out
+    from biograd.engine.loop import check_folder, check_out, make_folder
     from biograd.results import load_run, write_report
 
     if isinstance(base, DetectConfig):
@@ -98,6 +97,7 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
             elif not base.resume or not (path / CHECKPOINT).exists():
                 check_out(dataclasses.replace(base, resume=False), path)
     if os.environ.get("RANK", "0") == "0":  # what `compare --out OUT --resume` alone reads
+        make_folder(out)
         _record(out, base, rules, seeds)
     paths = []
     for seed in seeds:

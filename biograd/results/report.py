@@ -9,6 +9,8 @@ Runs of one rule whose recipes differ (not only in seed) get a row each (`group_
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import os
 import statistics
@@ -99,10 +101,29 @@ def group_label(run: Run, runs: list[Run]) -> str:
     only seeds of one recipe are averaged."""
     same_rule = [r.config for r in runs if r.rule == run.rule]
     keys = sorted({k for config in same_rule for k in config} - SETTINGS - {"rule"})
-    differ = [k for k in keys if len({repr(c.get(k)) for c in same_rule}) > 1]
-    values = {k: run.config.get(k) for k in differ}
+    differ = [k for k in keys if len({_key(_entry(c, k)) for c in same_rule}) > 1]
+    values = {k: _entry(run.config, k) for k in differ}
     return ", ".join([run.rule, *(f"{k}={'none' if v is None else describe(v)}"
                                   for k, v in values.items())])
+
+
+def _entry(config: dict, key: str) -> object:
+    """config[key]; where a run's config lacks it (written before the field existed), the
+    field's default, which is what that run trained with."""
+    if key in config:
+        return config[key]
+    from biograd.config import DetectConfig, TrainConfig
+
+    cls = DetectConfig if "backbone" in config else TrainConfig
+    field = next((f for f in dataclasses.fields(cls) if f.name == key), None)
+    if field is None:
+        return None
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _key(value: object) -> str:
+    """A value's text for comparing: mappings in key order, so notation alone never splits."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
