@@ -57,9 +57,12 @@ def test_no_evaluation_overwrites_another():
              result_name(Path("run") / checkpoint.BEST, "fashion-mnist"),
              result_name(Path("run") / checkpoint.NAME, "/data/imagenet/"),
              result_name(Path("run") / checkpoint.BEST, "/data/my shapes"),
+             result_name(Path("run") / checkpoint.BEST, "/a/val"),
+             result_name(Path("run") / checkpoint.BEST, "/b/val"),
              result_name(Path("run") / "epoch 3.pt")}
     assert names == {"eval.json", "eval-last.json", "eval-fashion-mnist.json",
-                     "eval-last-imagenet.json", "eval-my_shapes.json", "eval-epoch_3.json"}
+                     "eval-last-data_imagenet.json", "eval-data_my_shapes.json",
+                     "eval-a_val.json", "eval-b_val.json", "eval-epoch_3.json"}
 
 
 def test_eval_says_what_it_cannot_read(tmp_path, capsys):
