@@ -335,7 +335,8 @@ def test_a_key_a_runs_config_lacks_counts_as_its_default(tmp_path):
         write_run(tmp_path / folder, "ss", seed, EPOCHS, None)
         config = yaml.safe_load((tmp_path / folder / "config.yaml").read_text())
         config.update(extra, rule_options={"wm": {"samples": 8, "rate": 0.1}} if seed else
-                      {"wm": {"rate": 0.1, "samples": 8}})  # one mapping, two key orders
+                      {"wm": {"rate": 0.1, "samples": 8}},  # one mapping, two key orders
+                      lr=1 if seed else 1.0)  # one number, two notations
         (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         runs.append(load_run(tmp_path / folder))
     report = write_report(runs, tmp_path / "compare")["report.md"].read_text()

@@ -122,8 +122,16 @@ def _entry(config: dict, key: str) -> object:
 
 
 def _key(value: object) -> str:
-    """A value's text for comparing: mappings in key order, so notation alone never splits."""
-    return json.dumps(value, sort_keys=True, default=str)
+    """A value's text for comparing: mappings in key order and 1.0 as 1, so notation alone
+    never splits runs of one recipe."""
+    def plain(v: object) -> object:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, list | tuple) else v
+
+    return json.dumps(plain(value), sort_keys=True, default=str)
 
 
 def _write_csv(runs: list[Run], path: Path) -> None:
