@@ -164,29 +164,28 @@ def _task_of(argv: list[str]) -> str:
         return value
     out = _flag(argv, "--out")
     if argv[:1] == ["compare"] and "--resume" in argv and out is not None:
-        from biograd.config import COMPARE
-
         try:
-            import yaml
-
-            saved = yaml.safe_load((Path(out) / COMPARE).read_text())
-        except Exception:  # unreadable: read again, and said in one line, later
-            saved = None
-        if isinstance(saved, dict) and saved.get("task") in TASKS:
-            return saved["task"]
+            task = _compare_record(Path(out)).get("task")
+        except UsageError:  # not valid YAML: said in one line when the options are read
+            task = None
+        if task in TASKS:
+            return task
     return "classification"
 
 
-def _saved_compare(base) -> dict:
-    """A resumed compare's rules and seeds (OUT/compare.yaml), or {}."""
+def _compare_record(out: Path) -> dict:
+    """What a compare recorded in OUT/compare.yaml (task, rules, seeds, config), or {}."""
     from biograd.config import COMPARE, read_saved
 
-    path = Path(base.out) / COMPARE
-    if not base.resume or not path.is_file():
-        return {}
-    saved = read_saved(path)
-    return {k: saved[k] for k in ("rules", "seeds")
-            if isinstance(saved, dict) and isinstance(saved.get(k), list)}
+    path = out / COMPARE
+    saved = read_saved(path) if path.is_file() else {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _saved_compare(base) -> dict:
+    """A resumed compare's rules and seeds, or {}."""
+    saved = _compare_record(Path(base.out)) if base.resume else {}
+    return {k: saved[k] for k in ("rules", "seeds") if isinstance(saved.get(k), list)}
 
 
 def build_parser(task: str = "classification") -> argparse.ArgumentParser:

@@ -165,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainC
         if kind is list:
             text += " (on the command line comma-separated, e.g. 16,22; a list in YAML)"
         if "default" not in text:  # a help text that names its default says it once
-            text += f" (default: {_default(f)})"
+            text += f" (default: {field_default(f)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             kw.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
@@ -178,7 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainC
         parser.add_argument(flag, **kw)
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A config field's default value."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
@@ -249,6 +250,11 @@ def find_config(path: Path | str) -> Path:
                      f"name: give a path, or a name like {bundled_configs()[0]} (all are in "
                      f"{CONFIGS}: {', '.join(f + '/' for f in folders)})")
 
+
+#: Fields that say where or how a run runs, not what it learns: they may differ between a run
+#: and its resumption (epochs only with accept_changes, which may itself change).
+RESUMABLE = {"resume", "out", "workers", "progress", "device", "tensorboard", "data_root",
+             "download", "log_interval", "accept_changes"}
 
 #: What `biograd compare` records in its folder: the task, rules, seeds and shared config.
 COMPARE = "compare.yaml"
@@ -406,10 +412,9 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
         raise UsageError("--accept-changes accepts a changed shape on --resume: add --resume, "
                          "or leave it out")
     if cfg.schedule != "step":
-        defaults = {f.name: f.default if f.default is not dataclasses.MISSING
-                    else f.default_factory() for f in dataclasses.fields(cfg)}
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
         unused = [f"--{k.replace('_', '-')}" for k in ("step_size", "gamma", "milestones")
-                  if getattr(cfg, k) != defaults[k]]
+                  if getattr(cfg, k) != field_default(fields[k])]
         if unused:
             raise UsageError(f"{', '.join(unused)} shape(s) the step schedule, but the schedule "
                              f"is {cfg.schedule!r}: add --schedule step, or leave them out")

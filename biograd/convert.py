@@ -228,12 +228,12 @@ def convert(
             held.append(name)  # until it is converted below
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
-        if is_lazy(module._parameters.get(cls.weight_name)):
+        weight = module._parameters.get(cls.weight_name)  # None where parametrised
+        if is_lazy(weight):
             raise ValueError(f"{name or type(module).__name__}: a lazy layer, whose weight has "
                              f"no shape yet: run one forward pass of the model before "
                              f"biograd.convert")
-        if module._parameters.get(cls.weight_name) is not None and \
-                module._parameters[cls.weight_name].is_meta:
+        if weight is not None and weight.is_meta:
             raise ValueError(f"{name or type(module).__name__}: on the meta device, where the "
                              f"rule's feedback would be drawn as nothing (to_empty leaves it "
                              f"uninitialised): materialise the model's weights first "

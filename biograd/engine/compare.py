@@ -24,8 +24,7 @@ log = logging.getLogger("biograd")
 
 def _check_kept(path: Path, cfg: RunConfig) -> None:
     """Refuse to keep a finished run of another recipe beside the new ones in one report."""
-    from biograd.config import saved_config
-    from biograd.engine.loop import RESUMABLE
+    from biograd.config import RESUMABLE, saved_config
 
     saved = saved_config(path, type(cfg))
     now = cfg.to_dict()

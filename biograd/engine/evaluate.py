@@ -100,10 +100,13 @@ def result_name(checkpoint_path: Path, other_data: str | None = None) -> str:
     """Where an evaluation is written beside its checkpoint: eval.json for best.pt on the
     run's own data; eval-last.json for checkpoint.pt (eval-NAME.json for another file NAME.pt),
     and "-DATA" added for another data set (a folder's whole path, "/" as "_")."""
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
     name = "eval" + ("" if checkpoint_path.name == checkpoint.BEST else
                      "-last" if checkpoint_path.name == checkpoint.NAME else
-                     "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint_path.stem))
+                     "-" + slug(checkpoint_path.stem))
     if other_data:
         parts = [p for p in Path(other_data).parts if p not in ("/", "\\")]  # a folder: all
-        name += "-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)) or "data")
+        name += "-" + (slug("_".join(parts)) or "data")
     return name + ".json"

@@ -28,19 +28,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import biograd
 from biograd import __version__
 from biograd._seed import mix
-from biograd.config import RunConfig
+from biograd.config import RESUMABLE, RunConfig
 from biograd.engine import checkpoint, distributed
 from biograd.engine.runlog import LOG_DATES, LOG_FORMAT, Progress, RunLog
 from biograd.errors import Diverged, UsageError
 
 log = logging.getLogger("biograd")
-
-#: How log lines look, on the terminal and in RUN/train.log: time, level, message.
-
-#: Fields that may differ between a run and its resumption (epochs only with
-#: accept_changes, which may itself change).
-RESUMABLE = {"resume", "out", "workers", "progress", "device", "tensorboard", "data_root",
-             "download", "log_interval", "accept_changes"}
 
 Batch = Any
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+#: How log lines look, on the terminal and in RUN/train.log: time, level, message.
 LOG_FORMAT, LOG_DATES = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
 
 log = logging.getLogger("biograd")

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import biograd
+from biograd.config import RESUMABLE, DetectConfig, TrainConfig, field_default
 from biograd.results import figures
 from biograd.results.runs import Run, describe, task_metrics, task_summary
 
@@ -89,18 +90,12 @@ def write_report(runs: list[Run], out: str | Path) -> dict[str, Path]:
     return written
 
 
-#: Config entries that say where or how a run ran, not what it learned: runs of one rule
-#: that differ in these alone are seeds of one group.
-SETTINGS = {"seed", "out", "resume", "accept_changes", "workers", "progress", "device",
-            "tensorboard", "data_root", "download", "log_interval"}
-
-
 def group_label(run: Run, runs: list[Run]) -> str:
     """The row `run` belongs to: its rule, and, where runs of that rule differ in their
     recipe (--dale, --lr, the model, ...), the entries that set it apart ("ss, dale=0.8"):
     only seeds of one recipe are averaged."""
     same_rule = [r.config for r in runs if r.rule == run.rule]
-    keys = sorted({k for config in same_rule for k in config} - SETTINGS - {"rule"})
+    keys = sorted({k for config in same_rule for k in config} - RESUMABLE - {"rule", "seed"})
     differ = [k for k in keys if len({_key(_entry(c, k)) for c in same_rule}) > 1]
     values = {k: _entry(run.config, k) for k in differ}
     return ", ".join([run.rule, *(f"{k}={'none' if v is None else describe(v)}"
@@ -112,13 +107,9 @@ def _entry(config: dict, key: str) -> object:
     field's default, which is what that run trained with."""
     if key in config:
         return config[key]
-    from biograd.config import DetectConfig, TrainConfig
-
     cls = DetectConfig if "backbone" in config else TrainConfig
     field = next((f for f in dataclasses.fields(cls) if f.name == key), None)
-    if field is None:
-        return None
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+    return None if field is None else field_default(field)
 
 
 def _key(value: object) -> str:
