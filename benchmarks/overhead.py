@@ -68,9 +68,11 @@ def tiny_convs(rule: str, n: int) -> tuple[torch.nn.Module, torch.Tensor]:
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    # dfa forms no B (its backward projects the output error instead): step_time.py times it
-    rules = args.rules or [r for r in biograd.list_rules() if not biograd.get_rule(r).direct]
-    direct = [r for r in rules if r != NATIVE and biograd.get_rule(r).direct]
+    # dfa and drtp form no B (their backward projects the output error or the targets), and
+    # dfa_blocks' layers run torch's op (its cost is at its blocks): step_time.py times them
+    rules = args.rules or [r for r in biograd.list_rules()
+                           if not biograd.get_rule(r).reads_output]
+    direct = [r for r in rules if r != NATIVE and biograd.get_rule(r).reads_output]
     if direct:
         raise SystemExit(f"overhead.py: {', '.join(direct)} forms no B to time; "
                          f"benchmarks/step_time.py times its whole step")

@@ -102,6 +102,7 @@ class Variant:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
+        biograd.targets(self.runner, y)  # drtp's; a no-op for every other rule
         with self.autocast():
             loss = F.cross_entropy(self.runner(x), y)
         loss.backward()
@@ -115,7 +116,7 @@ class Variant:
             for name in layer.learning_rule.state:
                 t = getattr(layer, name)
                 total += t.numel() * t.element_size()
-        source = self.model.__dict__.get("_biograd_error_source")  # dfa's table
+        source = self.model.__dict__.get("_biograd_error_source")  # dfa's (drtp's...) table
         if source is not None:
             total += sum(t.numel() * t.element_size() for t in source.tables.values())
         return total
@@ -142,6 +143,7 @@ class Variant:
             return t
 
         self.opt.zero_grad(set_to_none=True)
+        biograd.targets(self.model, y)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
             loss = F.cross_entropy(self.model(x), y)
         loss.backward()  # frees the graph; no optimiser step, so the weights do not change

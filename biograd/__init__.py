@@ -26,6 +26,7 @@ from biograd.convert import (
 from biograd.dale import dale
 from biograd.rules import Rule, get_rule, list_rules, register
 from biograd.rules.dfa import error_source
+from biograd.rules.drtp import targets
 from biograd.unshare import unshare, unshared_bytes
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "register",
     "report",
     "rules",
+    "targets",
     "unconvert",
     "unshare",
     "unshared_bytes",

@@ -2,12 +2,14 @@
 
 A field says what it accepts in its annotation (int, float, str, bool, dict, list[int], each
 optionally `| None`) and its metadata: `choices`, or bounds `low` (>=), `above` (>), `high`
-(<=), `below` (<) for numbers and the items of a list. `problem` returns what is wrong, in
-words a user can act on, or None.
+(<=), `below` (<) for numbers and the items of a list, or for a string a regular expression
+`pattern` it must match whole, with `means` saying in words what that is. `problem` returns
+what is wrong, in words a user can act on, or None.
 """
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -43,6 +45,8 @@ def wanted(kind: Any, meta: Mapping[str, Any]) -> str:
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if meta.get("choices"):
         text = f"one of {', '.join(map(repr, meta['choices']))}"
+    elif meta.get("pattern"):
+        text = meta.get("means") or f"a string matching {meta['pattern']!r}"
     else:
         item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
         base = typing.get_origin(kind) or kind
@@ -66,6 +70,8 @@ def problem(kind: Any, meta: Mapping[str, Any], value: Any) -> str | None:
         base = next(a for a in typing.get_args(kind) if a is not type(None))
     if meta.get("choices"):
         ok = isinstance(value, str) and value in meta["choices"]
+    elif meta.get("pattern"):
+        ok = isinstance(value, str) and re.fullmatch(meta["pattern"], value) is not None
     elif typing.get_origin(base) is list:
         item = typing.get_args(base)[0]
         ok = isinstance(value, list) and all(

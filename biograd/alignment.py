@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from biograd.convert import feedback_layers
 from biograd.rules import get_rule
+from biograd.rules.drtp import targets
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -36,18 +37,22 @@ def weight_angles(model: nn.Module) -> dict[str, float]:
     """{layer name: angle between W and the B its backward uses}, in network order.
 
     For frsf and brsf this is the effective |M|∘sign(W) (brsf: the latest step's draw), not M.
-    Layers on bp give 0. Layers on dfa are left out: their B maps the output error to the
-    layer's input, (K, *input), and has no W to be compared with; `gradient_angles` measures
-    dfa as DFA papers do, by its weight updates.
+    Layers on bp give 0. Layers on a rule that reads the model's output are left out: on dfa
+    and drtp, B maps the output error (the targets) to the layer's input, (K, *input), and has
+    no W to be compared with; on dfa_blocks, B = W inside the blocks and the random B sits at
+    the blocks' outputs. `gradient_angles` measures them as DFA papers do, by their weight
+    updates.
     """
     return {name: angle(layer.weight_now(), layer.feedback_weight()) for name, layer in
-            feedback_layers(model) if not layer.learning_rule.direct}
+            feedback_layers(model) if not layer.learning_rule.reads_output}
 
 
 def cross_entropy_loss(model: nn.Module, batch: Batch) -> Tensor:
-    """The default loss of `gradient_angles`: batch = (inputs, class targets)."""
-    inputs, targets = batch
-    return F.cross_entropy(model(inputs), targets)
+    """The default loss of `gradient_angles`: batch = (inputs, class targets); the targets go
+    to the model's layers on drtp first (`biograd.targets`)."""
+    inputs, labels = batch
+    targets(model, labels)
+    return F.cross_entropy(model(inputs), labels)
 
 
 def gradient_angles(
@@ -57,14 +62,17 @@ def gradient_angles(
 
     Both gradients come from the same batch, the same random draws (dropout) and the same
     starting state; in the backprop pass every converted layer, frozen ones included, runs
-    backprop. Afterwards the model is as it was: buffers (BatchNorm statistics), every rule
-    counter, train/eval mode, random streams and any accumulated .grad are untouched, even if
-    `loss_fn` raises. Only layers whose rule is not bp are listed; trainable weights only.
+    backprop (so dfa_blocks' points are idle: exact backprop end to end). Afterwards the
+    model is as it was: buffers (BatchNorm statistics), every rule counter, train/eval mode,
+    random streams and any accumulated .grad are untouched, even if `loss_fn` raises. Only
+    layers whose rule is not bp are listed; trainable weights only.
 
     loss_fn(model, batch) -> scalar loss; the default is cross-entropy on (inputs, targets).
+    A loss_fn of your own for a model with layers on drtp calls `biograd.targets` before the
+    model's forward, as the default does.
     """
-    converted = [(n, m) for n, m in feedback_layers(model)
-                 if not m.learning_rule.transports_weights]
+    bp = get_rule("bp")
+    converted = [(n, m) for n, m in feedback_layers(model) if m.learning_rule != bp]
     layers = [(n, m) for n, m in converted if m.weight_now().requires_grad]
     if not layers:
         return {}
@@ -88,7 +96,6 @@ def gradient_angles(
                 m.feedback_step.copy_(step)
 
     rule_grads = grads()
-    bp = get_rule("bp")
     try:  # the reference: every converted layer on backprop, trainable or frozen
         for _, m in converted:
             m.learning_rule = bp

@@ -108,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cls = DetectConfig if args.__dict__.pop("task") == "detection" else TrainConfig
     base = _with_out(resolve(args, cls), "compare")
     saved = _saved_compare(base)
-    rules = rules or saved.get("rules") or biograd.list_rules()
+    rules = rules or saved.get("rules")  # None: every rule the model can take
     seeds = seeds or saved.get("seeds")
     paths = compare(base, rules, seeds, args.command_line)
     if paths:  # rank 0's (under torchrun the others write nothing)
@@ -209,9 +209,11 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                        description="Train each rule (and seed) with the same data and recipe, "
                        "then write report.md, results.csv and figures into --out (default: "
                        "a new runs/compare-DATE-TIME). With no options: every rule on the "
-                       "bundled digits, in a few minutes on a laptop CPU.")
+                       "bundled digits, in a few minutes on a laptop CPU (but dfa_blocks, "
+                       "which needs a model with blocks).")
     p.add_argument("--rules", type=_rules, default=None,
-                   help="comma-separated rule names (default: all; on --resume, the "
+                   help="comma-separated rule names (default: every rule the task and model "
+                   "can take, dfa_blocks only on a model with blocks; on --resume, the "
                    "compare's own)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="comma-separated seeds to repeat each rule with (default: --seed; on "

@@ -420,11 +420,12 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
                              f"is {cfg.schedule!r}: add --schedule step, or leave them out")
 
 
-#: Why a detector cannot run on a direct rule (dfa).
+#: Why a detector cannot run on a rule that reads the model's output (dfa, drtp, dfa_blocks).
 DIRECT_DETECTOR = (
-    "{rule} projects one output error to every layer, but RetinaNet's output error is every "
-    "anchor's scores and boxes, from two heads (thousands of values an image, and B grows "
-    "with them times each layer's input): detection runs on the other rules")
+    "{rule} projects one output error (drtp: one target) to every layer or block, but "
+    "RetinaNet's output is every anchor's scores and boxes, from two heads (thousands of "
+    "values an image, and B grows with them times each layer's input): detection runs on the "
+    "other rules")
 
 
 def _check_detector(cfg: DetectConfig) -> None:
@@ -440,7 +441,7 @@ def _check_detector(cfg: DetectConfig) -> None:
             raise UsageError(f"parts (--parts): {part}: {rule!r} is not a rule name")
         _rule_name(f"parts.{part}", rule)
     for name in (cfg.rule, *cfg.parts.values()):
-        if get_rule(name).direct:
+        if get_rule(name).reads_output:
             raise UsageError(DIRECT_DETECTOR.format(rule=get_rule(name).name))
     if cfg.max_size < cfg.min_size:
         raise UsageError(f"max_size={cfg.max_size} (--max-size) is below min_size="

@@ -24,7 +24,7 @@ from biograd._seed import mix
 from biograd.dale import DALE_SIGN, dale_buffers, dale_layers, hold_dale_
 from biograd.nn.layers import DROP_INS, FeedbackLayer
 from biograd.rules.base import Rule, get_rule
-from biograd.rules.dfa import error_source, release
+from biograd.rules.dfa import KEY, release, wire
 
 log = logging.getLogger("biograd")
 
@@ -206,9 +206,11 @@ def convert(
     stays parametrised: the forward and the feedback use the weight it computes; a rule that
     writes W (sign_fixed) leaves such a layer alone, and the report says so. The existing
     Parameter objects are reused, but rules add state (kp a Parameter): build the optimiser
-    after converting. A model with layers on dfa gets the forward hooks that take its output
-    error (see `biograd.error_source`). The report of what changed is logged at INFO on the
-    "biograd" logger; `report(model)` gives it at any time.
+    after converting. A model with layers on dfa, drtp or dfa_blocks gets the forward hooks
+    that take its output error and targets (see `biograd.error_source`, `biograd.targets`);
+    on dfa_blocks, its blocks get their points (a rule's `check` refuses a model it cannot
+    run on, here dfa_blocks' with no blocks, before anything changes). The report of what
+    changed is logged at INFO on the "biograd" logger; `report(model)` gives it at any time.
     """
     _check_arguments(model, rules, include, exclude, seed)
     default = get_rule(rule, **options)
@@ -217,6 +219,8 @@ def convert(
     _rewire(model)
     convertible = _convertible(model)
     _check_patterns([name for name, _, _ in convertible], rules, include, exclude)
+    for asked in {default, *choices.values(), *([last_rule] if last_rule else [])}:
+        asked.check(model)
     last_name = convertible[-1][0] if convertible else None
     new: dict[int, nn.Module] = {}
     switches: list[tuple[FeedbackLayer, Rule, int]] = []  # converted layers changing rule
@@ -259,11 +263,7 @@ def convert(
     for module, chosen, layer_seed in switches:
         module.set_rule(chosen, layer_seed)
     model = _swap(model, new)
-    if any(layer.learning_rule.direct for _, layer in feedback_layers(model)):
-        found = model.__dict__.get("_biograd_error_source")
-        error_source(model, found.source if found is not None else "")
-    else:  # no layer left on dfa: its hooks and table go
-        release(model)
+    wire(model, seed)  # the output's hooks and dfa_blocks' points, or none left
     _warn_rank_one_classifier(model, last_name)
     log.info("%s", report(model))
     return model
@@ -309,11 +309,13 @@ class Report:
         not be converted.
     dale: (name, excitatory input units, input units) for every layer under Dale's law
         (`biograd.dale`).
+    blocks: the blocks whose outputs take the projected output error (dfa_blocks' points).
     """
 
     layers: list[tuple[str, str, str]] = field(default_factory=list)
     transport: list[tuple[str, str, int, str]] = field(default_factory=list)
     dale: list[tuple[str, int, int]] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         rules: dict[str, int] = {}
@@ -336,6 +338,10 @@ class Report:
             layers = f"{len(self.dale)} layer{'s' if len(self.dale) > 1 else ''}"
             lines.append(f"  under Dale's law: {layers}, {excitatory:,} of {units:,} input "
                          f"units excitatory")
+        if self.blocks:
+            shown = ", ".join(self.blocks[:4]) + (", ..." if len(self.blocks) > 4 else "")
+            lines.append(f"  dfa blocks: {len(self.blocks)} ({shown}), each output taking the "
+                         f"projected output error in place of the gradient from above")
         return "\n".join(lines)
 
 
@@ -355,12 +361,14 @@ def report(model: nn.Module) -> Report:
         if isinstance(module, FeedbackLayer):
             out.layers.append((name, kind, str(module.learning_rule)))
             if module.learning_rule.transports_weights and own:
-                out.transport.append((name, kind, own, "on bp"))
+                out.transport.append((name, kind, own, module.learning_rule.transport_why))
         elif own:
             out.transport.append((name, kind, own, why or _why_not(module)))
     for name, module in dale_layers(model):
         sign = module._buffers[DALE_SIGN]
         out.dale.append((name, int((sign > 0).sum()), sign.numel()))
+    source = model.__dict__.get(KEY)
+    out.blocks = [] if source is None else [point.name for point in source.points]
     return out
 
 

@@ -62,7 +62,7 @@ import torch
 
 from biograd._machine import cpu_name
 from biograd.engine.compare import run_dir
-from biograd.rules import list_rules
+from biograd.rules import list_rules, rule_class
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE / "recipe.yaml"
@@ -145,8 +145,8 @@ def report_command(folder_jobs: list[list[str]]) -> list[str]:
 
 
 def job_scope(command: list[str]) -> tuple[Path, list[str] | None]:
-    """(the folder a job's command writes its runs into, its rules; None: every registered
-    rule, which `compare` trains when given no --rules)."""
+    """(the folder a job's command writes its runs into, its rules; None: those `compare`
+    trains when given no --rules, `default_rules()`)."""
     folder = Path(command[command.index("--out") + 1])
     rules = command[command.index("--rules") + 1].split(",") if "--rules" in command else None
     return folder, rules
@@ -269,12 +269,18 @@ def seed_from_records(records: Path, out: Path) -> None:
             shutil.copyfile(file, target)
 
 
+def default_rules() -> list[str]:
+    """The rules `compare` trains when given no --rules, on its default model (small_cnn,
+    which has no blocks): every rule that every model can take (not dfa_blocks)."""
+    return [rule for rule in list_rules() if rule_class(rule).every_model]
+
+
 def expected_runs(folder_jobs: list[list[str]], seeds: list[int]) -> list[Path]:
     """Every run folder the jobs of one folder make: each (rule, seed), named as `compare`
     names it."""
     return [run_dir(folder, rule, seed, len(seeds) > 1)
             for folder, rules in map(job_scope, folder_jobs)
-            for rule in rules or list_rules() for seed in seeds]
+            for rule in rules or default_rules() for seed in seeds]
 
 
 def unfinished(runs: list[Path]) -> list[Path]:

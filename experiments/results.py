@@ -377,11 +377,14 @@ def table(data: str, groups: dict[str, list]) -> list[str]:
 
 
 def angle_cell(rule: str, runs: list) -> str:
-    """The final mean angle between W and B; dfa's B maps the output error, it has none."""
+    """The final mean angle between W and B; dfa's B maps the output error (drtp's the
+    targets), it has none; dfa_blocks' B = W inside blocks, its random B at their outputs."""
     if rule == "bp":
         return "0"
     if get_rule(rule).direct:
         return "— (B is not W's shape)"
+    if get_rule(rule).reads_output:
+        return "— (B = W inside blocks)"
     return pm([r.final("mean_weight_angle") for r in runs], 1)
 
 

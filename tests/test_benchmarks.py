@@ -51,8 +51,9 @@ def test_main_records_the_variant_and_times_every_rule(one_thread, capsys):
 
 
 def test_overhead_times_every_rule_that_forms_a_b_by_default(one_thread, capsys):
-    """benchmarks/overhead.py with its default rules: every rule but dfa, which forms no B
-    (its `make` is None) and is refused when named."""
+    """benchmarks/overhead.py with its default rules: every rule but those that read the
+    model's output (dfa, drtp: no B, their `make` is None; dfa_blocks: torch's op in its
+    layers), which are refused when named."""
     spec = importlib.util.spec_from_file_location("overhead", ROOT / "benchmarks/overhead.py")
     overhead = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(overhead)
@@ -62,7 +63,7 @@ def test_overhead_times_every_rule_that_forms_a_b_by_default(one_thread, capsys)
     overhead.main(parser.parse_args(["--size", "32", "--batch", "2", "--repeats", "1"]))
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ")][2:]  # below the header and its "| --- |" line
-    assert rows == [r for r in biograd.list_rules() if r != "dfa"]
+    assert rows == [r for r in biograd.list_rules() if not biograd.get_rule(r).reads_output]
     with pytest.raises(SystemExit, match="dfa forms no B"):
         overhead.main(parser.parse_args(["--size", "32", "--batch", "2", "--rules", "dfa"]))
 

@@ -1,6 +1,6 @@
-"""torch.compile for every rule: one graph (dfa: a graph between its layers), no recompiling as
-the rule's state moves, and the eager gradients (backend aot_eager: the same autograd graph,
-without a C++ compiler)."""
+"""torch.compile for every rule: one graph (dfa, drtp: a graph between their layers;
+dfa_blocks: between its blocks), no recompiling as the rule's state moves, and the eager
+gradients (backend aot_eager: the same autograd graph, without a C++ compiler)."""
 
 import contextlib
 import copy
@@ -22,16 +22,22 @@ def net():
                          nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+#: dfa_blocks needs blocks, which net() has none of that "auto" knows: its two hidden layers
+BLOCKS = {"blocks": "0,4"}
+
+
 @pytest.mark.parametrize("rule", biograd.list_rules())
 def test_compiled_training_matches_eager_without_recompiling(rule):
     import torch._dynamo as dynamo
 
     dynamo.reset()
-    eager = biograd.convert(net(), rule, seed=0)
+    every = biograd.rules.rule_class(rule).every_model
+    eager = biograd.convert(net(), rule, seed=0, **({} if every else BLOCKS))
     twin = copy.deepcopy(eager)
-    # dfa's backward reads the output error, which exists only once the backward has begun:
-    # torch.compile cannot trace it ahead, and breaks the graph at each dfa layer instead
-    direct = biograd.get_rule(rule).direct
+    # dfa's backward reads the output error (drtp's the targets, dfa_blocks' points the
+    # error), which exists only once the backward has begun: torch.compile cannot trace it
+    # ahead, and breaks the graph at each such layer or block instead
+    direct = biograd.get_rule(rule).reads_output
     compiled = torch.compile(twin, backend="aot_eager", fullgraph=not direct)
     optimisers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, twin)]
     strict = dynamo.config.patch(error_on_recompile=True)  # any recompiling fails the test
@@ -41,6 +47,7 @@ def test_compiled_training_matches_eager_without_recompiling(rule):
                 stack.enter_context(strict)
             x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
             for run in (eager, compiled):
+                biograd.targets(run, y)  # drtp's; a no-op for every other rule
                 F.cross_entropy(run(x), y).backward()
             for (name, a), b in zip(eager.named_parameters(), twin.parameters(), strict=True):
                 torch.testing.assert_close(b.grad, a.grad, msg=name)

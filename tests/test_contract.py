@@ -3,9 +3,10 @@
 Layers: Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d. Identities, not numbers: the forward
 is torch's; with B = W the gradients are backprop's bit for bit; the input gradient is the
 transposed op applied with the rule's B; weight and bias gradients are the true local ones
-(gradcheck, float64). A layer on dfa is here a model of its own (its output is ŷ, so e = δy):
-its input gradient is B e, and the identities with B = W, which dfa has no form of, are
-left out for it.
+(gradcheck, float64). A layer on dfa or drtp is here a model of its own (its output is ŷ, so
+e = δy), given targets before each forward (drtp): its input gradient is B e (drtp: B y*),
+and the identities with B = W, which these rules have no form of, are left out for them. A
+bare layer on dfa_blocks holds no block: it runs backprop, which the identities check.
 
 On a GPU: BIOGRAD_TEST_DEVICE=cuda python -m pytest tests/test_contract.py runs every check
 there (tensors and layers made on that device, autocast on it), with torch's deterministic
@@ -21,6 +22,7 @@ import os
 
 import pytest
 import torch
+from checks import one_hot_targets, targets_at_every_forward
 from torch import nn
 
 import biograd
@@ -28,8 +30,8 @@ from biograd.nn.layers import DROP_INS
 from biograd.rules import Feedback
 
 RULES = biograd.list_rules()
-# Rules whose input gradient is Bᵀδy (all but dfa, whose δx projects the output error): the
-# identities with B = W hold for these.
+# Rules whose input gradient is Bᵀδy (all but dfa and drtp, whose δx projects the output error
+# or the targets): the identities with B = W hold for these.
 TRANSPOSED = [r for r in RULES if not biograd.get_rule(r).direct]
 DEVICE = torch.device(os.environ.get("BIOGRAD_TEST_DEVICE", "cpu"))
 NONDET_TOL = 1e-12 if DEVICE.type == "cuda" else 0.0
@@ -94,6 +96,8 @@ def make(factory, rule, dtype=torch.float32):
     layer = DROP_INS[type(reference)].from_torch(copy.deepcopy(reference), rule, seed=7)
     if layer.learning_rule.direct:
         biograd.error_source(layer)  # the layer is the model: its output error is δy
+    if getattr(layer.learning_rule, "wants_targets", False):  # drtp: targets at every forward
+        targets_at_every_forward(layer, reference)
     return reference, layer
 
 
@@ -148,7 +152,10 @@ def test_input_gradient_is_transposed_op_with_rule_feedback(case, rule):
     _y, gx, grads = run(layer, x, grad_out)
     b = layer.feedback_weight()  # for brsf: the draw of that forward pass
     if layer.learning_rule.direct:  # δx = B e, e = δy flattened per sample (here in float64)
-        gx_expected = (grad_out.flatten(1).double() @ b.flatten(1).double()).view(x.shape)
+        signal = grad_out.flatten(1)  # drtp: δx = B y*, the targets in place of e
+        if layer.learning_rule.wants_targets:
+            signal = one_hot_targets(*signal.shape)
+        gx_expected = (signal.double() @ b.flatten(1).double()).view(x.shape)
         gx_expected = gx_expected.float()  # a float32 sum of K = C_out·H·W terms: atol 1e-5
     else:
         with torch.no_grad():
@@ -330,7 +337,8 @@ def test_double_backward_differentiates_the_rules_backward(case, rule, monkeypat
     assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True, nondet_tol=NONDET_TOL)
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r != "bp"])
+# (layers on bp and dfa_blocks run torch's own op, which the transforms take)
+@pytest.mark.parametrize("rule", [r for r in RULES if not biograd.get_rule(r).transports_weights])
 @pytest.mark.parametrize("transform", ["vmap", "grad", "jvp"])
 def test_torch_func_transforms_are_refused_naming_layer_and_rule(rule, transform):
     from torch import func

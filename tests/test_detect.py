@@ -12,8 +12,9 @@ import biograd
 from biograd.cli import main
 from biograd.engine import checkpoint
 
-#: Rules a detector runs on: not dfa, whose output error would be every anchor's (see config).
-TRANSPOSED = [r for r in biograd.list_rules() if not biograd.get_rule(r).direct]
+#: Rules a detector runs on: not dfa, drtp or dfa_blocks, which read the model's output, every
+#: anchor's (see config).
+TRANSPOSED = [r for r in biograd.list_rules() if not biograd.get_rule(r).reads_output]
 TIMING = {"epoch_seconds", "images_per_second", "elapsed_seconds"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,8 +19,9 @@ from biograd.detection.model import (
 )
 from biograd.rules.base import sign_scale
 
-#: Rules a detector runs on: not dfa, whose output error would be every anchor's (see config).
-TRANSPOSED = [r for r in biograd.list_rules() if not biograd.get_rule(r).direct]
+#: Rules a detector runs on: not dfa, drtp or dfa_blocks, which read the model's output, every
+#: anchor's (see config).
+TRANSPOSED = [r for r in biograd.list_rules() if not biograd.get_rule(r).reads_output]
 
 CLASSES = 3
 BATCH = 2
@@ -99,6 +100,9 @@ def test_a_direct_rule_is_refused():
         build_retinanet(rule="dfa", **TINY)
     with pytest.raises(ValueError, match="dfa projects one output error"):
         build_retinanet(rule="ss", parts={"head": biograd.get_rule("dfa")}, **TINY)
+    for rule in set(biograd.list_rules()) - set(TRANSPOSED):  # drtp, dfa_blocks too
+        with pytest.raises(ValueError, match=f"{rule} projects one output error"):
+            build_retinanet(rule=rule, **TINY)
 
 
 def test_random_feedback_is_drawn_with_the_weights_scale():

@@ -42,8 +42,9 @@ STEPS = 3
 TIMEOUT_S = 120  # the whole two-process run; a hang fails the test instead of blocking it
 #: (rule name, options): every registered rule, plus brsf's exact per-step draw, plus ss under
 #: Dale's law (option "dale": the excitatory fraction, given to biograd.dale, not the rule).
-CASES = [(name, {}) for name in biograd.list_rules()] + [("brsf", {"fresh": "full"}),
-                                                         ("ss", {"dale": 0.8})]
+#: A rule not every model can take (dfa_blocks) gets the model's convolutions as its blocks.
+CASES = [(name, {} if biograd.rules.rule_class(name).every_model else {"blocks": "0,3"})
+         for name in biograd.list_rules()] + [("brsf", {"fresh": "full"}), ("ss", {"dale": 0.8})]
 
 
 def _label(name: str, options: dict) -> str:
@@ -103,6 +104,7 @@ def _train(name: str, options: dict, rank: int) -> dict:
     steps = []
     for t in range(STEPS):
         opt.zero_grad(set_to_none=True)
+        biograd.targets(ddp, y[t])  # drtp's, through DDP's .module; a no-op for other rules
         F.cross_entropy(ddp(x[t]), y[t]).backward()
         record = {
             # (the stem's input needs no gradient: dfa projects nothing there and has no B)

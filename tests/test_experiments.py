@@ -225,7 +225,7 @@ def fake_jobs(reproduce, monkeypatch, error: float = 10.0) -> list[str]:
         calls.append(name)
         folder, rules = reproduce.job_scope(command)
         seeds = [int(s) for s in command[command.index("--seeds") + 1].split(",")]
-        for rule in rules or reproduce.list_rules():
+        for rule in rules or reproduce.default_rules():
             for seed in seeds:
                 path = reproduce.run_dir(folder, rule, seed, len(seeds) > 1)
                 if not path.exists():
@@ -304,7 +304,8 @@ def test_report_only_trains_nothing_and_names_the_missing_runs(reproduce, monkey
     assert reproduce.main(["--report-only", "--data", "digits", "--studies", "long", "--seeds",
                            "0,1", "--out", str(out), "--results",
                            str(tmp_path / "RESULTS.md")]) == 0
-    assert "digits: no report: 1 of 18 runs missing or not finished (bp-seed1)" \
+    runs = 2 * len(reproduce.default_rules())
+    assert f"digits: no report: 1 of {runs} runs missing or not finished (bp-seed1)" \
         in capsys.readouterr().out
     assert [c[c.index("--out") + 1] for c in reports] == [str(out / "long")]
     assert not (out / "digits" / "bp-seed1").exists()
@@ -332,7 +333,7 @@ def test_fresh_replaces_only_the_folders_it_trained(reproduce, monkeypatch, tmp_
     assert sorted(p.name for p in (records / "long").iterdir()) == [
         "bp-seed0", "bp-seed1", "ss-seed0", "ss-seed1"]  # not trained: kept as it was
     digits = sorted(p.name for p in (records / "digits").iterdir())
-    assert len(digits) == 2 * len(reproduce.list_rules())  # trained: this session's runs
+    assert len(digits) == 2 * len(reproduce.default_rules())  # trained: this session's runs
     assert not list((records / "digits").rglob("*.pt"))  # records only, no checkpoints
     record = json.loads((records / "experiment.json").read_text())
     assert record["sessions"][0] == old and len(record["sessions"]) == 2

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import sweep_rule
 from torch import nn
 
 import biograd
@@ -33,10 +34,11 @@ def assert_same_feedback(model, other):
         direct |= a.learning_rule.direct
         if not a.learning_rule.direct:
             assert torch.equal(a.feedback_weight(), b.feedback_weight())
-    if direct:  # dfa's B is cut to the shapes a backward meets: compare what it sends
+    if direct:  # dfa's (drtp's) B is cut to the shapes a backward meets: compare what it sends
         x = torch.randn(2, 3, 5, 5)
         for m in (model, other):
             m.zero_grad()
+            biograd.targets(m, torch.tensor([0, 3]))  # drtp's
             m(x).square().sum().backward()
         for (n, p), (_, q) in zip(model.named_parameters(), other.named_parameters(),
                                   strict=True):
@@ -50,7 +52,7 @@ def state_tensors(model):
 
 @pytest.mark.parametrize("rule", RULES)
 def test_a_plain_load_writes_feedback_in_place(rule):
-    model = biograd.convert(net(), rule, seed=1)
+    model = biograd.convert(net(), sweep_rule(rule, "0"), seed=1)
     before = state_tensors(model)
     model.load_state_dict(net().state_dict(), strict=True)  # a plain torch checkpoint
     after = state_tensors(model)
@@ -105,21 +107,23 @@ def test_drop_ins_without_a_seed_still_draw_distinct_feedback():
 def test_state_dict_holds_tensors_only_and_saves_with_safetensors(rule, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    model = biograd.convert(net(), rule, seed=1)
+    model = biograd.convert(net(), sweep_rule(rule, "0"), seed=1)
     x = torch.randn(2, 3, 5, 5)
+    biograd.targets(model, torch.tensor([0, 3]))  # drtp's; a no-op for every other rule
     model(x).sum().backward()
     biograd.after_step(model)  # brsf: a new draw; wm: one more mirror pass
     state = model.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     save_file(state, tmp_path / "model.safetensors")
-    other = biograd.convert(net(), rule, seed=2)
+    other = biograd.convert(net(), sweep_rule(rule, "0"), seed=2)
     other.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
     assert_same_feedback(model, other)
 
 
 @pytest.mark.parametrize("rule", RULES)
 def test_checkpoints_of_the_dict_form_still_load(rule):
-    model = biograd.convert(net(), rule, seed=1)
+    model = biograd.convert(net(), sweep_rule(rule, "0"), seed=1)
+    biograd.targets(model, torch.tensor([0, 3]))  # drtp's; a no-op for every other rule
     model(torch.randn(2, 3, 5, 5)).sum().backward()
     biograd.after_step(model)  # counters away from their start
     state = model.state_dict()
@@ -127,7 +131,7 @@ def test_checkpoints_of_the_dict_form_still_load(rule):
     for name, layer in biograd.feedback_layers(model):  # what earlier versions wrote
         old[f"{name}._extra_state"] = {"rule": rule, "seed": layer.feedback_seed,
                                        "step": counters(layer)[1] or 0}
-    other = biograd.convert(net(), rule, seed=2)
+    other = biograd.convert(net(), sweep_rule(rule, "0"), seed=2)
     other.load_state_dict(old, strict=True)
     assert_same_feedback(model, other)
 
@@ -135,7 +139,7 @@ def test_checkpoints_of_the_dict_form_still_load(rule):
 @pytest.mark.parametrize("rule", RULES)
 def test_unconvert_gives_back_plain_torch_with_the_same_parameters(rule):
     plain = net()
-    model = biograd.convert(copy.deepcopy(plain), rule, seed=1)
+    model = biograd.convert(copy.deepcopy(plain), sweep_rule(rule, "0"), seed=1)
     params = dict(model.named_parameters())
     assert biograd.unconvert(model) is model
     assert [type(m) for m in model.modules()] == [type(m) for m in plain.modules()]

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import one_hot_targets, targets_at_every_forward
 from torch import nn
 
 import biograd
@@ -21,7 +22,7 @@ from biograd.rules.base import seed_scale, sign_scale
 
 RULES = biograd.list_rules()
 # Rules whose δx is Bᵀδy; dfa's projects the output error (here the layer's own: it is the
-# model), and has no B = W form.
+# model), drtp's the targets it is given before each forward, and neither has a B = W form.
 TRANSPOSED = [r for r in RULES if not biograd.get_rule(r).direct]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,6 +56,8 @@ def make(kwargs, rule, dtype=torch.float32):
     assert torch.equal(layer.weight, reference.weight)
     if layer.learning_rule.direct:
         biograd.error_source(layer)  # the layer is the model: its output error is δy
+    if getattr(layer.learning_rule, "wants_targets", False):  # drtp: targets at every forward
+        targets_at_every_forward(layer, reference)
     return reference, layer
 
 
@@ -128,7 +131,10 @@ def test_input_gradient_is_fold_of_error_times_rule_feedback(case, rule):
     _, gx, grads = run(layer, x, grad_out)
     b = layer.feedback_weight()  # (P, C_out, K); for brsf: the draw of that forward pass
     if layer.learning_rule.direct:  # δx = B e on the input itself, e = δy per sample
-        expected = (grad_out.flatten(1).double() @ b.flatten(1).double()).view(shape).float()
+        signal = grad_out.flatten(1)  # drtp: δx = B y*, the targets in place of e
+        if layer.learning_rule.wants_targets:
+            signal = one_hot_targets(*signal.shape)
+        expected = (signal.double() @ b.flatten(1).double()).view(shape).float()
     else:
         d = grad_out.reshape(-1, layer.out_channels, b.shape[0])  # (N, C_out, P)
         cols = torch.einsum("nop,pok->nkp", d, b)

@@ -46,6 +46,8 @@ TORCHVISION = [
     ("swin_t", lambda: tv.swin_t(num_classes=CLASSES), 32, "frsf"),
     ("densenet121", lambda: tv.densenet121(num_classes=CLASSES), 32, "bp"),
     ("shufflenet_v2_x0_5", lambda: tv.shufflenet_v2_x0_5(num_classes=CLASSES), 32, "dfa"),
+    ("mobilenet_v3_small", lambda: tv.mobilenet_v3_small(num_classes=CLASSES), 32, "drtp"),
+    ("resnet50", lambda: tv.resnet50(num_classes=CLASSES), 32, "dfa_blocks"),  # Bottlenecks
 ]
 
 # (timm name, constructor overrides, input side, rule). beit, eva (timm's class for the
@@ -56,6 +58,8 @@ TIMM = [
     ("resnet18", {}, 32, "frsf"),
     ("vit_tiny_patch16_224", {"img_size": 32}, 32, "kp"),
     ("vit_tiny_patch16_224", {"img_size": 32}, 32, "dfa"),  # tokens: (N, T, D), batch first
+    ("vit_tiny_patch16_224", {"img_size": 32}, 32, "dfa_blocks"),  # timm's Blocks, found
+    ("resnet18", {}, 32, "drtp"),
     ("convnext_atto", {}, 32, "brsf"),
     ("mobilenetv3_small_050", {}, 32, "wm"),  # its classifier is timm's own Linear subclass
     ("beit_base_patch16_224", {"img_size": 32, **SHRUNK}, 32, "ss"),
@@ -83,7 +87,12 @@ def _images(side: int) -> torch.Tensor:
 
 def _classification_loss(side: int) -> Callable[[nn.Module], torch.Tensor]:
     x, y = _images(side), torch.arange(BATCH) % CLASSES
-    return lambda model: F.cross_entropy(model(x), y)
+
+    def loss(model: nn.Module) -> torch.Tensor:
+        biograd.targets(model, y)  # drtp's; a no-op for every other rule
+        return F.cross_entropy(model(x), y)
+
+    return loss
 
 
 def convert_and_train_one_step(

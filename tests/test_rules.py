@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import sweep_rule
 from torch import nn
 
 import biograd
@@ -219,6 +220,10 @@ def bad_options(rule_cls):
         if meta.get("choices"):
             yield f.name, meta["choices"][0][:-1] + "x"  # a near miss, like "wieght"
             continue
+        if meta.get("pattern"):  # a string of a form: no form is empty or has a blank
+            yield f.name, ""
+            yield f.name, "a, b"
+            continue
         yield f.name, "abc"
         yield f.name, True
         if kind is int or int in typing.get_args(kind):
@@ -235,7 +240,8 @@ CASES = [(name, option, value) for name in biograd.list_rules()
 def test_every_rule_option_is_covered():
     assert {(n, o) for n, o, _ in CASES} >= {("fa", "scale"), ("brsf", "fresh"),
                                              ("wm", "samples"), ("wm", "rate"),
-                                             ("kp", "decay"), ("sign_fixed", "eps")}
+                                             ("kp", "decay"), ("sign_fixed", "eps"),
+                                             ("dfa_blocks", "blocks")}
 
 
 @pytest.mark.parametrize(("rule", "option", "value"), CASES,
@@ -261,8 +267,10 @@ def test_a_bad_rule_option_is_one_line_from_the_command(capsys):
 ], ids=["linear-empty-batch", "linear-empty-sequence", "conv-empty-batch"])
 def test_an_empty_batch_gives_zero_gradients(rule, layer, shape):
     torch.manual_seed(0)
-    model = biograd.convert(nn.Sequential(layer(), nn.ReLU(), nn.Flatten(1)), rule)
+    model = biograd.convert(nn.Sequential(layer(), nn.ReLU(), nn.Flatten(1)),
+                            sweep_rule(rule, blocks="0"))
     x = torch.randn(*shape, requires_grad=True)
+    biograd.targets(model, torch.zeros(shape[0], dtype=torch.long))  # drtp's
     model(x).sum().backward()
     assert x.grad.shape == x.shape and not x.grad.any()
     assert not model[0].weight.grad.any()

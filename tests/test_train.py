@@ -53,7 +53,8 @@ def metrics(path):
 
 @pytest.mark.parametrize("rule", biograd.list_rules())
 def test_two_steps_of_each_rule(tmp_path, rule):
-    cfg = quick(tmp_path, rule=rule)
+    # dfa_blocks needs blocks, which small_cnn has none of that "auto" knows: its convolutions
+    cfg = quick(tmp_path, rule=rule, rule_options={"dfa_blocks": {"blocks": "0,3,7,10"}})
     classify.train(cfg)
     out = tmp_path / "run"
     (line,) = metrics(out)
@@ -61,9 +62,9 @@ def test_two_steps_of_each_rule(tmp_path, rule):
     for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
                 "mean_weight_angle", "images_per_second"):
         assert key in line, key
-    model = biograd.convert(small_cnn(), rule, last=cfg.last_rule)
+    model = biograd.convert(small_cnn(), cfg.rule_for(rule), last=cfg.last_rule)
     assert list(line["weight_angles"]) == [name for name, layer in biograd.feedback_layers(model)
-                                           if not layer.learning_rule.direct]  # dfa: no W·B
+                                           if not layer.learning_rule.reads_output]  # no W·B
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved == cfg.to_dict()
@@ -221,9 +222,12 @@ def test_shipped_configs_resolve(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "biograd" / "configs"
     rules = set(biograd.list_rules())
-    detecting = {r for r in rules if not biograd.get_rule(r).direct}  # dfa: no detector
+    detecting = {r for r in rules if not biograd.get_rule(r).reads_output}  # dfa...: none
     # training.md: "the seed's ImageNet recipe for ResNet-18 and AlexNet under every rule"
-    for folder, cls, models in (("imagenet", TrainConfig, {"resnet18": rules, "alexnet": rules}),
+    # (that AlexNet can take: it has no blocks for dfa_blocks)
+    blockless = {r for r in rules if biograd.rules.rule_class(r).every_model}
+    for folder, cls, models in (("imagenet", TrainConfig, {"resnet18": rules,
+                                                           "alexnet": blockless}),
                                 ("coco", DetectConfig, {"retinanet-r18": detecting})):
         parser = argparse.ArgumentParser()
         add_arguments(parser, cls)

@@ -99,9 +99,10 @@ def detector_rule(spec: str | Rule, feedback_scale: str = "weight", **options: o
     option that `options` leave unset.
 
     A Rule instance is returned as it is: its options, scale included, are the caller's.
-    A direct rule (dfa) is refused: see `biograd.config.DIRECT_DETECTOR`.
+    A rule that reads the model's output (dfa, drtp, dfa_blocks) is refused: see
+    `biograd.config.DIRECT_DETECTOR`.
     """
-    if get_rule(spec).direct:
+    if get_rule(spec).reads_output:
         from biograd.config import DIRECT_DETECTOR
 
         raise ValueError(DIRECT_DETECTOR.format(rule=get_rule(spec).name))

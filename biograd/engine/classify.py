@@ -6,6 +6,7 @@ classifier's learning rate. The loop, checkpoints and the rest are in engine/loo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ def to_device(batch, device: torch.device, channels_last: bool = False):
 
 def loss(runner, batch) -> tuple[torch.Tensor, int, dict[str, float]]:
     x, y = batch
+    biograd.targets(runner, y)  # for layers on drtp; a no-op for every other rule
     logits = runner(x)
     correct = (logits.detach().argmax(1) == y).sum()  # stays on the device
     return F.cross_entropy(logits, y), len(y), {"train_top1": 100.0 * correct}
@@ -57,7 +59,8 @@ def summary(m: dict[str, Any]) -> str:
             f"{m['val_top5']:.2f}%{loop.angle_text(m)}, {m['images_per_second']:.0f} img/s")
 
 
-def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:
+def _data_and_model(cfg: TrainConfig):
+    """The data bundle and the model as built, before any surgery."""
     from biograd.data import build_data
     from biograd.data.base import hold_out
     from biograd.models import build_model
@@ -70,6 +73,30 @@ def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loo
                         in_channels=bundle.in_channels, image_size=bundle.image_size,
                         pretrained=cfg.pretrained and not cfg.resume,  # the checkpoint's
                         **cfg.model_options)
+    return bundle, model
+
+
+def _refused(cfg: TrainConfig, err: ValueError) -> UsageError:
+    return UsageError(f"--rule {cfg.rule} on --model {cfg.model}: {err}")
+
+
+def check(cfg: TrainConfig) -> None:
+    """Refuse, as `build` would, a rule of cfg's that cannot run on its model, from the model
+    alone: `compare` calls this before any run trains. Only rules that not every model can
+    take (`Rule.every_model`: dfa_blocks needs blocks) build the model for it."""
+    rules = [cfg.rule_for(cfg.rule), cfg.rule_for(cfg.last_rule)]
+    if all(rule.every_model for rule in rules):
+        return
+    _, model = _data_and_model(dataclasses.replace(cfg, pretrained=False))
+    for rule in rules:
+        try:
+            rule.check(model)
+        except ValueError as err:
+            raise _refused(cfg, err) from None
+
+
+def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loop.Task:
+    bundle, model = _data_and_model(cfg)
     if cfg.unshare:
         example = torch.zeros(1, bundle.in_channels, bundle.image_size, bundle.image_size)
         try:
@@ -78,8 +105,11 @@ def build(cfg: TrainConfig, dist: distributed.Dist, device: torch.device) -> loo
             raise UsageError(f"--unshare: {err}") from None
     if cfg.dale is not None:
         biograd.dale(model, cfg.dale, seed=cfg.seed, balance=cfg.dale_balance)
-    biograd.convert(model, cfg.rule_for(cfg.rule), last=cfg.rule_for(cfg.last_rule),
-                    seed=cfg.seed)
+    try:
+        biograd.convert(model, cfg.rule_for(cfg.rule), last=cfg.rule_for(cfg.last_rule),
+                        seed=cfg.seed)
+    except ValueError as err:  # a model the rule cannot run on (dfa_blocks: no blocks)
+        raise _refused(cfg, err) from None
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else
              torch.preserve_format)
 

@@ -61,22 +61,44 @@ def _status(path: Path) -> str | None:
         return None
 
 
-def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
+def compare(base: RunConfig, rules: list[str] | None = None, seeds: list[int] | None = None,
             command: list[str] | None = None) -> dict[str, Path]:
     """Train every (rule, seed) of `base` into base.out, then write the report there; returns
     its paths (under torchrun, on rank 0; the other ranks write nothing and get {}).
 
     The task follows the config: a DetectConfig trains detectors (`biograd detect`), a
-    TrainConfig classifiers (`biograd train`).
+    TrainConfig classifiers (`biograd train`). rules=None: every registered rule that the
+    task and the model can take (a rule not every model can take, dfa_blocks, is tried on the
+    model first); the others are left out, with a log line. A rule given that they cannot
+    take is refused before any run trains.
     """
     from biograd.engine.loop import check_folder, check_out, make_folder
     from biograd.results import load_run, write_report
+    from biograd.rules import list_rules, rule_class
 
+    check = None
     if isinstance(base, DetectConfig):
         from biograd.engine.detect import train
     else:
-        from biograd.engine.classify import train
+        from biograd.engine.classify import check, train
 
+    def takes(rule: str) -> None:
+        """A UsageError where the task or the model cannot take `rule` (the model is built
+        for the rules not every model can take)."""
+        validate(dataclasses.replace(base, rule=rule))  # detection: no dfa, drtp, dfa_blocks
+        if check is not None and not rule_class(rule).every_model:
+            check(dataclasses.replace(base, rule=rule))
+
+    given = rules is not None
+    if rules is None:
+        rules = []
+        for rule in list_rules():
+            try:
+                takes(rule)
+            except UsageError as err:
+                log.info("compare: %s left out: %s", rule, err)
+                continue
+            rules.append(rule)
     out = Path(base.out)
     seeds = seeds or [base.seed]
     several = len(seeds) > 1
@@ -89,6 +111,8 @@ def compare(base: RunConfig, rules: list[str], seeds: list[int] | None = None,
     for seed in seeds:  # every run checked before any trains
         for rule in rules:
             validate(dataclasses.replace(base, rule=rule, seed=seed))
+            if given and seed == seeds[0]:
+                takes(rule)
             path = run_dir(out, rule, seed, several)
             status = _status(path)
             if base.resume and status in ("finished", "diverged"):

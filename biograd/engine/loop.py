@@ -498,12 +498,13 @@ def compile_model(runner: nn.Module, model: nn.Module, mode: str,
     """torch.compile(runner), after logging the rules' compile notes. A rule that breaks the
     graph at each layer (dfa) makes every distinct layer shape a cache entry of the layers' own
     code, past torch's default limit of 8 (ResNet-18 needs 11), after which torch would run the
-    rest eagerly: the limit is raised to two per converted layer."""
+    rest eagerly: the limit is raised to two per converted layer (for every rule that reads
+    the model's output: dfa, drtp, dfa_blocks)."""
     import torch._dynamo
 
     for note in compile_notes(model):
         log.warning(note)
-    if any(layer.learning_rule.direct for _, layer in biograd.feedback_layers(model)):
+    if any(layer.learning_rule.reads_output for _, layer in biograd.feedback_layers(model)):
         layers = sum(1 for _ in biograd.feedback_layers(model))
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, 2 * layers)

@@ -168,7 +168,8 @@ def _markdown(groups: dict[str, list[Run]], out: Path) -> str:
         "Best: the highest value over epochs, each metric on its own; final: the last epoch's. "
         "Angle: mean over the layers on the run's rule of the angle between the forward "
         "weights W and the feedback B the backward uses (0 under bp, whose B is W; – where "
-        "no layer is on the rule, or where B is not W's shape, as under dfa)." + (
+        "no layer is on the rule, where B is not W's shape, as under dfa and drtp, or where "
+        "the random B sits at blocks' outputs, as under dfa_blocks)." + (
             " Angle to bp's gradient: mean over the same layers of the angle between the "
             "rule's weight gradient and backprop's on a fixed batch (what DFA papers report)."
             if any(key == "final_mean_gradient_angle" for key, _, _ in keys) else ""),

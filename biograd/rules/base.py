@@ -21,7 +21,10 @@ from biograd._check import problem
 from biograd._names import name_key
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from biograd.nn.layers import FeedbackLayer
+    from biograd.rules.dfa import ErrorSource
 
 
 class Feedback(NamedTuple):
@@ -30,8 +33,9 @@ class Feedback(NamedTuple):
     make: W -> B, called in the backward, only when the input gradient is needed, so a rule
         that derives B from W (ss) keeps no tensor between forward and backward.
     learned: a Parameter that must receive exactly W's gradient (kp), or None.
-    direct: for a rule whose input gradient is not Bᵀδy but a projection of the model's output
-        error (dfa): shape of x -> δx, called in the backward in place of `make` (then None).
+    direct: for a rule whose input gradient is not Bᵀδy but a projection of a signal taken at
+        the model's output (dfa: the error, drtp: the targets): shape of x -> δx, called in
+        the backward in place of `make` (then None).
     """
 
     make: Callable[[Tensor], Tensor] | None
@@ -41,11 +45,14 @@ class Feedback(NamedTuple):
 
 def option(default: Any, *, choices: tuple[str, ...] | None = None,
            low: float | None = None, high: float | None = None,
-           above: float | None = None) -> Any:
+           above: float | None = None, pattern: str | None = None,
+           means: str | None = None) -> Any:
     """A rule option (a dataclass field) with what it accepts: `choices`, or numbers in
-    [low, high] (`above`: strictly greater). The type is the field's annotation."""
+    [low, high] (`above`: strictly greater), or strings matching the regular expression
+    `pattern` whole (`means`: what that is, in words). The type is the field's annotation."""
     return field(default=default, metadata={"choices": choices, "low": low, "high": high,
-                                            "above": above})
+                                            "above": above, "pattern": pattern,
+                                            "means": means})
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,18 @@ class Rule:
             training loop logs it as a warning under --compile.
         writes_weight: True for a rule that writes W between steps (sign_fixed holds its
             signs); the converter leaves a parametrised W, which no one can write, alone.
-        direct: True for a rule whose layers' input gradient is a projection of the model's
-            output error (dfa) rather than Bᵀδy: the identities on Bᵀδy do not apply to it,
-            and W and B need not have one shape.
+        direct: True for a rule whose layers' input gradient is a projection of a signal
+            taken at the model's output (dfa: the error, drtp: the targets) rather than Bᵀδy:
+            the identities on Bᵀδy do not apply to it, and W and B need not have one shape.
+        reads_output: True for a rule that takes a signal at the model's output (dfa, drtp,
+            dfa_blocks): `convert` hooks the model for it (biograd.rules.dfa.ErrorSource),
+            weight angles leave its layers out (their B is not what the rule sends down), and
+            detection, whose output is every anchor's, refuses it.
+        every_model: False for a rule that some models cannot take (dfa_blocks needs blocks):
+            `check` says why, and `biograd compare` with no --rules leaves it out of a model
+            that cannot take it.
+        transport_why: why a layer on a rule with transports_weights still learns through
+            weight transport, as the conversion report says it.
     """
 
     name: ClassVar[str]
@@ -75,6 +91,9 @@ class Rule:
     compile_note: ClassVar[str] = ""
     writes_weight: ClassVar[bool] = False
     direct: ClassVar[bool] = False
+    reads_output: ClassVar[bool] = False
+    every_model: ClassVar[bool] = True
+    transport_why: ClassVar[str] = "on bp"
 
     def __post_init__(self) -> None:
         """Every option checked at construction: a ValueError names what it accepts."""
@@ -96,6 +115,15 @@ class Rule:
 
     def setup(self, layer: FeedbackLayer, generator: torch.Generator) -> None:
         """Register this rule's state on `layer`; random draws come from `generator` (CPU)."""
+
+    def check(self, model: nn.Module) -> None:
+        """Raise ValueError, saying what to do, where this rule cannot run on `model`; called
+        by `convert` before it changes anything (dfa_blocks: a model with no blocks)."""
+
+    def prepare(self, model: nn.Module, source: ErrorSource, seed: int) -> None:
+        """What this rule puts on `model` beyond its layers, given the model's ErrorSource
+        (for a rule that `reads_output`) and the run's seed; called by `convert` once per
+        distinct rule on the model's layers, after converting (dfa_blocks: its points)."""
 
     def bind(self, layer: FeedbackLayer) -> Feedback:
         """Called at every forward pass: how the backward will get its B."""

@@ -25,13 +25,18 @@ resumed run uses the same B.
 The error is taken where the model's output leaves its forward: biograd.convert installs a
 forward hook on the model it converts. A model whose output is not one tensor (a dict of
 losses, RetinaNet's heads) names the module whose output tensor is ŷ with `error_source`.
+
+This file also holds what the other rules that read the model's output share: the hooks and
+the table (`ErrorSource`), the projection δx = B s of a signal s (N, K) (`Projection`, whose
+subclass chooses s: dfa the error, drtp the targets that `biograd.targets` gives), and the
+wiring `convert` runs after converting (`wire`: the source, and dfa_blocks' points).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -41,30 +46,40 @@ from biograd.rules.base import Feedback, Rule, register
 
 TABLE_SEED = mix("biograd", "dfa", "table")
 CHUNK = 1 << 18  # the table is drawn in chunks of this many numbers: it can grow, unchanged
-OFFSETS = 1 << 20  # a layer's window of n numbers starts at its seed mod min(OFFSETS, n)
+OFFSETS = 1 << 20  # a window of n numbers starts at its seed mod min(OFFSETS, n)
+KEY = "_biograd_error_source"  # where a converted model keeps its ErrorSource (its __dict__)
 
 
 class _Pass:
-    """One forward pass in flight: the output error its backward captured."""
+    """One forward pass in flight: the output error its backward captured, and the targets
+    given for it (`biograd.targets`): as given until the output is seen, then (N, K)."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "given", "targets")
 
-    def __init__(self) -> None:
+    def __init__(self, given: Tensor | None = None) -> None:
         self.error: Tensor | None = None
+        self.given = given
+        self.targets: Tensor | None = None
 
 
 class ErrorSource:
-    """Where a model's output error is taken, and the table its dfa layers' B are cut from.
+    """Where a model's output signal is taken, and the table its B are cut from.
 
-    One per converted model (on the model as `_biograd_error_source`): a forward pre-hook on the
-    model starts a pass, which its layers' forwards bind to; a forward hook on the source
-    module (the model itself by default) registers a tensor hook on its output that stores
-    e = ∂L/∂ŷ, reshaped to (N, K), for that pass's backward.
+    One per converted model whose layers are on a rule that `reads_output` (on the model as
+    `_biograd_error_source`): a forward pre-hook on the model starts a pass, which its layers'
+    forwards bind to, taking the targets given since the last pass (`pending`, set by
+    `biograd.targets`); a forward hook on the source module (the model itself by default)
+    shapes them to (N, K) and registers a tensor hook on the output that stores
+    e = ∂L/∂ŷ, reshaped to (N, K), for that pass's backward. `points`: dfa_blocks' points,
+    removed with the source.
     """
 
     def __init__(self, model: nn.Module, source: str = "") -> None:
         module = _module(model, source)  # a wrong name fails before any hook is set
         self.current: _Pass | None = None
+        self.pending: Tensor | None = None
+        self.wants_targets = False  # a layer on a rule that projects the targets (drtp)
+        self.points: list[Any] = []
         self.tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self.source = source
         self.handles = [model.register_forward_pre_hook(self.start),
@@ -72,21 +87,24 @@ class ErrorSource:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled and deep-copied without its table (derived, and 807 MB for ResNet-18 at
-        224² with 1,000 classes) or the pass in flight."""
-        return {**self.__dict__, "tables": {}, "current": None}
+        224² with 1,000 classes), the pass in flight or targets not yet taken."""
+        return {**self.__dict__, "tables": {}, "current": None, "pending": None}
 
     def start(self, module: nn.Module, args: Any) -> None:
-        self.current = _Pass()
+        self.current, self.pending = _Pass(self.pending), None
 
     def capture(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, Tensor):
             where = f"its module {self.source!r}" if self.source else "the model"
             raise TypeError(
-                f"dfa takes the output error at the output of {where}, which returned "
-                f"{type(output).__name__}, not one tensor: name the module whose output "
-                f"tensor is ŷ with biograd.error_source(model, 'head.classifier')")
-        if output.requires_grad and self.current is not None:
-            current, like = self.current, output.detach()
+                f"dfa, drtp and dfa_blocks take their signal at the output of {where}, which "
+                f"returned {type(output).__name__}, not one tensor: name the module whose "
+                f"output tensor is ŷ with biograd.error_source(model, 'head.classifier')")
+        current = self.current
+        if current is not None and current.given is not None:
+            current.targets, current.given = _as_targets(current.given, output), None
+        if output.requires_grad and current is not None:
+            like = output.detach()
 
             def store(grad: Tensor | None) -> None:  # None: an undefined gradient, e = 0
                 grad = torch.zeros_like(like) if grad is None else grad.detach()
@@ -107,11 +125,36 @@ class ErrorSource:
             self.tables[key] = have
         return have
 
+    def clear_points(self) -> None:
+        """Remove dfa_blocks' points (their hooks)."""
+        for point in self.points:
+            point.remove()
+        self.points = []
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        self.clear_points()
         self.tables.clear()
+
+
+def _as_targets(y: Tensor, output: Tensor) -> Tensor:
+    """The targets y as (N, K) in the output's dtype and on its device: class indices (N,)
+    one-hot over K = the output's size per sample, float targets (N, K) (or of the output's
+    shape) as they are. A ValueError where they do not fit the output."""
+    n, k = output.shape[0], math.prod(output.shape[1:])
+    y = y.detach().to(output.device)
+    if y.dim() == 1 and not y.is_floating_point() and y.shape[0] == n:
+        # compared, not scattered: no device sync and no device-side assert; an index
+        # outside [0, K) gives a zero row, which the loss's own check reports
+        return (y[:, None] == torch.arange(k, device=y.device)).to(output.dtype)
+    if y.is_floating_point() and tuple(y.shape) in ((n, k), tuple(output.shape)):
+        return y.reshape(n, k).to(output.dtype)
+    raise ValueError(
+        f"biograd.targets: y has shape {tuple(y.shape)} ({y.dtype}), but the model's output "
+        f"has shape {tuple(output.shape)}: give class indices of shape ({n},) or float "
+        f"targets of shape ({n}, {k}), for the batch of that forward")
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
@@ -123,105 +166,168 @@ def _module(model: nn.Module, name: str) -> nn.Module:
                          f"{', '.join(names)}, ...)") from None
 
 
+def _rule_of(module: nn.Module) -> Rule | None:
+    rule = getattr(module, "learning_rule", None)
+    return rule if isinstance(rule, Rule) else None
+
+
 def error_source(model: nn.Module, name: str = "") -> ErrorSource:
-    """Take the output error of `model`'s dfa layers at the output of its module `name` (""
-    the model itself, the default); the module must return one tensor ŷ, and e = ∂L/∂ŷ is
-    flattened to (N, K) per sample. Returns the model's ErrorSource (made if it has none).
+    """Take the output signal of `model`'s dfa, drtp and dfa_blocks layers at the output of
+    its module `name` ("" the model itself, the default); the module must return one tensor
+    ŷ, and e = ∂L/∂ŷ is flattened to (N, K) per sample. Returns the model's ErrorSource (made
+    if it has none).
 
         biograd.convert(model, "dfa")
         biograd.error_source(model, "head.classification_head")
     """
-    found = model.__dict__.get("_biograd_error_source")
+    found = model.__dict__.get(KEY)
     if found is None or found.source != name:
         _module(model, name)  # a wrong name leaves the model as it was
-        if found is not None:
+        points = []
+        if found is not None:  # dfa_blocks' points move to the new source
+            points, found.points = found.points, []
             found.remove()
         found = ErrorSource(model, name)
-        model.__dict__["_biograd_error_source"] = found
-    for layer in model.modules():  # layers converted since the source was made too
-        if getattr(layer, "learning_rule", None) is not None and layer.learning_rule.direct:
-            layer.__dict__["error_source"] = found
+        for point in points:
+            point.source = found
+        found.points = points
+        model.__dict__[KEY] = found
+    direct = [m for m in model.modules() if (r := _rule_of(m)) is not None and r.direct]
+    for layer in direct:  # layers converted since the source was made too
+        layer.__dict__["error_source"] = found
+    found.wants_targets = any(getattr(m.learning_rule, "wants_targets", False) for m in direct)
     return found
 
 
 def release(model: nn.Module) -> None:
-    """Remove `model`'s error source and its hooks, if it has one."""
-    found = model.__dict__.pop("_biograd_error_source", None)
+    """Remove `model`'s error source, its hooks and points, if it has one."""
+    found = model.__dict__.pop(KEY, None)
     if found is not None:
         found.remove()
     for layer in model.modules():
         layer.__dict__.pop("error_source", None)
 
 
-def _source_of(layer: nn.Module) -> ErrorSource:
+def wire(model: nn.Module, seed: int) -> None:
+    """Give `model` what the rules of its converted layers need beyond the layers (`convert`
+    calls this after converting): an ErrorSource where one rule `reads_output` (its source
+    module kept), each distinct rule's `prepare` (dfa_blocks' points, made anew from `seed`,
+    the run's); where none does, or nothing reads the source (dfa_blocks with no block: a
+    bare layer), no source, hooks or points."""
+    rules = {r for m in model.modules() if (r := _rule_of(m)) is not None}
+    if any(rule.reads_output for rule in rules):
+        found = model.__dict__.get(KEY)
+        source = error_source(model, found.source if found is not None else "")
+        source.clear_points()
+        for rule in sorted(rules, key=str):
+            rule.prepare(model, source, seed)
+        if source.points or any(rule.direct for rule in rules):
+            return
+    release(model)
+
+
+def _source_of(layer: nn.Module, rule: Rule) -> ErrorSource:
     found = layer.__dict__.get("error_source")
     if found is None:
         raise RuntimeError(
-            f"{type(layer).__name__} on dfa has no output error to project: convert the "
-            f"whole model with biograd.convert(model, 'dfa'), which hooks the model's output")
+            f"{type(layer).__name__} on {rule.name} has no model output to take its signal "
+            f"from: convert the whole model with biograd.convert(model, {rule.name!r}), which "
+            f"hooks the model's output")
     return found
 
 
-def _window(source: ErrorSource, layer: nn.Module, k: int, shape: tuple[int, ...],
-            device: torch.device, dtype: torch.dtype) -> Tensor:
-    """√d B (k, d) of `layer`: its window of the table, not yet scaled (d = prod(shape))."""
-    d = math.prod(shape)
-    start = layer.feedback_seed % min(OFFSETS, k * d)
+def window(source: ErrorSource, seed: int, k: int, d: int, device: torch.device,
+           dtype: torch.dtype) -> Tensor:
+    """√d B (k, d), the window of the table that `seed` picks: k·d numbers from an offset
+    seed mod min(OFFSETS, k·d). Not yet scaled."""
+    start = seed % min(OFFSETS, k * d)
     table = source.table(start + k * d, device, dtype)
-    layer.__dict__["feedback_shape"] = (k, *shape)
     return table[start : start + k * d].view(k, d)
 
 
-def _project(layer: nn.Module, source: ErrorSource | None, run: _Pass | None,
-             shape: torch.Size) -> Tensor:
-    """δx = (B e) for the input x of `shape` (N, ...): e of the pass `run`."""
-    source = _source_of(layer) if source is None else source
+def project(source: ErrorSource, seed: int, s: Tensor, shape: torch.Size) -> Tensor:
+    """B s reshaped to `shape` (N, ...): the signal s (N, K) through B (K, d) = the window of
+    `seed` scaled by 1/√d, d = prod(shape[1:]); in s's dtype, zeros for an empty batch or
+    input."""
+    d = math.prod(shape[1:])
+    if s.numel() == 0 or d == 0:
+        return s.new_zeros(shape)
+    b = window(source, seed, s.shape[1], d, s.device, s.dtype)
+    return (s @ b).mul_(1.0 / math.sqrt(d)).view(shape)
+
+
+def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
+             run: _Pass | None, shape: torch.Size) -> Tensor:
+    """δx = B s for the input x of `shape` (N, ...): s, the rule's signal of the pass `run`."""
+    source = _source_of(layer, rule) if source is None else source
     if run is None:
-        raise RuntimeError(f"{type(layer).__name__} on dfa ran outside a forward of the model "
-                           f"it was converted in: call the model, not the layer alone")
-    e = run.error
-    if e is None:
+        raise RuntimeError(f"{type(layer).__name__} on {rule.name} ran outside a forward of the "
+                           f"model it was converted in: call the model, not the layer alone")
+    s = rule.signal(layer, run)
+    if s.shape[0] != shape[0]:
         raise RuntimeError(
-            f"{type(layer).__name__} on dfa: the backward reached this layer before the output "
-            f"error was taken: the loss must be computed from the output of the model it was "
-            f"converted in (or of its biograd.error_source), not modified in place")
-    n, rest = shape[0], tuple(shape[1:])
-    if e.shape[0] != n:
-        raise RuntimeError(
-            f"{type(layer).__name__} on dfa: its input has shape {tuple(shape)}, but the "
-            f"output error has {e.shape[0]} samples: dfa needs the batch first in every layer's "
-            f"input (batch_first=True for attention)")
-    if e.numel() == 0 or math.prod(rest) == 0:  # an empty batch, or an empty input
-        return e.new_zeros(shape)
-    b = _window(source, layer, e.shape[1], rest, e.device, e.dtype)
-    return (e @ b).mul_(1.0 / math.sqrt(b.shape[1])).view(shape)
+            f"{type(layer).__name__} on {rule.name}: its input has shape {tuple(shape)}, but "
+            f"the model's output has {s.shape[0]} samples: {rule.name} needs the batch first "
+            f"in every layer's input (batch_first=True for attention)")
+    if s.numel() and math.prod(shape[1:]):
+        layer.__dict__["feedback_shape"] = (s.shape[1], *shape[1:])
+    return project(source, layer.feedback_seed, s, shape)
+
+
+@dataclass(frozen=True)
+class Projection(Rule):
+    """The rules whose layers send down δx = B s: a signal s (N, K) taken at the model's
+    output, through a fixed random B (K, *x's shape per sample) cut from the shared table; no
+    error passes through any weight. A subclass chooses s with `signal` (dfa: the error,
+    drtp: the targets)."""
+
+    direct = True
+    reads_output = True
+    #: True where s is the targets `biograd.targets` gives (the model's source then keeps them)
+    wants_targets: ClassVar[bool] = False
+
+    def signal(self, layer, run: _Pass) -> Tensor:
+        """s (N, K) of the forward pass `run`; a RuntimeError saying what to do if it has none."""
+        raise NotImplementedError
+
+    def bind(self, layer) -> Feedback:
+        source = layer.__dict__.get("error_source")
+        run = None if source is None else source.current
+        return Feedback(make=None,
+                        direct=lambda shape: _project(layer, self, source, run, shape))
+
+    def feedback_weight(self, layer) -> Tensor:
+        """B (K, *the layer's input per sample) as the latest backward used it."""
+        shape = layer.__dict__.get("feedback_shape")
+        if shape is None:
+            raise RuntimeError(f"{type(layer).__name__} on {self.name}: B's shape comes from the "
+                               f"model's output and the layer's input: run a forward and "
+                               f"backward first")
+        w = layer.weight_now()
+        d = math.prod(shape[1:])
+        b = window(_source_of(layer, self), layer.feedback_seed, shape[0], d, w.device, w.dtype)
+        return b.mul(1.0 / math.sqrt(d)).view(shape)
 
 
 @register
 @dataclass(frozen=True)
-class DFA(Rule):
+class DFA(Projection):
     """δx = B e: the output error through a fixed random B, no error through the weights."""
 
     name = "dfa"
     aliases = ("direct_feedback_alignment",)
     summary = "δx = B·e, the output error e through a fixed random B (Nøkland 2016)"
     order = 80
-    direct = True
     compile_note = ("dfa's backward reads the output error, which exists only once the "
                     "backward has begun: torch.compile cannot trace it ahead and breaks the "
                     "graph at every dfa layer (the gradients stay right; the speed-up is small)")
 
-    def bind(self, layer) -> Feedback:
-        source = layer.__dict__.get("error_source")
-        run = None if source is None else source.current
-        return Feedback(make=None, direct=lambda shape: _project(layer, source, run, shape))
-
-    def feedback_weight(self, layer) -> Tensor:
-        """B (K, *the layer's input per sample) as the latest backward used it."""
-        shape = layer.__dict__.get("feedback_shape")
-        if shape is None:
-            raise RuntimeError(f"{type(layer).__name__} on dfa: B's shape comes from the output "
-                               f"error and the layer's input: run a forward and backward first")
-        w = layer.weight_now()
-        b = _window(_source_of(layer), layer, shape[0], shape[1:], w.device, w.dtype)
-        return b.mul(1.0 / math.sqrt(b.shape[1])).view(shape)
+    def signal(self, layer, run: _Pass) -> Tensor:
+        """e = ∂L/∂ŷ (N, K), taken when the backward passed the model's output."""
+        if run.error is None:
+            raise RuntimeError(
+                f"{type(layer).__name__} on dfa: the backward reached this layer before the "
+                f"output error was taken: the loss must be computed from the output of the "
+                f"model it was converted in (or of its biograd.error_source), not modified in "
+                f"place")
+        return run.error
