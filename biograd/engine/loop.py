@@ -107,8 +107,9 @@ def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module,
                     groups: list[dict[str, Any]] | None) -> torch.optim.Optimizer:
-    """SGD/Adam/AdamW over every parameter, feedback included (kp's B learns through it);
-    kp layers with their own `decay` get it as their weight decay."""
+    """SGD/Adam/AdamW over every parameter, feedback included (kp's and the alignment
+    family's B learn through it); parameters whose rule sets their weight decay (kp's
+    `decay`, an aligning B's 0) get it (`biograd.optim.weight_decay_groups`)."""
     groups = biograd.optim.weight_decay_groups(model, groups)
     kinds = {
         "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
@@ -532,12 +533,12 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog,
     task.model = sync_batchnorm(task.model, cfg, dist, device)
     model = task.model
     optimizer = build_optimizer(cfg, model, task.param_groups)
-    biograd.attach(optimizer, model)  # after_step after every optimiser step, as a user's loop
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    biograd.attach(optimizer, model, scaler)  # after_step after every step, as a user's loop
     loader = make_loader(task, task.train_set, dist, cfg, device, True, 0)
     steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader),
                                                                 cfg.steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     runner: nn.Module = model
     if dist.enabled:  # feedback buffers agree by their seed: DDP must not send them
         biograd.exclude_feedback_from_ddp(model)

@@ -21,6 +21,10 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
+# the family a rule can be composed from: Alignment(decay=..., amp=..., noise="normal")
+from biograd.rules.alignment import Alignment  # noqa: E402
+
 __all__ = [
-    "Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class", "rules_table",
+    "Alignment", "Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class",
+    "rules_table",
 ]

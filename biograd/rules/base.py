@@ -29,14 +29,19 @@ class Feedback(NamedTuple):
 
     make: W -> B, called in the backward, only when the input gradient is needed, so a rule
         that derives B from W (ss) keeps no tensor between forward and backward.
-    learned: a Parameter that must receive exactly W's gradient (kp), or None.
+    learned: a Parameter B that learns through its .grad: exactly W's gradient (kp), or
+        `align`'s, or None.
     direct: for a rule whose input gradient is not Bᵀδy but a projection of the model's output
         error (dfa): shape of x -> δx, called in the backward in place of `make` (then None).
+    align: for a learned B with a local rule of its own (the alignment family): (map, W, B,
+        W's gradient or None) -> B's gradient, called in the backward with `map`, the layer's
+        linear map on the input the forward saw (biograd.nn.functional.LinearMap and kin).
     """
 
     make: Callable[[Tensor], Tensor] | None
     learned: Tensor | None = None
     direct: Callable[[torch.Size], Tensor] | None = None
+    align: Callable[[Any, Tensor, Tensor, Tensor | None], Tensor] | None = None
 
 
 def option(default: Any, *, choices: tuple[str, ...] | None = None,
@@ -103,6 +108,12 @@ class Rule:
 
     def after_step(self, layer: FeedbackLayer) -> None:
         """Called once after each optimiser step (see `biograd.after_step`)."""
+
+    def weight_decays(self, layer: FeedbackLayer) -> dict[str, float]:
+        """{parameter name: weight decay} for the layer's parameters whose weight decay the
+        rule sets itself (kp's `decay`; an aligning B's 0), for `biograd.weight_decay_groups`;
+        the others take the optimiser's."""
+        return {}
 
     def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
         """The B the backward uses (for per-step rules, the one of the latest forward pass)."""
