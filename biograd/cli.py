@@ -108,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cls = DetectConfig if args.__dict__.pop("task") == "detection" else TrainConfig
     base = _with_out(resolve(args, cls), "compare")
     saved = _saved_compare(base)
-    rules = rules or saved.get("rules") or biograd.list_rules()
+    rules = rules or saved.get("rules") or biograd.rules.compared_rules()
     seeds = seeds or saved.get("seeds")
     paths = compare(base, rules, seeds, args.command_line)
     if paths:  # rank 0's (under torchrun the others write nothing)
@@ -211,8 +211,8 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                        "a new runs/compare-DATE-TIME). With no options: every rule on the "
                        "bundled digits, in a few minutes on a laptop CPU.")
     p.add_argument("--rules", type=_rules, default=None,
-                   help="comma-separated rule names (default: all; on --resume, the "
-                   "compare's own)")
+                   help="comma-separated rule names (default: every rule but alignment, "
+                   "which is composed; on --resume, the compare's own)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="comma-separated seeds to repeat each rule with (default: --seed; on "
                    "--resume, the compare's own)")

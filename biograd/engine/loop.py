@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import biograd
 from biograd import __version__
 from biograd._seed import mix
-from biograd.config import RESUMABLE, RunConfig
+from biograd.config import RESUMABLE, RunConfig, comparable
 from biograd.engine import checkpoint, distributed
 from biograd.engine.runlog import LOG_DATES, LOG_FORMAT, Progress, RunLog
 from biograd.errors import Diverged, UsageError
@@ -334,11 +334,11 @@ def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
     """Refuse a resume whose recipe differs from the checkpoint's. Another world size, batch
     size or number of epochs changes the schedule's shape: refused too unless
     cfg.accept_changes; returns True when the shape changed (and was accepted)."""
-    saved = state["config"]
-    changed = sorted(k for k, v in cfg.to_dict().items()
+    saved, now = comparable(state["config"]), comparable(cfg.to_dict())
+    changed = sorted(k for k, v in now.items()
                      if k not in RESUMABLE | {"epochs", "batch_size"} and saved.get(k) != v)
     if changed:
-        diffs = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
+        diffs = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed)
         raise UsageError(f"--resume: {out} was trained with {diffs}; drop the changed options "
                          f"or choose another --out")
     shape = []

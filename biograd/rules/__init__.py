@@ -10,6 +10,7 @@ import pkgutil
 from biograd.rules.base import (
     Feedback,
     Rule,
+    compared_rules,
     get_rule,
     list_rules,
     register,
@@ -25,6 +26,6 @@ for _info in pkgutil.iter_modules(__path__):
 from biograd.rules.alignment import Alignment  # noqa: E402
 
 __all__ = [
-    "Alignment", "Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class",
-    "rules_table",
+    "Alignment", "Feedback", "Rule", "compared_rules", "get_rule", "list_rules", "register",
+    "rule_class", "rules_table",
 ]

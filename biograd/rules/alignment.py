@@ -96,6 +96,7 @@ class Alignment(Rule):
     aliases = ("kunin",)
     summary = "B learned by a local regulariser of the layer's input (Kunin et al. 2020)"
     order = 72
+    compared = False  # every coefficient 0: compose a member, or take sa, aa or ia
 
     @property
     def state(self) -> tuple[str, ...]:
@@ -200,6 +201,7 @@ class SA(Alignment):
     aliases = ("symmetric_alignment",)
     summary = "B learned: decay·‖B‖² − self·tr(BᵀW), B → W (Kunin's symmetric alignment)"
     order = 73
+    compared = True
 
 
 @register
@@ -215,6 +217,7 @@ class AA(Alignment):
     aliases = ("activation_alignment",)
     summary = "B learned: sparse·‖Bx‖² − amp·⟨Bx, Wx⟩, B → W on x's span (Kunin)"
     order = 74
+    compared = True
 
 
 @register
@@ -231,3 +234,4 @@ class IA(Alignment):
     aliases = ("information_alignment",)
     summary = "B learned: −amp·⟨Bx, Wx⟩ + null·‖BᵀWx‖² + decay·‖B‖² (Kunin's information alignment)"
     order = 75
+    compared = True

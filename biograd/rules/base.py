@@ -69,6 +69,8 @@ class Rule:
         direct: True for a rule whose layers' input gradient is a projection of the model's
             output error (dfa) rather than Bᵀδy: the identities on Bᵀδy do not apply to it,
             and W and B need not have one shape.
+        compared: False for a rule `biograd compare` leaves out when given no --rules: a
+            family to compose (alignment, whose defaults learn nothing).
     """
 
     name: ClassVar[str]
@@ -80,6 +82,7 @@ class Rule:
     compile_note: ClassVar[str] = ""
     writes_weight: ClassVar[bool] = False
     direct: ClassVar[bool] = False
+    compared: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Every option checked at construction: a ValueError names what it accepts."""
@@ -210,6 +213,12 @@ def register(cls: type[Rule]) -> type[Rule]:
 def list_rules() -> list[str]:
     """The registered rule names, in the order of the docs table."""
     return sorted(_RULES, key=lambda n: (_RULES[n].order, n))
+
+
+def compared_rules() -> list[str]:
+    """The rules `biograd compare` trains when given none: every registered rule that is
+    `compared`, in `list_rules()` order."""
+    return [name for name in list_rules() if _RULES[name].compared]
 
 
 def rules_table() -> str:
