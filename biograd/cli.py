@@ -213,8 +213,8 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
                        "which needs a model with blocks).")
     p.add_argument("--rules", type=_rules, default=None,
                    help="comma-separated rule names (default: every rule the task and model "
-                   "can take, dfa_blocks only on a model with blocks; on --resume, the "
-                   "compare's own)")
+                   "can take, dfa_blocks only on a model with blocks, alignment (composed) "
+                   "never; on --resume, the compare's own)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="comma-separated seeds to repeat each rule with (default: --seed; on "
                    "--resume, the compare's own)")

@@ -256,6 +256,29 @@ def find_config(path: Path | str) -> Path:
 RESUMABLE = {"resume", "out", "workers", "progress", "device", "tensorboard", "data_root",
              "download", "log_interval", "accept_changes"}
 
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as it shapes the run: rule_options narrowed to the entries of the rules
+    it uses (rule, last_rule, a detector's parts), by canonical name. Options of rules a run
+    does not use are no part of its recipe: a recipe file that gains another rule's options
+    still resumes, keeps and groups the runs made before."""
+    used = {config.get("rule"), config.get("last_rule"),
+            *((config.get("parts") or {}).values() if isinstance(config.get("parts"), dict)
+              else ())}
+    own: dict[str, Any] = {}
+    for key, options in (config.get("rule_options") or {}).items():
+        name = _canonical(key)
+        if name in {_canonical(u) for u in used if isinstance(u, str)}:
+            own[name] = options
+    return {**config, "rule_options": own} if "rule_options" in config else config
+
+
+def _canonical(name: object) -> object:
+    try:
+        return get_rule(name).name if isinstance(name, str) else name
+    except ValueError:  # a name no rule has (a config written by a later version)
+        return name
+
+
 #: What `biograd compare` records in its folder: the task, rules, seeds and shared config.
 COMPARE = "compare.yaml"
 
@@ -383,6 +406,8 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
             raise UsageError(f"rule_options ({where}): {name!r}: {options!r} is not a "
                              f"rule name with a mapping of its options, like "
                              f"'{{wm: {{samples: 128}}}}'")
+        if options and None in options:  # YAML reads an unquoted `null` key as null: the
+            options["null"] = options.pop(None)  # alignment family's `null` term is meant
         try:
             get_rule(name, **(options or {}))
         except (ValueError, TypeError) as err:

@@ -427,7 +427,8 @@ def after_step(model: nn.Module) -> None:
             layer.after_step()
 
 
-def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> _Detach:
+def attach(optimizer: torch.optim.Optimizer, model: nn.Module,
+           scaler: torch.amp.GradScaler | None = None) -> _Detach:
     """Run `after_step(model)` after every `optimizer.step()`, from the optimiser's step
     post-hook: a Lightning, Hugging Face Trainer, accelerate or hand-written loop then needs
     no other change. Returns a handle whose `remove()` detaches it. Attaching the same model
@@ -438,10 +439,20 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module) -> _Detach:
 
     A step a gradient scaler skips (fp16 overflow) runs no optimiser step, and so no
     after_step: brsf draws no new B, wm mirrors nothing, for a step that did not happen.
+
+    scaler: the GradScaler of an fp16 loop. The alignment family's B learns from a gradient
+    of its own, not the loss's, which the scaler would divide by its scale with the rest:
+    its layers multiply that gradient by the scale when they have the scaler.
     """
     if not isinstance(optimizer, torch.optim.Optimizer) or not isinstance(model, nn.Module):
         raise TypeError(f"attach(optimizer, model) takes a torch optimiser and a module, not "
                         f"{type(optimizer).__name__} and {type(model).__name__}")
+    if scaler is not None:
+        if not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"attach's scaler is a torch.amp.GradScaler, not "
+                            f"{type(scaler).__name__}")
+        for _, layer in feedback_layers(model):
+            layer.__dict__["loss_scaler"] = scaler
     attached = optimizer.__dict__.setdefault("_biograd_attached", {})
     if id(model) in attached:
         return attached[id(model)]

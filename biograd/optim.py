@@ -9,7 +9,8 @@ They wrap the optimiser with step hooks, so learning-rate schedulers, state dict
 work unchanged: `opt = no_sign_change(batch_manhattan(torch.optim.SGD(...)))`.
 
 And `weight_decay_groups`, the parameter groups that give rules with their own weight decay
-(kp's `decay`) that decay: `torch.optim.SGD(weight_decay_groups(model), lr=..., ...)`.
+(kp's `decay`; the alignment family's B, none: its decay is a term of its rule) that decay:
+`torch.optim.SGD(weight_decay_groups(model), lr=..., ...)`.
 """
 
 from __future__ import annotations
@@ -25,20 +26,20 @@ from biograd.signs import keep_sign_
 
 def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = None
                         ) -> list[dict[str, Any]]:
-    """`groups` (default: one group of all of `model`'s parameters) with the W and B of every
-    layer whose rule sets its own weight decay (kp's `decay`) moved into groups of that
-    `weight_decay`. Each new group keeps its source group's other options (its lr, say).
+    """`groups` (default: one group of all of `model`'s parameters) with the parameters whose
+    rule sets their weight decay (`Rule.weight_decays`: kp's W and B with its `decay`, the
+    alignment family's B with 0) moved into groups of that `weight_decay`. Each new group
+    keeps its source group's other options (its lr, say).
     A group's "params" may be one tensor or any iterable of tensors (a generator is read
     once), as torch's optimisers take it; the groups returned hold lists."""
     from biograd.convert import feedback_layers
 
     own: dict[int, float] = {}
     for _, layer in feedback_layers(model):
-        decay = getattr(layer.learning_rule, "decay", None)
-        if decay is not None:
-            for p in (layer._parameters.get(layer.weight_name), layer._parameters.get("feedback")):
-                if isinstance(p, nn.Parameter):
-                    own[id(p)] = float(decay)
+        for name, decay in layer.learning_rule.weight_decays(layer).items():
+            p = layer._parameters.get(name)
+            if isinstance(p, nn.Parameter):
+                own[id(p)] = float(decay)
     out = []
     for group in groups or [{"params": list(model.parameters())}]:
         params = group["params"]  # as torch takes it: one tensor, or any iterable of them

@@ -58,6 +58,22 @@ def test_compare_resume_keeps_only_runs_of_the_same_recipe(tmp_path, capsys):
     assert "bp was run with lr=0.05 (now 0.5)" in err and not (out / "ss").exists()
 
 
+def test_options_of_rules_a_run_does_not_use_are_no_part_of_its_recipe(tmp_path, capsys):
+    # a recipe that gains one rule's options keeps, resumes and groups the runs of the others
+    out = tmp_path / "cmp"
+    assert main(["compare", "--rules", "bp,fa", *QUICK, "--out", str(out),
+                 "--rule-options", "{kp: {decay: 0.01}}"]) == 0
+    assert main(["compare", "--rules", "bp,fa,sa", *QUICK, "--out", str(out), "--resume",
+                 "--rule-options", "{kp: {decay: 0.01}, sa: {decay: 0.01, self: 0.02}}"]) == 0
+    rows = [line for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| `")]
+    assert [row.split("|")[1].strip() for row in rows] == ["`bp`", "`fa`", "`sa`"]
+    capsys.readouterr()  # but the options of a rule a run uses are
+    assert main(["compare", "--rules", "bp,fa,sa", *QUICK, "--out", str(out), "--resume",
+                 "--rule-options", "{fa: {scale: weight}}"]) == 2
+    assert "fa was run with rule_options" in capsys.readouterr().err
+
+
 def test_compare_over_seeds_reports_spread(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "--rules", "ss,fa", "--seeds", "0,1", *QUICK, "--out", str(out)]) == 0

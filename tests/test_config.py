@@ -125,6 +125,17 @@ def test_yaml_numbers_with_an_exponent_are_numbers(tmp_path):
     assert cfg.rule_options == {"wm": {"rate": 2e-3}}
 
 
+def test_the_null_term_can_be_given_unquoted_in_yaml(tmp_path):
+    # YAML reads a bare `null` key as null; the alignment family's `null` term is meant
+    import biograd
+
+    args = build_parser().parse_args(
+        ["train", "--rule", "ia", "--rule-options", "{ia: {null: 2.0e-3, amp: 1e-3}}"])
+    cfg = resolve(args)
+    assert cfg.rule_options == {"ia": {"null": 2e-3, "amp": 1e-3}}
+    assert cfg.rule_for("ia") == biograd.get_rule("ia", null=2e-3, amp=1e-3)
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--momentum", "1.5"],
     ["train", "--workers", "-2"],
@@ -192,3 +203,15 @@ def test_accept_changes_without_resume_is_refused(cls):
         resolve(cls=cls, accept_changes=True)
     cfg = resolve(cls=cls, accept_changes=True, resume=True, out="somewhere")
     assert cfg.accept_changes and cfg.resume
+
+
+def test_a_runs_recipe_holds_only_the_options_of_the_rules_it_uses():
+    from biograd.config import comparable
+
+    config = {"rule": "usf", "last_rule": "bp", "lr": 0.1,
+              "rule_options": {"ss": {"scale": "weight"}, "kp": {"decay": 0.01},
+                               "Kolen-Pollack": {"decay": 0.02}}}
+    assert comparable(config) == {**config, "rule_options": {"ss": {"scale": "weight"}}}
+    detector = {"rule": "fa", "parts": {"head": "kp"}, "rule_options": {"kp": {}, "wm": {}}}
+    assert comparable(detector)["rule_options"] == {"kp": {}}
+    assert comparable({"rule": "fa"}) == {"rule": "fa"}  # written before rule_options existed

@@ -305,12 +305,13 @@ def test_compare_with_no_rules_leaves_it_out_of_a_model_without_blocks(tmp_path,
     base = resolve(data="fake", model="small_cnn", out=str(tmp_path / "small"))
     with caplog.at_level(logging.INFO, logger="biograd"):
         compare(base)  # no rules: every rule the model can take
-    assert trained == [r for r in biograd.list_rules() if r != "dfa_blocks"]
+    # (alignment, a family to compose, is never in the default set)
+    assert trained == [r for r in biograd.rules.compared_rules() if r != "dfa_blocks"]
     assert "compare: dfa_blocks left out: --rule dfa_blocks on --model small_cnn: dfa_blocks " \
            "found no block" in caplog.text
     trained.clear()
     compare(dataclasses.replace(base, model="resnet_small", out=str(tmp_path / "resnet")))
-    assert trained == biograd.list_rules()
+    assert trained == biograd.rules.compared_rules()
 
 
 def test_a_bad_blocks_option_is_one_line_from_the_command(capsys):

@@ -44,7 +44,10 @@ TIMEOUT_S = 120  # the whole two-process run; a hang fails the test instead of b
 #: Dale's law (option "dale": the excitatory fraction, given to biograd.dale, not the rule).
 #: A rule not every model can take (dfa_blocks) gets the model's convolutions as its blocks.
 CASES = [(name, {} if biograd.rules.rule_class(name).every_model else {"blocks": "0,3"})
-         for name in biograd.list_rules()] + [("brsf", {"fresh": "full"}), ("ss", {"dale": 0.8})]
+         for name in biograd.list_rules()] + [
+    ("brsf", {"fresh": "full"}), ("ss", {"dale": 0.8}),
+    # Kunin's weight mirror: the family's B learning from noise drawn from seed and step
+    ("alignment", {"decay": 1e-3, "amp": 1e-3, "noise": "normal"})]
 
 
 def _label(name: str, options: dict) -> str:
@@ -311,6 +314,23 @@ def test_kp_feedback_learns_through_ddp(ranks):
         for key in names:
             moved = not torch.equal(result["initial"][key], final[key])
             assert moved, f"{key} never moved"
+
+
+@pytest.mark.parametrize("label", ["aa", "ia", "alignment(decay=0.001, amp=0.001, "
+                                   "noise='normal')"])
+def test_an_aligning_b_learns_through_ddp(ranks, label):
+    # aa's and ia's B learn from each rank's own input: the ranks agree on B at every step
+    # (test_every_step_agrees_across_ranks) only because DDP averages its gradient
+    for r in ranks:
+        result = r[label]
+        names = [n for n in result["feedback_keys"] if n.endswith(".feedback")]
+        assert names
+        for step in result["steps"]:
+            assert not any(step["learned_grad_is_weight_grad"].values())  # no task gradient
+        states = [result["initial"]] + [s["state"] for s in result["steps"]]
+        for before, after in itertools.pairwise(states):
+            for key in names:
+                assert not torch.equal(before[key], after[key]), f"{key} did not move"
 
 
 def test_wm_feedback_moves_every_step(ranks):

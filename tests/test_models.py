@@ -48,6 +48,11 @@ TORCHVISION = [
     ("shufflenet_v2_x0_5", lambda: tv.shufflenet_v2_x0_5(num_classes=CLASSES), 32, "dfa"),
     ("mobilenet_v3_small", lambda: tv.mobilenet_v3_small(num_classes=CLASSES), 32, "drtp"),
     ("resnet50", lambda: tv.resnet50(num_classes=CLASSES), 32, "dfa_blocks"),  # Bottlenecks
+    # the alignment family's B learns from each layer's input: depthwise and grouped ones too
+    ("mobilenet_v2", lambda: tv.mobilenet_v2(num_classes=CLASSES), 32, "aa"),
+    ("regnet_x_400mf", lambda: tv.regnet_x_400mf(num_classes=CLASSES), 32, "ia"),
+    ("squeezenet1_1", lambda: tv.squeezenet1_1(num_classes=CLASSES), 64, "sa"),
+    ("mnasnet0_5", lambda: tv.mnasnet0_5(num_classes=CLASSES), 32, "alignment"),
 ]
 
 # (timm name, constructor overrides, input side, rule). beit, eva (timm's class for the
@@ -60,6 +65,10 @@ TIMM = [
     ("vit_tiny_patch16_224", {"img_size": 32}, 32, "dfa"),  # tokens: (N, T, D), batch first
     ("vit_tiny_patch16_224", {"img_size": 32}, 32, "dfa_blocks"),  # timm's Blocks, found
     ("resnet18", {}, 32, "drtp"),
+    ("vit_tiny_patch16_224", {"img_size": 32}, 32, "ia"),  # tokens: summed as positions
+    ("convnext_atto", {}, 32, "aa"),
+    ("resnet18", {}, 32, "sa"),
+    ("mobilenetv3_small_050", {}, 32, "alignment"),
     ("convnext_atto", {}, 32, "brsf"),
     ("mobilenetv3_small_050", {}, 32, "wm"),  # its classifier is timm's own Linear subclass
     ("beit_base_patch16_224", {"img_size": 32, **SHRUNK}, 32, "ss"),

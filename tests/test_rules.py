@@ -225,7 +225,7 @@ def bad_options(rule_cls):
             yield f.name, "a, b"
             continue
         yield f.name, "abc"
-        yield f.name, True
+        yield f.name, 2 if kind is bool else True  # a number for a flag, a flag for the rest
         if kind is int or int in typing.get_args(kind):
             yield f.name, 2.5
         for key, step in (("low", -1), ("above", 0), ("high", 1)):
@@ -241,7 +241,10 @@ def test_every_rule_option_is_covered():
     assert {(n, o) for n, o, _ in CASES} >= {("fa", "scale"), ("brsf", "fresh"),
                                              ("wm", "samples"), ("wm", "rate"),
                                              ("kp", "decay"), ("sign_fixed", "eps"),
-                                             ("dfa_blocks", "blocks")}
+                                             ("dfa_blocks", "blocks"),
+                                             ("alignment", "noise"), ("alignment", "tied"),
+                                             ("alignment", "sigma"), ("sa", "self"),
+                                             ("aa", "sparse"), ("ia", "null")}
 
 
 @pytest.mark.parametrize(("rule", "option", "value"), CASES,

@@ -24,10 +24,10 @@ log = logging.getLogger("biograd")
 
 def _check_kept(path: Path, cfg: RunConfig) -> None:
     """Refuse to keep a finished run of another recipe beside the new ones in one report."""
-    from biograd.config import RESUMABLE, saved_config
+    from biograd.config import RESUMABLE, comparable, saved_config
 
-    saved = saved_config(path, type(cfg))
-    now = cfg.to_dict()
+    saved = comparable(saved_config(path, type(cfg)))
+    now = comparable(cfg.to_dict())
     changed = sorted(k for k in now if k not in RESUMABLE and k in saved and saved[k] != now[k])
     if changed:
         diffs = ", ".join(f"{k}={saved[k]!r} (now {now[k]!r})" for k in changed)
@@ -74,7 +74,7 @@ def compare(base: RunConfig, rules: list[str] | None = None, seeds: list[int] | 
     """
     from biograd.engine.loop import check_folder, check_out, make_folder
     from biograd.results import load_run, write_report
-    from biograd.rules import list_rules, rule_class
+    from biograd.rules import compared_rules, rule_class
 
     check = None
     if isinstance(base, DetectConfig):
@@ -92,7 +92,7 @@ def compare(base: RunConfig, rules: list[str] | None = None, seeds: list[int] | 
     given = rules is not None
     if rules is None:
         rules = []
-        for rule in list_rules():
+        for rule in compared_rules():
             try:
                 takes(rule)
             except UsageError as err:

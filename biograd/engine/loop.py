@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import biograd
 from biograd import __version__
 from biograd._seed import mix
-from biograd.config import RESUMABLE, RunConfig
+from biograd.config import RESUMABLE, RunConfig, comparable
 from biograd.engine import checkpoint, distributed
 from biograd.engine.runlog import LOG_DATES, LOG_FORMAT, Progress, RunLog
 from biograd.errors import Diverged, UsageError
@@ -107,8 +107,9 @@ def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module,
                     groups: list[dict[str, Any]] | None) -> torch.optim.Optimizer:
-    """SGD/Adam/AdamW over every parameter, feedback included (kp's B learns through it);
-    kp layers with their own `decay` get it as their weight decay."""
+    """SGD/Adam/AdamW over every parameter, feedback included (kp's and the alignment
+    family's B learn through it); parameters whose rule sets their weight decay (kp's
+    `decay`, an aligning B's 0) get it (`biograd.optim.weight_decay_groups`)."""
     groups = biograd.optim.weight_decay_groups(model, groups)
     kinds = {
         "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
@@ -333,11 +334,11 @@ def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
     """Refuse a resume whose recipe differs from the checkpoint's. Another world size, batch
     size or number of epochs changes the schedule's shape: refused too unless
     cfg.accept_changes; returns True when the shape changed (and was accepted)."""
-    saved = state["config"]
-    changed = sorted(k for k, v in cfg.to_dict().items()
+    saved, now = comparable(state["config"]), comparable(cfg.to_dict())
+    changed = sorted(k for k, v in now.items()
                      if k not in RESUMABLE | {"epochs", "batch_size"} and saved.get(k) != v)
     if changed:
-        diffs = ", ".join(f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in changed)
+        diffs = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed)
         raise UsageError(f"--resume: {out} was trained with {diffs}; drop the changed options "
                          f"or choose another --out")
     shape = []
@@ -533,12 +534,12 @@ def _fit(cfg, dist, device, task: Task, out: Path, runlog: RunLog,
     task.model = sync_batchnorm(task.model, cfg, dist, device)
     model = task.model
     optimizer = build_optimizer(cfg, model, task.param_groups)
-    biograd.attach(optimizer, model)  # after_step after every optimiser step, as a user's loop
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    biograd.attach(optimizer, model, scaler)  # after_step after every step, as a user's loop
     loader = make_loader(task, task.train_set, dist, cfg, device, True, 0)
     steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader),
                                                                 cfg.steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     runner: nn.Module = model
     if dist.enabled:  # feedback buffers agree by their seed: DDP must not send them
         biograd.exclude_feedback_from_ddp(model)

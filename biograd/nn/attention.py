@@ -29,11 +29,13 @@ from biograd.rules.base import Feedback
 
 def _rows(feedback: Feedback, weight: Tensor, start: int, stop: int) -> Feedback:
     """The feedback of rows start:stop of W (W_q, W_k or W_v of the packed W_in): those rows of
-    B, made from the whole W; a learned B's rows get the rows' gradient."""
+    B, made from the whole W; a learned B's rows get the rows' gradient (an aligning B's, its
+    rule's on those rows and the input they project)."""
     if feedback.direct is not None:  # dfa: the projection onto each input, whatever the rows
         return feedback
     learned = None if feedback.learned is None else feedback.learned[start:stop]
-    return Feedback(make=lambda w: feedback.make(weight)[start:stop], learned=learned)
+    return Feedback(make=lambda w: feedback.make(weight)[start:stop], learned=learned,
+                    align=feedback.align)
 
 
 def _float_mask(mask: Tensor | None, name: str, dtype: torch.dtype) -> Tensor | None:

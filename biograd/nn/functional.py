@@ -12,7 +12,10 @@ computed for convolutions in ONE aten.convolution_backward call with B in W's pl
 weight gradient does not read the weight's values). B is made in the backward, and only when
 the input needs a gradient (a network's stem does not), by the rule's `make`. A direct rule
 (dfa) gives δx itself instead, from the model's output error (`Feedback.direct`), and δy
-only serves the weight and bias gradients.
+only serves the weight and bias gradients. A learned B (`Feedback.learned`) gets W's gradient
+(kp), or the gradient of a local rule of its own (`Feedback.align`, the alignment family),
+computed in the backward from the input the forward saved: `LinearMap`, `ConvMap` and
+`LocalMap` give a rule the layer's linear map and its two adjoints on that input.
 
 Under torch.autocast the inputs are cast as torch's own conv/linear would cast them, and the
 gradients come back in each input's dtype.
@@ -54,13 +57,106 @@ def _as(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
 _convolution_backward = torch.ops.aten.convolution_backward.default
 
 
+class LinearMap:
+    """A Linear layer's map on the input x its forward saw, for a rule that learns B from it.
+
+    x: (n, in), the rows of `samples` samples (a sequence's positions are rows of one sample).
+    forward(M) = x Mᵀ (n, out); weight_grad(g, u) = gᵀ u (out, in), the weight gradient of
+    upstream g at input u (default x); input_grad(g, M) = g M (n, in), the input gradient
+    through M. `on(u)` is the same map on another input of x's shape (noise, say).
+    """
+
+    __slots__ = ("samples", "x")
+
+    def __init__(self, x: Tensor, samples: int) -> None:
+        self.x, self.samples = x.reshape(-1, x.shape[-1]), samples
+
+    def on(self, u: Tensor) -> LinearMap:
+        return LinearMap(u, self.samples)
+
+    def forward(self, m: Tensor) -> Tensor:
+        return self.x @ m.T
+
+    def weight_grad(self, g: Tensor, u: Tensor | None = None) -> Tensor:
+        return g.T @ (self.x if u is None else u)
+
+    def input_grad(self, g: Tensor, m: Tensor) -> Tensor:
+        return g @ m
+
+
+class ConvMap:
+    """`LinearMap` for a (transposed) convolution: x (N, C_in, *spatial) as the op takes it
+    (padded where the layer pads it itself), samples N; forward(M) = conv(x, M) without the
+    bias, its adjoints through aten.convolution_backward (`weight`: W, for its shape)."""
+
+    __slots__ = ("args", "samples", "weight", "x")
+
+    def __init__(self, x: Tensor, weight: Tensor, args: tuple) -> None:
+        self.x, self.weight, self.args, self.samples = x, weight, args, x.shape[0]
+
+    def on(self, u: Tensor) -> ConvMap:
+        return ConvMap(u, self.weight, self.args)
+
+    def forward(self, m: Tensor) -> Tensor:
+        stride, padding, dilation, groups, transposed, output_padding = self.args
+        return torch.convolution(self.x, m, None, stride, padding, dilation, transposed,
+                                 output_padding, groups)
+
+    def _backward(self, g: Tensor, u: Tensor, m: Tensor, mask: list[bool]) -> tuple:
+        stride, padding, dilation, groups, transposed, output_padding = self.args
+        return _convolution_backward(g, u, m, None, stride, padding, dilation, transposed,
+                                     output_padding, groups, mask)
+
+    def weight_grad(self, g: Tensor, u: Tensor | None = None) -> Tensor:
+        # W's values are not read, only its shape
+        w = _as(self.weight, g.dtype)
+        return self._backward(g, self.x if u is None else u, w, [False, True, False])[1]
+
+    def input_grad(self, g: Tensor, m: Tensor) -> Tensor:
+        return self._backward(g, self.x, m, [True, False, False])[0]
+
+
+class LocalMap:
+    """`LinearMap` for a locally connected layer: cols (N, K, P) as F.unfold gives them,
+    forward(M) = `local_product(cols, M)` (N, C_out, P), a matrix product per position."""
+
+    __slots__ = ("samples", "x")
+
+    def __init__(self, cols: Tensor) -> None:
+        self.x, self.samples = cols, cols.shape[0]
+
+    def on(self, u: Tensor) -> LocalMap:
+        return LocalMap(u)
+
+    def forward(self, m: Tensor) -> Tensor:
+        return local_product(self.x, m, None)
+
+    def weight_grad(self, g: Tensor, u: Tensor | None = None) -> Tensor:
+        gp = g.permute(2, 1, 0)  # (P, C_out, N)
+        return gp.bmm(_by_position(self.x if u is None else u))  # (P, C_out, K)
+
+    def input_grad(self, g: Tensor, m: Tensor) -> Tensor:
+        return g.permute(2, 0, 1).bmm(m).permute(1, 2, 0)  # (P, N, K) -> (N, K, P)
+
+
+def _learned_grad(ctx, layer_map, weight: Tensor, grad_w: Tensor | None) -> Tensor | None:
+    """The gradient of a learned B: W's (kp; none where W is frozen, B's increment being W's),
+    or its own rule's `align(map, W, B, W's gradient)` from the input the forward saved."""
+    align = ctx.feedback.align
+    if align is None:
+        return grad_w
+    with torch.no_grad():
+        b = ctx.feedback.learned
+        return _as(align(layer_map, weight, b, grad_w), b.dtype)
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, learned, make, direct):
+    def forward(ctx, x, weight, bias, learned, feedback, samples):
         dtype = _autocast_dtype(x)
         xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
         ctx.save_for_backward(xc, weight)
-        ctx.make, ctx.direct, ctx.x_dtype = make, direct, x.dtype
+        ctx.feedback, ctx.samples, ctx.x_dtype = feedback, samples, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return torch.nn.functional.linear(xc, wc, bc)
 
@@ -68,29 +164,30 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad):  # grad: (..., out)
         x, weight = ctx.saved_tensors  # x: (..., in), weight: (out, in)
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
-        grad_x = grad_w = grad_b = None
-        if need_x and ctx.direct is not None:
-            grad_x = _as(ctx.direct(x.shape), ctx.x_dtype)
+        make, _, direct, _ = ctx.feedback
+        grad_x = grad_w = grad_b = grad_learned = None
+        if need_x and direct is not None:
+            grad_x = _as(direct(x.shape), ctx.x_dtype)
         elif need_x:
-            grad_x = _as(grad @ _as(ctx.make(weight), grad.dtype), ctx.x_dtype)
+            grad_x = _as(grad @ _as(make(weight), grad.dtype), ctx.x_dtype)
         if need_w:
             g2 = grad.reshape(-1, grad.shape[-1])  # (n, out)
             grad_w = _as(g2.T @ x.reshape(-1, x.shape[-1]), weight.dtype)  # (out, in)
         if need_b:
             grad_b = _as(grad.reshape(-1, grad.shape[-1]).sum(0), ctx.bias_dtype)
-        # kp's learned B takes W's gradient, and none where W is frozen (B's increment is W's)
-        return (grad_x, grad_w, grad_b, grad_w if need_learned else None,
-                None, None)
+        if need_learned:
+            grad_learned = _learned_grad(ctx, LinearMap(x, ctx.samples), weight, grad_w)
+        return grad_x, grad_w, grad_b, grad_learned, None, None
 
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, learned, make, direct, stride, padding, dilation, groups,
+    def forward(ctx, x, weight, bias, learned, feedback, stride, padding, dilation, groups,
                 transposed, output_padding):
         dtype = _autocast_dtype(x)
         xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
         ctx.save_for_backward(xc, weight)
-        ctx.make, ctx.direct, ctx.x_dtype = make, direct, x.dtype
+        ctx.feedback, ctx.x_dtype = feedback, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.args = (stride, padding, dilation, groups, transposed, output_padding)
         return torch.convolution(xc, wc, bc, stride, padding, dilation, transposed,
@@ -101,9 +198,10 @@ class _Conv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
         stride, padding, dilation, groups, transposed, output_padding = ctx.args
+        make, _, direct, _ = ctx.feedback
         # The weight gradient reads only the weight's shape, so B can stand in W's place.
-        direct = ctx.direct if need_x else None
-        b = ctx.make(weight) if need_x and direct is None else weight
+        direct = direct if need_x else None
+        b = make(weight) if need_x and direct is None else weight
         grad_x, grad_w, grad_b = _convolution_backward(
             grad,
             x,
@@ -123,9 +221,10 @@ class _Conv(torch.autograd.Function):
         # aten may return a weight gradient it was not asked for (CPU, mkldnn): dropped here
         grad_w = _as(grad_w, weight.dtype) if need_w else None
         grad_b = _as(grad_b, ctx.bias_dtype)
-        # kp's learned B takes W's gradient, and none where W is frozen (B's increment is W's)
-        return (grad_x, grad_w, grad_b, grad_w if need_learned else None,
-                None, None, None, None, None, None, None, None)
+        grad_learned = _learned_grad(ctx, ConvMap(x, weight, ctx.args), weight, grad_w) \
+            if need_learned else None
+        return (grad_x, grad_w, grad_b, grad_learned,
+                None, None, None, None, None, None, None)
 
 
 def local_product(cols: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -154,11 +253,11 @@ def _product(c: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 class _Local(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cols, weight, bias, learned, make, direct):
+    def forward(ctx, cols, weight, bias, learned, feedback):
         dtype = _autocast_dtype(cols)
         cc, wc, bc = _cast(cols, dtype), _cast(weight, dtype), _cast(bias, dtype)
         ctx.save_for_backward(cc, weight)  # cols, not a copy: double backward reaches x
-        ctx.make, ctx.direct, ctx.x_dtype = make, direct, cols.dtype
+        ctx.feedback, ctx.x_dtype = feedback, cols.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return local_product(cc, wc, bc)
 
@@ -166,19 +265,19 @@ class _Local(torch.autograd.Function):
     def backward(ctx, grad):  # grad: (N, C_out, P)
         cols, weight = ctx.saved_tensors  # cols: (N, K, P), weight: (P, C_out, K)
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = grad_b = grad_learned = None
         g = grad.permute(2, 0, 1).contiguous()  # (P, N, C_out)
-        if need_x and ctx.direct is None:  # δcols[:, :, p] = δy[:, :, p] B[p]
-            b = _as(ctx.make(weight), grad.dtype)
+        if need_x and ctx.feedback.direct is None:  # δcols[:, :, p] = δy[:, :, p] B[p]
+            b = _as(ctx.feedback.make(weight), grad.dtype)
             grad_x = _as(g.bmm(b).permute(1, 2, 0), ctx.x_dtype)  # (P, N, K) -> (N, K, P)
         if need_w:  # δW[p] = δy[:, :, p]ᵀ cols[:, :, p]
             grad_w = _as(g.transpose(1, 2).bmm(_by_position(cols)), weight.dtype)  # (P, C_out, K)
         if need_b:
             grad_b = _as(g.sum(1).T, ctx.bias_dtype)  # (C_out, P)
         # (a direct rule's δx reaches the layer's input through `project_input`, not cols)
-        # kp's learned B takes W's gradient, and none where W is frozen (B's increment is W's)
-        return (grad_x, grad_w, grad_b, grad_w if need_learned else None,
-                None, None)
+        if need_learned:
+            grad_learned = _learned_grad(ctx, LocalMap(cols), weight, grad_w)
+        return grad_x, grad_w, grad_b, grad_learned, None
 
 
 class _ProjectInput(torch.autograd.Function):
@@ -207,7 +306,7 @@ def feedback_local(cols: Tensor, weight: Tensor, bias: Tensor | None,
     cols: (N, C_in·kh·kw, P) (F.unfold's), weight: (P, C_out, C_in·kh·kw), bias: (C_out, P)
     or None; returns (N, C_out, P). The weight and bias gradients are the true local ones.
     """
-    return _Local.apply(cols, weight, bias, feedback.learned, feedback.make, feedback.direct)
+    return _Local.apply(cols, weight, bias, feedback.learned, feedback)
 
 
 def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback) -> Tensor:
@@ -215,15 +314,17 @@ def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Fe
 
     x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
     """
-    make, learned, direct = feedback
     if x.dim() == 2:
-        return _Linear.apply(x, weight, bias, learned, make, direct)
-    if direct is not None:  # it projects onto x as the caller shaped it: (N, ...), batch first
-        shape, project = x.shape, direct
-        direct = lambda flat: project(shape).view(flat)  # noqa: E731
+        return _Linear.apply(x, weight, bias, feedback.learned, feedback, x.shape[0])
+    if feedback.direct is not None:  # it projects onto x as shaped here: (N, ...), batch first
+        shape, project = x.shape, feedback.direct
+        feedback = feedback._replace(direct=lambda flat: project(shape).view(flat))
     # Flatten outside the Function: for more than 2 dims F.linear returns a view, and a view
     # returned by a custom Function cannot be modified in place (ReLU(inplace=True) after it).
-    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias, learned, make, direct)
+    # The samples are the first dimension (1 for an unbatched x): the others are positions.
+    samples = x.shape[0] if x.dim() > 1 else 1
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias, feedback.learned, feedback,
+                      samples)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -252,8 +353,8 @@ def feedback_conv(
     # per call is host time on every step
     if output_padding is None:
         output_padding = _ZEROS[len(stride)]
-    return _Conv.apply(x, weight, bias, feedback.learned, feedback.make, feedback.direct, stride,
-                       padding, dilation, groups, transposed, output_padding)
+    return _Conv.apply(x, weight, bias, feedback.learned, feedback, stride, padding, dilation,
+                       groups, transposed, output_padding)
 
 
 _ZEROS = {n: (0,) * n for n in (1, 2, 3)}

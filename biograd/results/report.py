@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import biograd
-from biograd.config import RESUMABLE, DetectConfig, TrainConfig, field_default
+from biograd.config import RESUMABLE, DetectConfig, TrainConfig, comparable, field_default
 from biograd.results import figures
 from biograd.results.runs import Run, describe, task_metrics, task_summary
 
@@ -94,10 +94,10 @@ def group_label(run: Run, runs: list[Run]) -> str:
     """The row `run` belongs to: its rule, and, where runs of that rule differ in their
     recipe (--dale, --lr, the model, ...), the entries that set it apart ("ss, dale=0.8"):
     only seeds of one recipe are averaged."""
-    same_rule = [r.config for r in runs if r.rule == run.rule]
+    same_rule = [comparable(r.config) for r in runs if r.rule == run.rule]
     keys = sorted({k for config in same_rule for k in config} - RESUMABLE - {"rule", "seed"})
     differ = [k for k in keys if len({_key(_entry(c, k)) for c in same_rule}) > 1]
-    values = {k: _entry(run.config, k) for k in differ}
+    values = {k: _entry(comparable(run.config), k) for k in differ}
     return ", ".join([run.rule, *(f"{k}={'none' if v is None else describe(v)}"
                                   for k, v in values.items())])
 

@@ -10,6 +10,7 @@ import pkgutil
 from biograd.rules.base import (
     Feedback,
     Rule,
+    compared_rules,
     get_rule,
     list_rules,
     register,
@@ -21,6 +22,10 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
+# the family a rule can be composed from: Alignment(decay=..., amp=..., noise="normal")
+from biograd.rules.alignment import Alignment  # noqa: E402
+
 __all__ = [
-    "Feedback", "Rule", "get_rule", "list_rules", "register", "rule_class", "rules_table",
+    "Alignment", "Feedback", "Rule", "compared_rules", "get_rule", "list_rules", "register",
+    "rule_class", "rules_table",
 ]

@@ -32,15 +32,20 @@ class Feedback(NamedTuple):
 
     make: W -> B, called in the backward, only when the input gradient is needed, so a rule
         that derives B from W (ss) keeps no tensor between forward and backward.
-    learned: a Parameter that must receive exactly W's gradient (kp), or None.
+    learned: a Parameter B that learns through its .grad: exactly W's gradient (kp), or
+        `align`'s, or None.
     direct: for a rule whose input gradient is not Bᵀδy but a projection of a signal taken at
         the model's output (dfa: the error, drtp: the targets): shape of x -> δx, called in
         the backward in place of `make` (then None).
+    align: for a learned B with a local rule of its own (the alignment family): (map, W, B,
+        W's gradient or None) -> B's gradient, called in the backward with `map`, the layer's
+        linear map on the input the forward saw (biograd.nn.functional.LinearMap and kin).
     """
 
     make: Callable[[Tensor], Tensor] | None
     learned: Tensor | None = None
     direct: Callable[[torch.Size], Tensor] | None = None
+    align: Callable[[Any, Tensor, Tensor, Tensor | None], Tensor] | None = None
 
 
 def option(default: Any, *, choices: tuple[str, ...] | None = None,
@@ -80,6 +85,8 @@ class Rule:
             that cannot take it.
         transport_why: why a layer on a rule with transports_weights still learns through
             weight transport, as the conversion report says it.
+        compared: False for a rule `biograd compare` leaves out when given no --rules: a
+            family to compose (alignment, whose defaults learn nothing).
     """
 
     name: ClassVar[str]
@@ -94,6 +101,7 @@ class Rule:
     reads_output: ClassVar[bool] = False
     every_model: ClassVar[bool] = True
     transport_why: ClassVar[str] = "on bp"
+    compared: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Every option checked at construction: a ValueError names what it accepts."""
@@ -131,6 +139,12 @@ class Rule:
 
     def after_step(self, layer: FeedbackLayer) -> None:
         """Called once after each optimiser step (see `biograd.after_step`)."""
+
+    def weight_decays(self, layer: FeedbackLayer) -> dict[str, float]:
+        """{parameter name: weight decay} for the layer's parameters whose weight decay the
+        rule sets itself (kp's `decay`; an aligning B's 0), for `biograd.weight_decay_groups`;
+        the others take the optimiser's."""
+        return {}
 
     def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
         """The B the backward uses (for per-step rules, the one of the latest forward pass)."""
@@ -227,6 +241,12 @@ def register(cls: type[Rule]) -> type[Rule]:
 def list_rules() -> list[str]:
     """The registered rule names, in the order of the docs table."""
     return sorted(_RULES, key=lambda n: (_RULES[n].order, n))
+
+
+def compared_rules() -> list[str]:
+    """The rules `biograd compare` trains when given none: every registered rule that is
+    `compared`, in `list_rules()` order."""
+    return [name for name in list_rules() if _RULES[name].compared]
 
 
 def rules_table() -> str:

@@ -47,6 +47,11 @@ class KP(Rule):
         b = random_feedback(layer.weight_now(), generator, self.scale, s=seed_scale(layer))
         layer.put_state("feedback", b, learned=True)
 
+    def weight_decays(self, layer) -> dict[str, float]:
+        if self.decay is None:
+            return {}
+        return {layer.weight_name: self.decay, "feedback": self.decay}
+
     def bind(self, layer) -> Feedback:
         b = layer.feedback
         return Feedback(make=lambda w: b, learned=b)
