@@ -288,7 +288,7 @@ def test_a_stopped_session_keeps_its_wall_time_up_to_its_last_finished_job(
 
 def test_report_only_trains_nothing_and_names_the_missing_runs(reproduce, monkeypatch,
                                                                tmp_path, capsys):
-    for rule in reproduce.list_rules():
+    for rule in reproduce.default_rules():
         for seed in (0, 1):
             if (rule, seed) != ("bp", 1):  # a run the digits report would train
                 write_run(reproduce.RUNS / "digits" / f"{rule}-seed{seed}", rule, seed, 1.0,
