@@ -137,3 +137,16 @@ def test_performance_doc_quotes_the_records():
     for rule in ("fa", "ss", "brsf"):
         first, second = (run[rule] for run in long_runs)
         assert f"{rule} {first} and {second}" in quoted, rule
+
+
+def test_performance_doc_quotes_the_round_three_record():
+    """docs/performance.md's ratios of the rules added in round three are the CPU-time ratios
+    of benchmarks/results_round3_rules.json."""
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    (size,) = json.loads((ROOT / "benchmarks" / "results_round3_rules.json").read_text()
+                         )["sizes"].values()
+    quoted = dict(re.findall(r"(sa|aa|ia|drtp|dfa_blocks|dfa) ([\d.]+)(?=[, ]| times)",
+                             doc.split("The rules added since")[1].split("On a GPU")[0]))
+    assert set(quoted) == {"sa", "aa", "ia", "drtp", "dfa", "dfa_blocks"}
+    for rule, ratio in quoted.items():
+        assert ratio == f"{size[rule]['cpu']['ratio']:.{len(ratio.split('.')[1])}f}", rule
