@@ -1,7 +1,8 @@
 """Model surgery: put any torchvision or timm model on a learning rule, and report what changed.
 
 `convert` swaps every nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d and
-nn.MultiheadAttention (and subclasses that keep torch's forward) for its biograd drop-in,
+nn.MultiheadAttention (and subclasses that keep torch's forward, and the layers of other
+libraries that have a drop-in of their own: spikingjelly's) for its biograd drop-in,
 reusing the existing weight tensors; `unconvert` puts them back. `report` says, for any model,
 which layers follow which rule and which parameters still learn through weight transport.
 """
@@ -12,6 +13,7 @@ import fnmatch
 import importlib
 import logging
 import numbers
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +50,21 @@ REWIRED = {
         "biograd.nn.swin:ShiftedWindowAttention",
     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2":
         "biograd.nn.swin:ShiftedWindowAttentionV2",
+    # modules that fold T time steps into the batch for the layers inside them: the subclass
+    # tells those layers' rule (a dfa or drtp layer then projects to every step)
+    "spikingjelly.activation_based.layer.container.SeqToANNContainer":
+        "biograd.nn.spikingjelly:SeqToANNContainer",
+    "spikingjelly.activation_based.layer.container.StepModeContainer":
+        "biograd.nn.spikingjelly:StepModeContainer",
+    "snntorch._neurons.linearleaky.LinearLeaky": "biograd.nn.snntorch:LinearLeaky",
+}
+
+#: Layers of other libraries with a drop-in of their own, and the module that registers it in
+#: DROP_INS (imported only when such a layer is met): spikingjelly's keep its step modes.
+LIBRARY_LAYERS = {
+    f"spikingjelly.activation_based.layer.stateless_wrapper.{name}": "biograd.nn.spikingjelly"
+    for name in ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                 "ConvTranspose3d")
 }
 
 #: Subclasses whose own forward computes exactly their torch base's, so they convert like it:
@@ -61,7 +78,14 @@ def _type_name(module: nn.Module) -> str:
 
 
 def _drop_in(module: nn.Module) -> type[FeedbackLayer] | None:
-    """The biograd class for `module`, if its forward is torch's own."""
+    """The biograd class for `module`: its class's own (LIBRARY_LAYERS), or its torch base's
+    if its forward is torch's own."""
+    where = LIBRARY_LAYERS.get(_type_name(module))
+    if where is not None:
+        importlib.import_module(where)  # registers the library's classes in DROP_INS
+    exact = DROP_INS.get(type(module))
+    if exact is not None:
+        return exact
     for base, cls in DROP_INS.items():
         if isinstance(module, base):
             if _type_name(module) in SAME_FORWARD:
@@ -263,6 +287,7 @@ def convert(
     for module, chosen, layer_seed in switches:
         module.set_rule(chosen, layer_seed)
     model = _swap(model, new)
+    _forget_library_caches(model)
     wire(model, seed)  # the output's hooks and dfa_blocks' points, or none left
     _warn_rank_one_classifier(model, last_name)
     log.info("%s", report(model))
@@ -296,7 +321,21 @@ def unconvert(model: nn.Module) -> nn.Module:
     release(model)
     _rewire(model, back=True)
     new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, FeedbackLayer)}
-    return _swap(model, new)
+    model = _swap(model, new)
+    _forget_library_caches(model)
+    return model
+
+
+def _forget_library_caches(model: nn.Module) -> None:
+    """Clear what other libraries cached about `model`'s modules before they were swapped:
+    spikingjelly's reset_net keeps, per network, the modules it resets (the neurons, which
+    converting keeps as they are, so nothing goes stale; cleared all the same, as its docs ask
+    after module swaps). Nothing is imported: a library not loaded has cached nothing."""
+    functional = sys.modules.get("spikingjelly.activation_based.functional")
+    forget = getattr(functional, "invalidate_reset_cache", None)
+    if forget is not None:
+        for module in model.modules():
+            forget(module)
 
 
 @dataclass

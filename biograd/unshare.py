@@ -59,7 +59,7 @@ def unshare(model: nn.Module, example_input: Any, include: Patterns = None,
     model = _swap(model, new)
     found = model.__dict__.get("_biograd_error_source")
     if found is not None:  # the new layers on dfa take the model's output error too
-        error_source(model, found.source)
+        error_source(model, *found.where)
     log.info("biograd: unshared %d Conv2d layers: %s parameters before, %s after (x%.1f)",
              len(new), f"{before:,}", f"{_count(model):,}", _count(model) / max(before, 1))
     return model

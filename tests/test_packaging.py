@@ -45,6 +45,23 @@ def test_the_library_needs_no_extra():
     assert result.stdout.strip().endswith("ok")
 
 
+def test_the_spiking_libraries_are_imported_only_for_their_nets():
+    result = run("""
+        import sys, torch, biograd
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
+                                    torch.nn.Linear(2 * 4 * 4, 3))
+        biograd.convert(model, "dfa")
+        model(torch.randn(2, 1, 6, 6)).sum().backward()
+        print(biograd.report(model))
+        biograd.unconvert(model)
+        loaded = sorted(m for m in ("snntorch", "spikingjelly") if m in sys.modules)
+        assert not loaded, loaded
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
 @pytest.mark.parametrize(("argv", "extra"), [
     (["train"], "train"), (["compare", "--rules", "bp"], "train"), (["eval", "runs/x"], "train"),
     (["detect", "--data", "fake"], "train")])

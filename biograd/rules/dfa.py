@@ -24,7 +24,12 @@ resumed run uses the same B.
 
 The error is taken where the model's output leaves its forward: biograd.convert installs a
 forward hook on the model it converts. A model whose output is not one tensor (a dict of
-losses, RetinaNet's heads) names the module whose output tensor is ŷ with `error_source`.
+losses, RetinaNet's heads, snntorch's (spikes, membrane)) names the module whose output holds
+ŷ, and which tensor of that output it is, with `error_source`. There is one e per forward of
+the model: every call of a layer within that forward sends B e, at every time step of a
+spiking network that loops over time inside its forward (`error_source`'s time_dim: e summed
+over the steps of a record (T, N, K)); a layer that sees T steps folded into its batch
+(spikingjelly's multi-step mode, inside `folded_steps`) sends B e to each.
 
 This file also holds what the other rules that read the model's output share: the hooks and
 the table (`ErrorSource`), the projection δx = B s of a signal s (N, K) (`Projection`, whose
@@ -35,7 +40,10 @@ wiring `convert` runs after converting (`wire`: the source, and dfa_blocks' poin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -49,17 +57,61 @@ CHUNK = 1 << 18  # the table is drawn in chunks of this many numbers: it can gro
 OFFSETS = 1 << 20  # a window of n numbers starts at its seed mod min(OFFSETS, n)
 KEY = "_biograd_error_source"  # where a converted model keeps its ErrorSource (its __dict__)
 
+#: Which tensor of the source module's output is ŷ: None (the output is ŷ), an index or key
+#: into a tuple, list or dict output, or a function of the output that returns one of its
+#: tensors.
+Pick = int | str | Callable[[Any], Tensor] | None
+
+#: T where the layers running now see T time steps in their input's leading dimensions, time
+#: first: folded into the batch (T·N, ...) or not (T, N, ...), spikingjelly's multi-step
+#: convention; 1 elsewhere. Set by a module that folds time, for the length of its forward
+#: (`folded_steps`); read when a dfa or drtp layer binds its feedback.
+STEPS: ContextVar[int] = ContextVar("biograd_folded_steps", default=1)
+
+
+@contextmanager
+def folded_steps(steps: int) -> Iterator[None]:
+    """Within this block, the layers' inputs hold `steps` time steps, time first ((T·N, ...)
+    or (T, N, ...)): a dfa or drtp layer sends each step's rows B s of its sample's s."""
+    token = STEPS.set(steps)
+    try:
+        yield
+    finally:
+        STEPS.reset(token)
+
+
+def per_sample(shape: torch.Size | tuple[int, ...], n: int,
+               steps: int = 1) -> tuple[int, ...] | None:
+    """(n, *one sample's shape) of an input or output of `shape` that holds n samples, batch
+    first, or time first with `steps` steps ((T·n, ...) or (T, n, ...)); None where it does
+    not."""
+    shape = tuple(shape)
+    if steps > 1 and shape and shape[0] == steps * n:
+        return (n, *shape[1:])
+    if steps > 1 and len(shape) > 1 and shape[:2] == (steps, n):
+        return (n, *shape[2:])
+    return shape if shape and shape[0] == n else None
+
+
+def every_step(delta: Tensor, shape: torch.Size) -> Tensor:
+    """δ (n, ...) of one step, repeated over the time steps of `shape` (see `per_sample`)."""
+    if delta.shape == shape:
+        return delta
+    steps = math.prod(shape) // max(delta.numel(), 1)
+    return delta.repeat(steps, *[1] * (delta.dim() - 1)).view(shape)  # contiguous: viewable
+
 
 class _Pass:
     """One forward pass in flight: the output error its backward captured, and the targets
     given for it (`biograd.targets`): as given until the output is seen, then (N, K)."""
 
-    __slots__ = ("error", "given", "targets")
+    __slots__ = ("error", "given", "taken", "targets")
 
     def __init__(self, given: Tensor | None = None) -> None:
         self.error: Tensor | None = None
         self.given = given
         self.targets: Tensor | None = None
+        self.taken = False  # an output that requires grad has been seen (its hook is set)
 
 
 class ErrorSource:
@@ -69,21 +121,28 @@ class ErrorSource:
     `_biograd_error_source`): a forward pre-hook on the model starts a pass, which its layers'
     forwards bind to, taking the targets given since the last pass (`pending`, set by
     `biograd.targets`); a forward hook on the source module (the model itself by default)
-    shapes them to (N, K) and registers a tensor hook on the output that stores
-    e = ∂L/∂ŷ, reshaped to (N, K), for that pass's backward. `points`: dfa_blocks' points,
-    removed with the source.
+    shapes them to (N, K) and registers a tensor hook on ŷ, the tensor of the output that
+    `output` picks, that stores e = ∂L/∂ŷ, summed over `time_dim` if given and reshaped to
+    (N, K), for that pass's backward. `points`: dfa_blocks' points, removed with the source.
     """
 
-    def __init__(self, model: nn.Module, source: str = "") -> None:
+    def __init__(self, model: nn.Module, source: str = "", output: Pick = None,
+                 time_dim: int | None = None) -> None:
         module = _module(model, source)  # a wrong name fails before any hook is set
+        _check_pick(output, time_dim)
         self.current: _Pass | None = None
         self.pending: Tensor | None = None
         self.wants_targets = False  # a layer on a rule that projects the targets (drtp)
         self.points: list[Any] = []
         self.tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        self.source = source
+        self.source, self.output, self.time_dim = source, output, time_dim
         self.handles = [model.register_forward_pre_hook(self.start),
                         module.register_forward_hook(self.capture)]
+
+    @property
+    def where(self) -> tuple[str, Pick, int | None]:
+        """(module name, output, time_dim): what `error_source` was given."""
+        return self.source, self.output, self.time_dim
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled and deep-copied without its table (derived, and 807 MB for ResNet-18 at
@@ -94,23 +153,78 @@ class ErrorSource:
         self.current, self.pending = _Pass(self.pending), None
 
     def capture(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(output, Tensor):
-            where = f"its module {self.source!r}" if self.source else "the model"
-            raise TypeError(
-                f"dfa, drtp and dfa_blocks take their signal at the output of {where}, which "
-                f"returned {type(output).__name__}, not one tensor: name the module whose "
-                f"output tensor is ŷ with biograd.error_source(model, 'head.classifier')")
+        y = self.pick(output)
+        shape = self.sample_shape(y)
         current = self.current
         if current is not None and current.given is not None:
-            current.targets, current.given = _as_targets(current.given, output), None
-        if output.requires_grad and current is not None:
-            like = output.detach()
+            current.targets, current.given = _as_targets(current.given, shape, y), None
+        if y.requires_grad and current is not None:
+            if current.taken:
+                raise RuntimeError(
+                    f"dfa, drtp and dfa_blocks take one output error per forward of the model, "
+                    f"but {self._named()} ran again within one forward (a loop over time "
+                    f"steps?): take ŷ where the steps meet, at the model's output, e.g. "
+                    f"biograd.error_source(model, output=1, time_dim=0) for a net returning "
+                    f"(spikes, membrane) records stacked over time, (T, N, K)")
+            current.taken = True
+            like, time_dim = y.detach(), self.time_dim
 
             def store(grad: Tensor | None) -> None:  # None: an undefined gradient, e = 0
                 grad = torch.zeros_like(like) if grad is None else grad.detach()
+                if time_dim is not None:
+                    grad = grad.sum(time_dim)
                 current.error = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
 
-            output.register_hook(store)
+            y.register_hook(store)
+
+    def _named(self) -> str:
+        return f"its module {self.source!r}" if self.source else "the model"
+
+    def pick(self, output: Any) -> Tensor:
+        """ŷ: the tensor of the source module's output that `output` names."""
+        chosen = self.output
+        if chosen is None:
+            y = output
+        elif callable(chosen):
+            y = chosen(output)
+        else:
+            try:
+                y = output[chosen]
+            except (TypeError, IndexError, KeyError):
+                raise TypeError(
+                    f"error_source: output={chosen!r} picks nothing from the output of "
+                    f"{self._named()}, a {type(output).__name__}: give the index or key of ŷ "
+                    f"in it, or a function of the output that returns ŷ") from None
+        if not isinstance(y, Tensor):
+            what = f"which returned {type(y).__name__}" if chosen is None else \
+                f"where output={chosen!r} picks {type(y).__name__}"
+            raise TypeError(
+                f"dfa, drtp and dfa_blocks take their signal at the output of {self._named()}, "
+                f"{what}, not one tensor: name the module whose "
+                f"output holds ŷ, and which tensor it is, with biograd.error_source(model, "
+                f"'head.classifier') or biograd.error_source(model, output=1) (a tuple such as "
+                f"snntorch's (spikes, membrane))")
+        if callable(chosen) and not any(t is y for t in _tensors(output)):
+            raise TypeError(
+                f"error_source: the function given as output returned a tensor that the "
+                f"output of {self._named()} does not hold (a new one, such as out[1].sum(0)), "
+                f"which the loss's backward never passes through: return a tensor of the "
+                f"output itself (lambda out: out[1]), and give time_dim for a record stacked "
+                f"over time")
+        return y
+
+    def sample_shape(self, y: Tensor) -> tuple[int, ...]:
+        """ŷ's shape without its time dimension: (N, ...), the shape of e."""
+        if self.time_dim is None:
+            return tuple(y.shape)
+        if not -y.dim() <= self.time_dim < y.dim() or y.dim() < 2:
+            raise ValueError(
+                f"error_source: time_dim={self.time_dim}, but ŷ at the output of "
+                f"{self._named()} has shape {tuple(y.shape)}: give the dimension that counts "
+                f"time steps (0 for a record stacked over time, (T, N, K)), beside the batch")
+        shape = list(y.shape)
+        del shape[self.time_dim]
+        return tuple(shape)
 
     def table(self, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The first n (or more) numbers of the fixed N(0, 1) table, on `device` in `dtype`."""
@@ -139,22 +253,50 @@ class ErrorSource:
         self.tables.clear()
 
 
-def _as_targets(y: Tensor, output: Tensor) -> Tensor:
+def _as_targets(y: Tensor, shape: tuple[int, ...], output: Tensor) -> Tensor:
     """The targets y as (N, K) in the output's dtype and on its device: class indices (N,)
     one-hot over K = the output's size per sample, float targets (N, K) (or of the output's
-    shape) as they are. A ValueError where they do not fit the output."""
-    n, k = output.shape[0], math.prod(output.shape[1:])
+    `shape`, without its time dimension) as they are. A ValueError where they do not fit."""
+    n, k = shape[0], math.prod(shape[1:])
     y = y.detach().to(output.device)
     if y.dim() == 1 and not y.is_floating_point() and y.shape[0] == n:
         # compared, not scattered: no device sync and no device-side assert; an index
         # outside [0, K) gives a zero row, which the loss's own check reports
         return (y[:, None] == torch.arange(k, device=y.device)).to(output.dtype)
-    if y.is_floating_point() and tuple(y.shape) in ((n, k), tuple(output.shape)):
+    if y.is_floating_point() and tuple(y.shape) in ((n, k), shape):
         return y.reshape(n, k).to(output.dtype)
     raise ValueError(
         f"biograd.targets: y has shape {tuple(y.shape)} ({y.dtype}), but the model's output "
-        f"has shape {tuple(output.shape)}: give class indices of shape ({n},) or float "
-        f"targets of shape ({n}, {k}), for the batch of that forward")
+        f"has shape {shape}: give class indices of shape ({n},) or float targets of shape "
+        f"({n}, {k}), for the batch of that forward")
+
+
+def _tensors(output: Any, depth: int = 4) -> Iterator[Tensor]:
+    """The tensors an output holds: itself, or in its tuples, lists, dicts and dataclasses."""
+    if isinstance(output, Tensor):
+        yield output
+    elif depth:
+        if isinstance(output, dict):
+            items = output.values()
+        elif isinstance(output, (tuple, list)):
+            items = output
+        elif is_dataclass(output) and not isinstance(output, type):
+            items = [getattr(output, f.name) for f in fields(output)]
+        else:
+            items = []
+        for item in items:
+            yield from _tensors(item, depth - 1)
+
+
+def _check_pick(output: object, time_dim: object) -> None:
+    """TypeError, saying what each takes, for error_source's output and time_dim."""
+    if output is not None and not callable(output) and (
+            isinstance(output, bool) or not isinstance(output, (int, str))):
+        raise TypeError(f"error_source: output is an index or key into the module's output, "
+                        f"or a function of the output that returns ŷ, not {output!r}")
+    if time_dim is not None and (isinstance(time_dim, bool) or not isinstance(time_dim, int)):
+        raise TypeError(f"error_source: time_dim is the dimension of ŷ that counts time steps "
+                        f"(an int), not {time_dim!r}")
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
@@ -171,23 +313,42 @@ def _rule_of(module: nn.Module) -> Rule | None:
     return rule if isinstance(rule, Rule) else None
 
 
-def error_source(model: nn.Module, name: str = "") -> ErrorSource:
+def error_source(model: nn.Module, name: str = "", output: Pick = None,
+                 time_dim: int | None = None) -> ErrorSource:
     """Take the output signal of `model`'s dfa, drtp and dfa_blocks layers at the output of
-    its module `name` ("" the model itself, the default); the module must return one tensor
-    ŷ, and e = ∂L/∂ŷ is flattened to (N, K) per sample. Returns the model's ErrorSource (made
-    if it has none).
+    its module `name` ("" the model itself, the default). Returns the model's ErrorSource
+    (made if it has none).
+
+    Args:
+        name: the module whose output holds ŷ; it runs once per forward of the model (a
+            module called at every step of a loop over time has no one ŷ: a RuntimeError at
+            its second call says to take ŷ at the model's output).
+        output: which tensor of that output is ŷ: None (the output is one tensor), an index
+            or key into a tuple, list or dict output (1: the membrane of snntorch's
+            Leaky(output=True), (spk, mem)), or a function of the output that returns one of
+            its tensors (lambda out: out.logits); not a new tensor computed from them, which
+            the loss's backward would never pass through (a TypeError says so).
+        time_dim: the dimension of ŷ that counts time steps, for a record stacked over time
+            (0 for snntorch's torch.stack(mem_rec), (T, N, K)): e = Σ_t ∂L/∂ŷ_t, the error
+            of a shift of ŷ at every step (for a loss on the mean over time, a rate, exactly
+            its error; on the sum, T times it). None: ŷ's first dimension is the batch.
+
+    e = ∂L/∂ŷ is flattened to (N, K) per sample, one per forward of the model, and every
+    call of a layer in that forward, at every time step, sends B e.
 
         biograd.convert(model, "dfa")
         biograd.error_source(model, "head.classification_head")
+        biograd.error_source(snn_model, output=1, time_dim=0)   # (spk_rec, mem_rec)
     """
     found = model.__dict__.get(KEY)
-    if found is None or found.source != name:
-        _module(model, name)  # a wrong name leaves the model as it was
+    if found is None or found.where != (name, output, time_dim):
+        _module(model, name)  # a wrong name or choice leaves the model as it was
+        _check_pick(output, time_dim)
         points = []
         if found is not None:  # dfa_blocks' points move to the new source
             points, found.points = found.points, []
             found.remove()
-        found = ErrorSource(model, name)
+        found = ErrorSource(model, name, output, time_dim)
         for point in points:
             point.source = found
         found.points = points
@@ -217,7 +378,7 @@ def wire(model: nn.Module, seed: int) -> None:
     rules = {r for m in model.modules() if (r := _rule_of(m)) is not None}
     if any(rule.reads_output for rule in rules):
         found = model.__dict__.get(KEY)
-        source = error_source(model, found.source if found is not None else "")
+        source = error_source(model, *(found.where if found is not None else ("",)))
         source.clear_points()
         for rule in sorted(rules, key=str):
             rule.prepare(model, source, seed)
@@ -257,21 +418,24 @@ def project(source: ErrorSource, seed: int, s: Tensor, shape: torch.Size) -> Ten
 
 
 def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
-             run: _Pass | None, shape: torch.Size) -> Tensor:
-    """δx = B s for the input x of `shape` (N, ...): s, the rule's signal of the pass `run`."""
+             run: _Pass | None, shape: torch.Size, steps: int = 1) -> Tensor:
+    """δx = B s for the input x of `shape` (N, ...): s, the rule's signal of the pass `run`;
+    with `steps` time steps in x ((T·N, ...) or (T, N, ...)), B s of each sample at each."""
     source = _source_of(layer, rule) if source is None else source
     if run is None:
         raise RuntimeError(f"{type(layer).__name__} on {rule.name} ran outside a forward of the "
                            f"model it was converted in: call the model, not the layer alone")
     s = rule.signal(layer, run)
-    if s.shape[0] != shape[0]:
+    one = per_sample(shape, s.shape[0], steps)
+    if one is None:
         raise RuntimeError(
             f"{type(layer).__name__} on {rule.name}: its input has shape {tuple(shape)}, but "
             f"the model's output has {s.shape[0]} samples: {rule.name} needs the batch first "
-            f"in every layer's input (batch_first=True for attention)")
-    if s.numel() and math.prod(shape[1:]):
-        layer.__dict__["feedback_shape"] = (s.shape[1], *shape[1:])
-    return project(source, layer.feedback_seed, s, shape)
+            f"in every layer's input (batch_first=True for attention; time first, (T, N, ...), "
+            f"only in spikingjelly's multi-step layers and containers)")
+    if s.numel() and math.prod(one[1:]):
+        layer.__dict__["feedback_shape"] = (s.shape[1], *one[1:])
+    return every_step(project(source, layer.feedback_seed, s, torch.Size(one)), shape)
 
 
 @dataclass(frozen=True)
@@ -293,8 +457,9 @@ class Projection(Rule):
     def bind(self, layer) -> Feedback:
         source = layer.__dict__.get("error_source")
         run = None if source is None else source.current
+        steps = STEPS.get()
         return Feedback(make=None,
-                        direct=lambda shape: _project(layer, self, source, run, shape))
+                        direct=lambda shape: _project(layer, self, source, run, shape, steps))
 
     def feedback_weight(self, layer) -> Tensor:
         """B (K, *the layer's input per sample) as the latest backward used it."""

@@ -41,7 +41,16 @@ from torch import Tensor, nn
 
 from biograd._seed import mix
 from biograd.rules.base import Feedback, Rule, option, register
-from biograd.rules.dfa import ErrorSource, _Pass, _rule_of, project, window
+from biograd.rules.dfa import (
+    STEPS,
+    ErrorSource,
+    _Pass,
+    _rule_of,
+    every_step,
+    per_sample,
+    project,
+    window,
+)
 
 #: The classes blocks="auto" finds (by qualified name: timm need not be installed).
 AUTO = (
@@ -133,24 +142,29 @@ class Point:
                             f"output is one tensor (the option blocks)")
         run = self.source.current
         if run is not None and output.requires_grad:
-            output.register_hook(lambda grad: self.project(run, grad))
+            steps = _steps(module, output)
+            output.register_hook(lambda grad: self.project(run, grad, steps))
 
-    def project(self, run: _Pass, grad: Tensor) -> Tensor:
-        """B e in place of `grad`, the gradient from above at the block's output."""
+    def project(self, run: _Pass, grad: Tensor, steps: int = 1) -> Tensor:
+        """B e in place of `grad`, the gradient from above at the block's output (B e of each
+        sample at each of `steps` time steps, time first)."""
         e = run.error
         if e is None:
             raise RuntimeError(
                 f"dfa_blocks: the backward reached block {self.name!r} before the output error "
                 f"was taken: a block must lie below the model's output (not be its last "
                 f"module), and the loss be computed from that output, not modified in place")
-        if e.shape[0] != grad.shape[0]:
+        one = per_sample(grad.shape, e.shape[0], steps)
+        if one is None:
             raise RuntimeError(
                 f"dfa_blocks: block {self.name!r} returned shape {tuple(grad.shape)}, but the "
                 f"model's output has {e.shape[0]} samples: dfa_blocks needs the batch first "
-                f"in every block's output")
-        if e.numel() and grad[0].numel():
-            self.feedback_shape, self.like = (e.shape[1], *grad.shape[1:]), (e.device, e.dtype)
-        return project(self.source, self.seed, e, grad.shape).to(grad.dtype)
+                f"in every block's output (time first, (T, N, ...), only in spikingjelly's "
+                f"multi-step mode)")
+        if e.numel() and math.prod(one[1:]):
+            self.feedback_shape, self.like = (e.shape[1], *one[1:]), (e.device, e.dtype)
+        delta = project(self.source, self.seed, e, torch.Size(one))
+        return every_step(delta, grad.shape).to(grad.dtype)
 
     def feedback_weight(self) -> Tensor:
         """B (K, *the block's output per sample) as the latest backward used it."""
@@ -164,6 +178,22 @@ class Point:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+def _steps(block: nn.Module, output: Tensor) -> int:
+    """T where `block`'s output holds T time steps first: a block in spikingjelly's
+    multi-step mode ((T, N, ...): a module inside it has step_mode 'm', or takes only that,
+    as its SeqToANNContainer), or one inside a module that folds time into the batch
+    (`folded_steps`); else 1."""
+    if output.dim() > 1 and any(_multi_step(m) for m in block.modules()):
+        return output.shape[0]
+    return STEPS.get()
+
+
+def _multi_step(module: nn.Module) -> bool:
+    supported = getattr(module, "supported_step_mode", None)
+    return getattr(module, "step_mode", None) == "m" or (
+        callable(supported) and tuple(supported()) == ("m",))
 
 
 def points(model: nn.Module) -> dict[str, Point]:
