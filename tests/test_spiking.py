@@ -129,6 +129,17 @@ class SjContainers(nn.Module):
         return self.lif2(self.fc(self.lif1(self.conv(x.unsqueeze(0).repeat(T, 1, 1, 1, 1)))))
 
 
+class SnnLinearLeaky(nn.Module):
+    """snntorch's LinearLeaky: its Linear runs on all T steps at once, folded into the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.lif = snn.LinearLeaky(beta=0.9, in_features=36, out_features=K, threshold=0.2)
+
+    def forward(self, x):  # x (N, 1, 6, 6)
+        return self.lif(x.flatten(1).unsqueeze(0).repeat(T, 1, 1))  # (spk, mem), (T, N, K)
+
+
 def rate_loss(out, y):
     return F.cross_entropy(out, y)
 
@@ -158,6 +169,8 @@ NETS = [
     ("snntorch_recurrent", snn_recurrent, call, every_step_loss, {"output": 1, "time_dim": 0},
      "conv,fc1"),
     ("snntorch_cnn_per_step", snn_cnn, snn_steps, every_step_loss, {"output": 1}, "0,3"),
+    ("snntorch_linear_leaky", SnnLinearLeaky, call, every_step_loss,
+     {"output": 1, "time_dim": 0}, "lif.linear"),
     ("spikingjelly_s", lambda: SjCNN("s"), reset_and_call, rate_loss, {}, "features.0"),
     ("spikingjelly_m", lambda: SjCNN("m"), reset_and_call, rate_loss, {}, "features.0"),
     ("spikingjelly_containers", SjContainers, reset_and_call, spike_count_loss,
@@ -508,3 +521,22 @@ def test_spikingjelly_drop_ins_take_the_librarys_constructor():
     assert conv(torch.randn(T, N, 2, 5, 5)).shape == (T, N, 4, 5, 5)
     plain = biograd.unconvert(conv)
     assert type(plain) is layer.Conv2d and plain.step_mode == "m"
+
+
+def test_linear_leaky_folds_time_and_its_layer_sends_b_e_to_every_step():
+    reference = build(SnnLinearLeaky)
+    net = on_rule(copy.deepcopy(reference), "dfa", {"output": 1, "time_dim": 0})
+    assert type(net.lif) is not snn.LinearLeaky and isinstance(net.lif, snn.LinearLeaky)
+    seen = inputs_at_every_call(net.lif.linear)
+    x, y = batch()
+    spk, mem = net(x.requires_grad_())  # so that the Linear's input has a gradient
+    mem.retain_grad()
+    every_step_loss((spk, mem), y).backward()
+    (folded,) = seen
+    assert folded.shape == (T * N, 36)
+    expected = (mem.grad.sum(0) @ net.lif.linear.feedback_weight()).repeat(T, 1)
+    torch.testing.assert_close(folded.grad, expected, rtol=1e-6, atol=1e-7)
+    biograd.unconvert(net)
+    assert type(net.lif) is snn.LinearLeaky and type(net.lif.linear) is nn.Linear
+    for got, expected in zip(net(x), reference(x), strict=True):
+        assert torch.equal(got, expected)
