@@ -40,6 +40,9 @@ OPAQUE = {
     "timm.models.eva.EvaAttention": "can read qkv's weight directly (F.linear with q/v biases)",
     "timm.models.swin_transformer_v2.WindowAttention": "can read qkv's weight directly (F.linear "
     "with q/v biases)",
+    # not a weight read, but as final: torch.func, which biograd's layers do not support
+    "spikingjelly.activation_based.layer.container.TLastSeqToANNContainer": "maps its modules "
+    "over time with torch.vmap, which biograd's layers do not support (use SeqToANNContainer)",
 }
 
 #: Modules whose forward reads their children's weights directly, and the subclass (same state,

@@ -447,6 +447,21 @@ def test_the_report_leaves_no_layer_behind(case):
     assert "custom forward" not in str(report)
 
 
+def test_what_stays_on_backprop_is_reported_with_why():
+    """Weight-standardised layers compute W in their own forward; TLastSeqToANNContainer maps
+    its layers over time with torch.vmap (torch.func), which biograd's layers do not support."""
+    net = nn.Sequential(layer.WSConv2d(1, 2, 3),
+                        layer.TLastSeqToANNContainer(nn.Conv2d(2, 2, 1)), layer.Linear(2, 3))
+    biograd.convert(net, "fa")
+    assert [n for n, _ in biograd.feedback_layers(net)] == ["2"]
+    why = {name: reason for name, _, _, reason in biograd.report(net).transport}
+    assert why["0"] == "custom forward, not converted"
+    assert "torch.vmap" in why["1.0"]
+    h = net[1](net[0](torch.randn(N, 1, 5, 5)).unsqueeze(-1).repeat(1, 1, 1, 1, T))
+    net[2](h.mean((2, 3, 4))).sum().backward()  # the container's layers run on backprop
+    assert net[1][0].weight.grad is not None
+
+
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")  # step 0's
 def test_the_recurrent_layers_send_errors_back_in_time_through_b():
     """RLeaky's and RSynaptic's recurrent layer: at every step of BPTT, the error it sends to

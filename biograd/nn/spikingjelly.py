@@ -17,8 +17,8 @@ StepModeContainer in 'm' when stateless), which `convert` rewires to the subclas
 
 Not converted, and why: WSConv2d and WSLinear (weight standardisation) compute their weight
 in their own forward, which no drop-in runs (the report says "custom forward, not
-converted"); TLastSeqToANNContainer maps its modules over time with torch.vmap, which biograd's
-autograd functions do not support (biograd.nn.layers.FeedbackLayer._explain).
+converted"); the layers inside TLastSeqToANNContainer, which maps them over time with
+torch.vmap, which biograd's autograd functions do not support (`convert`'s OPAQUE).
 """
 
 from __future__ import annotations
