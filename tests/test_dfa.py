@@ -143,6 +143,41 @@ def test_a_model_with_several_outputs_names_its_error_source():
         biograd.error_source(model, "heads")
 
 
+class Recorded(nn.Module):
+    """An MLP run at T steps in one forward, returning (its hidden record, its output record),
+    (T, N, ·) each, or those as attributes of an object no walker knows."""
+
+    def __init__(self, as_object=False):
+        super().__init__()
+        self.body, self.as_object = mlp(), as_object
+
+    def forward(self, x):  # x (T, N, 6)
+        hidden = torch.stack([self.body[:4](x_t) for x_t in x])
+        out = torch.stack([self.body[4](h) for h in hidden])
+        if self.as_object:
+            return type("Out", (), {"hidden": hidden, "out": out})()
+        return hidden, out
+
+
+@pytest.mark.parametrize("output", [1, "function of an object"])
+def test_a_record_over_time_gives_the_summed_error_to_every_step(output):
+    """ŷ picked from the output (an index, or a function of an object), stacked over time:
+    e = Σ_t ∂L/∂ŷ_t, and each step's call of the last layer sends B e."""
+    model = biograd.convert(Recorded(as_object=output != 1), "dfa", seed=2)
+    biograd.error_source(model, output=output if output == 1 else lambda o: o.out, time_dim=0)
+    sent = []
+    model.body[4].register_full_backward_hook(lambda _, into, __: sent.append(into[0]))
+    result = model(torch.randn(3, 5, 6))
+    out = result[1] if output == 1 else result.out
+    out.retain_grad()
+    y = torch.randint(0, 4, (5,))
+    sum(F.cross_entropy(o, y) for o in out).backward()
+    assert len(sent) == 3
+    for got in sent:
+        torch.testing.assert_close(got, out.grad.sum(0) @ model.body[4].feedback_weight(),
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_misuse_says_what_to_do():
     model = biograd.convert(mlp(), "dfa")
     with pytest.raises(RuntimeError, match="run a forward and backward first"):

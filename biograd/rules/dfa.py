@@ -204,7 +204,8 @@ class ErrorSource:
                 f"output holds ŷ, and which tensor it is, with biograd.error_source(model, "
                 f"'head.classifier') or biograd.error_source(model, output=1) (a tuple such as "
                 f"snntorch's (spikes, membrane))")
-        if callable(chosen) and not any(t is y for t in _tensors(output)):
+        held = list(_tensors(output))  # none found: an output of a kind not walked, trusted
+        if callable(chosen) and held and not any(t is y for t in held):
             raise TypeError(
                 f"error_source: the function given as output returned a tensor that the "
                 f"output of {self._named()} does not hold (a new one, such as out[1].sum(0)), "
