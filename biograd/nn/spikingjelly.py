@@ -41,14 +41,15 @@ def _steps(x: Any) -> int:
 
 class _TimeSteps:
     """What each layer here adds to the two it combines: a constructor that takes `rule` and
-    `seed` beside spikingjelly's arguments, and in multi-step mode, its T told to the rule."""
+    `seed` beside spikingjelly's arguments, and in multi-step mode, its T told to a rule that
+    projects a signal to the input (dfa, drtp: B s at every step)."""
 
     def __init__(self, *args, rule: str | Rule = "bp", seed: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)  # spikingjelly's, then torch's (on bp)
         self.set_rule(rule, seed)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if self.step_mode != "m":
+        if self.step_mode != "m" or not self.learning_rule.direct:
             return super().forward(x, *args, **kwargs)
         with folded_steps(_steps(x)):
             return super().forward(x, *args, **kwargs)

@@ -204,8 +204,8 @@ class ErrorSource:
                 f"output holds ŷ, and which tensor it is, with biograd.error_source(model, "
                 f"'head.classifier') or biograd.error_source(model, output=1) (a tuple such as "
                 f"snntorch's (spikes, membrane))")
-        held = list(_tensors(output))  # none found: an output of a kind not walked, trusted
-        if callable(chosen) and held and not any(t is y for t in held):
+        held = list(_tensors(output)) if callable(chosen) else [y]  # []: a kind not walked
+        if held and not any(t is y for t in held):
             raise TypeError(
                 f"error_source: the function given as output returned a tensor that the "
                 f"output of {self._named()} does not hold (a new one, such as out[1].sum(0)), "
