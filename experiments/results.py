@@ -273,9 +273,11 @@ class Provenance:
         if len(where) == 1:
             source = next(iter(where))
             return f"Trained {'' if source.startswith('outside') else 'in '}{source}."
-        return ("Trained in " + "; ".join(f"{src}: {', '.join(rs)}" for src, rs in where.items())
-                + ". Minutes per run from different sessions are not comparable: the machine's "
-                "load differed between them.")
+        parts = [f"{src}: {', '.join(rs)}" for src, rs in where.items()]
+        if not parts[0].startswith("outside"):
+            parts[0] = f"in {parts[0]}"
+        return ("Trained " + "; ".join(parts) + ". Minutes per run from different sessions are "
+                "not comparable: the machine's load differed between them.")
 
     def epoch_seconds(self, folder: str, rule: str) -> tuple[float, int] | None:
         """(median epoch_seconds, the one session) of a folder's runs of `rule`, where one
