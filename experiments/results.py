@@ -19,6 +19,7 @@ import shlex
 import statistics
 import sys
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +49,13 @@ ALIGNED = 10.0  # degrees: "KP and WM final angles under 10 degrees" (the issue'
 SS_RANGE = (30.0, 55.0)  # degrees: the seed's SS angles on ImageNet
 SS_MOVED = 3.0  # degrees: an SS layer whose angle moved less has kept its initial shape
 GAUSSIAN = math.degrees(math.acos(math.sqrt(2 / math.pi)))  # SS's angle for Gaussian weights
+NOISE_FLOOR = 0.3  # points of error: a difference smaller than this, or than the std's added,
+#                    is "no difference"
+# Kunin et al. 2020's alignment family, in the order of their fixed points (../shared/
+# REFERENCE.md): sa's B -> W, aa's B -> W on the span of the layer's inputs, ia's B ->
+# (amp/2) (null W Sigma W^T + decay I)^-1 W Sigma, not W.
+FAMILY = ("sa", "aa", "ia")
+LEARNED = ("kp", "wm", *FAMILY)  # the rules whose B is learned: the per-layer angle table
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -105,6 +113,17 @@ def initial_layers(runs: list, names: list[str]) -> dict[str, float]:
     first = [run.steps[0]["weight_angles"] for run in runs
              if run.steps and run.steps[0].get("step") == 0]
     return {n: statistics.fmean(f[n] for f in first) for n in names if first and n in first[0]}
+
+
+def done(runs: list) -> list:
+    return [r for r in runs if r.status == "finished"]
+
+
+def differs(a: list[float], b: list[float]) -> tuple[float, float, bool]:
+    """(mean a − mean b, the std's added, whether the difference clears the noise)."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    d, noise = ma - mb, sa + sb
+    return d, noise, abs(d) > max(noise, NOISE_FLOOR)
 
 
 def gap(groups: dict[str, list], rule: str) -> tuple[float, float]:
@@ -252,10 +271,13 @@ class Provenance:
         for rule in rules:
             where.setdefault(self.source(folder, rule), []).append(rule)
         if len(where) == 1:
-            return f"Trained in {next(iter(where))}."
-        return ("Trained in " + "; ".join(f"{src}: {', '.join(rs)}" for src, rs in where.items())
-                + ". Minutes per run from different sessions are not comparable: the machine's "
-                "load differed between them.")
+            source = next(iter(where))
+            return f"Trained {'' if source.startswith('outside') else 'in '}{source}."
+        parts = [f"{src}: {', '.join(rs)}" for src, rs in where.items()]
+        if not parts[0].startswith("outside"):
+            parts[0] = f"in {parts[0]}"
+        return ("Trained " + "; ".join(parts) + ". Minutes per run from different sessions are "
+                "not comparable: the machine's load differed between them.")
 
     def epoch_seconds(self, folder: str, rule: str) -> tuple[float, int] | None:
         """(median epoch_seconds, the one session) of a folder's runs of `rule`, where one
@@ -496,6 +518,125 @@ def verdicts(found: dict[str, dict[str, list]]) -> list[str]:
     return lines
 
 
+# --- Kunin et al.'s alignment family ---------------------------------------------------------
+
+FAMILY_CRITERION = (
+    f"as read from the rules' fixed points, not from Kunin et al.'s numbers, which "
+    f"../shared/REFERENCE.md could not read: each of sa, aa and ia below FA's error by more "
+    f"than the std's added and {NOISE_FLOOR} points; final mean angles in their fixed points' "
+    f"order, sa (B → W) < aa (B → W on the span of the layer's inputs, off it B keeps its "
+    f"start) < ia (B → (amp/2)(null·WΣWᵀ + decay·I)⁻¹WΣ, not W); sa's under {ALIGNED:.0f}°, "
+    f"as claim 4 asks of KP and WM")
+
+
+def final_angle(runs: list) -> tuple[float, float]:
+    """(mean, std) over the runs of the final mean angle between W and B."""
+    return mean_std([r.final("mean_weight_angle") for r in runs])
+
+
+def family_ordering(groups: dict[str, list]) -> tuple[bool, str] | None:
+    """(whether one data set's runs keep the family's ordering, FAMILY_CRITERION; the numbers
+    read: each rule's error gap to bp and final mean angle, and what broke the ordering).
+    None while bp, fa or a rule of the family has neither a finished nor a diverged run."""
+    finished = {r: done(groups.get(r, [])) for r in ("bp", "fa", *FAMILY)}
+    broke = {r: sum(x.status == "diverged" for x in groups.get(r, [])) for r in FAMILY}
+    if not finished["bp"] or not finished["fa"] or \
+            any(not finished[r] and not broke[r] for r in FAMILY):
+        return None
+    parts, why = [], []
+    for rule in FAMILY:
+        if broke[rule]:
+            parts.append(f"{rule} diverged in {broke[rule]} of {len(groups[rule])} seeds")
+            why.append(f"{rule} diverged")
+            continue
+        g, noise = gap(finished, rule)
+        m, s = final_angle(finished[rule])
+        parts.append(f"{rule} − BP {g:+.2f} points (±{noise:.2f}), final mean angle "
+                     f"{m:.1f}° ± {s:.1f}")
+        d, _, clear = differs([error(r) for r in finished["fa"]],
+                              [error(r) for r in finished[rule]])
+        if not (clear and d > 0):
+            why.append(f"{rule} not below FA beyond the noise (FA − {rule} {d:+.2f})")
+    angles = [final_angle(finished[r])[0] for r in FAMILY if not broke[r]]
+    if len(angles) == len(FAMILY) and not all(a < b for a, b in pairwise(angles)):
+        why.append("the angles not in the order sa < aa < ia")
+    if not broke["sa"] and not angles[0] < ALIGNED:
+        why.append(f"sa's angle not under {ALIGNED:.0f}°")
+    close = [r for r in FAMILY if not broke[r] and gap(finished, r)[0] <= SS_TARGET]
+    g_fa, _ = gap(finished, "fa")
+    text = ("; ".join(parts) + f"; FA − BP {g_fa:+.2f}. Within claim 1's {SS_TARGET} points of "
+            f"BP: {', '.join(close) or 'none of them'}"
+            + (f". Not kept: {'; '.join(why)}" if why else ""))
+    return not why, text
+
+
+def family_settings(found: dict[str, dict[str, list]]) -> str:
+    """The rule options each of sa, aa, ia ran with on the main comparison, from a run's
+    config ("Kunin et al.'s own coefficients" where it set none)."""
+    for groups in found.values():
+        runs = [r for rule in FAMILY for r in groups.get(rule, [])[:1]]
+        if runs:
+            options = runs[0].config.get("rule_options") or {}
+            return ", ".join(f"{rule} {options[rule]}" if options.get(rule) else
+                             f"{rule} at Kunin et al.'s own coefficients" for rule in FAMILY)
+    return ""
+
+
+def layer_table(groups: dict[str, list]) -> list[str]:
+    """angle(W, B) per layer at the end of training, mean over the finished seeds, of each
+    rule whose B is learned (LEARNED) that has finished runs; the last row, each rule's final
+    mean angle. The classifier is left out where it was on another rule."""
+    columns = {r: rule_layers(done(groups[r])) for r in LEARNED if done(groups.get(r, []))}
+    columns = {r: layers for r, layers in columns.items() if layers}
+    if not columns:
+        return []
+    names = list(dict.fromkeys(n for layers in columns.values() for n in layers))
+    lines = ["| layer | " + " | ".join(columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(f"{layers[name]:.1f}" if name in layers else "—"
+                                          for layers in columns.values()) + " |"
+              for name in names]
+    lines.append("| final mean angle | " + " | ".join(
+        pm([r.final("mean_weight_angle") for r in done(groups[rule])], 1)
+        for rule in columns) + " |")
+    return lines
+
+
+def family_section(found: dict[str, dict[str, list]]) -> list[str]:
+    """RESULTS.md's section on sa, aa and ia in the main comparison: the ordering's verdict
+    over both data sets, each rule's gap to bp and final angle, the per-layer angles."""
+    lines = ["## The alignment family (Kunin et al. 2020): sa, aa, ia", ""]
+    settings = family_settings(found)
+    if not settings:
+        return [*lines, "Not run yet: `python experiments/reproduce.py` trains sa, aa and ia "
+                "in the main comparison.", ""]
+    lines += [f"B is a Parameter learned by a local regulariser alone, with one setting per "
+              f"rule for both models (recipe.yaml says why sa's and ia's are scaled): "
+              f"{settings}. KP and WM, whose B is learned too, for reference.", ""]
+    parts, held, waiting = [], [], []
+    for data in ("fashion-mnist", "mnist"):
+        read = family_ordering(found.get(data, {}))
+        if read is None:
+            waiting.append(TITLES[data])
+            parts.append(f"- {TITLES[data]}: not finished yet (bp, fa, sa, aa and ia needed).")
+            continue
+        held.append(read[0])
+        parts.append(f"- {TITLES[data]}: **{'kept' if read[0] else 'not kept'}**. {read[1]}.")
+    verdict = ("cannot be told (runs missing)" if not held else
+               "holds" if all(held) else "does not hold" if not any(held) else
+               "holds on one data set only")
+    if held and waiting:
+        verdict += f" so far ({', '.join(waiting)} not finished yet)"
+    lines += [f"- **Does the alignment family keep the paper-style ordering?** "
+              f"({FAMILY_CRITERION}): **{verdict}**.", *parts, ""]
+    for data in ("fashion-mnist", "mnist"):
+        table = layer_table(found.get(data, {}))
+        if table:
+            lines += [f"angle(W, B) per layer on {TITLES[data]}, degrees, at the end of "
+                      f"training (mean over the finished seeds):", "", *table, ""]
+    return lines
+
+
 def _short(command: str) -> str:
     """A recorded command with the repository's absolute path left out."""
     return command.replace(f"{ROOT}/", "")
@@ -560,6 +701,7 @@ def write_results(out: Path, path: Path) -> Path:
             draw(groups, file)
             lines.append(f"![{TITLES[data]}: {name.replace('-', ' ')}](figures/{file.name})")
         lines.append("")
+    lines += family_section(found)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from studies import sections
 

@@ -84,6 +84,12 @@ LAYERS = [
      (2, 3, 4, 4), _conv_transpose, 2),
     ("local", lambda: LocallyConnected2d(2, 3, 3, input_size=5, padding=1), (2, 2, 5, 5),
      _local, 2),
+    ("conv1d", lambda: nn.Conv1d(3, 4, 3, padding=1, stride=2), (2, 3, 9),
+     lambda m: lambda u, w: F.conv1d(u, w, None, m.stride, m.padding), 2),
+    ("conv3d", lambda: nn.Conv3d(2, 3, 2, bias=False), (2, 2, 3, 4, 4),
+     lambda m: lambda u, w: F.conv3d(u, w), 2),
+    ("convtranspose3d", lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), (1, 2, 2, 2, 2),
+     lambda m: lambda u, w: F.conv_transpose3d(u, w, None, m.stride), 1),
 ]
 
 

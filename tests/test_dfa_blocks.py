@@ -321,3 +321,25 @@ def test_a_bad_blocks_option_is_one_line_from_the_command(capsys):
                  "{dfa_blocks: {blocks: 'layer1, layer2'}}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "blocks='layer1, layer2': use 'auto' or comma-separated" in err[0]
+
+
+def test_on_a_pre_norm_vit_the_residual_stream_grows_without_bound():
+    # docs/rules.md (dfa_blocks, Limits): the final LayerNorm hides the stream's size from the
+    # loss, so the projected error never shrinks as the stream grows; backprop's stays put
+    torch.manual_seed(0)
+    base = build_model("vit_small", num_classes=4, in_channels=1, image_size=8, patch=4,
+                       depth=2, width=16, heads=2)
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 4
+    grown = {}
+    for rule in ("bp", "dfa_blocks"):
+        model = biograd.convert(copy.deepcopy(base), rule, last="bp", seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        norms = []
+        model.encoder.layers[-1].register_forward_hook(
+            lambda m, a, out: norms.append(out.detach().norm(dim=-1).mean().item()))
+        for _ in range(30):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        grown[rule] = norms[-1] / norms[0]
+    assert grown["bp"] < 1.5 and grown["dfa_blocks"] > 100

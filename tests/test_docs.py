@@ -88,3 +88,28 @@ def test_the_experiments_wall_time_quoted_is_results_own():
     minutes, sessions = re.search(r"Wall time: (\d+) minutes in (\d+) session", results).groups()
     assert (f"({minutes} minutes of wall time on 2 cores, studies included, in the {sessions}\n"
             f"sessions") in README.read_text()
+
+
+def test_the_readmes_round_three_results_are_results_own():
+    # README: the alignment family, DRTP and the ViT numbers it quotes are RESULTS.md's
+    readme = " ".join(README.read_text().split())
+    results = (ROOT / "experiments" / "RESULTS.md").read_text()
+    fashion = results.split("## Fashion-MNIST")[1].split("## MNIST")[0]
+    vit = results.split("### Attention: a small ViT")[1].split("###")[0]
+    for rule in ("sa", "aa", "ia"):
+        error = re.search(rf"^\| {rule} \| ([\d.]+ ± [\d.]+)", fashion, flags=re.M).group(1)
+        angle = re.search(rf"^\| {rule} \|.*\| ([\d.]+) ± [\d.]+ \| [\d.]+ \|$", fashion,
+                          flags=re.M).group(1)
+        on_vit = re.search(rf"^\| {rule} \| ([\d.]+) ±", vit, flags=re.M).group(1)
+        assert f"{rule} {error}" in readme and f"{angle}°" in readme, rule
+        assert f"{rule} {on_vit}" in readme, rule
+    drtp, dfa = (re.search(rf"^\| {r} \| ([\d.]+) ±", fashion, flags=re.M).group(1)
+                 for r in ("drtp", "dfa"))
+    assert f"{drtp} against {dfa}% on Fashion-MNIST" in readme
+    kunin = results.split("### The alignment family at Kunin et al.'s own coefficients")[1]
+    steps = [int(s) for s in re.findall(r"seed \d: the loss became non-finite at epoch 1, "
+                                        r"step (\d+)", kunin.split("Did sa")[0])]
+    assert len(steps) == 3 and max(steps) <= 25 and "within 25 steps" in readme
+    placement = results.split("### DFA's placement")[1].split("###")[0]
+    assert "dfa_blocks trained at none of the learning rates" in placement
+    assert "diverged at every lr tried" in readme

@@ -63,7 +63,11 @@ def make_runs(out: Path, errors: dict, angles: dict, start: dict | None = None) 
 
 GRADIENT_ANGLES = {"ss": [40.0, 30.0, 20.0, 0.0]}  # the last under the classifier, on bp
 ANGLES = {"bp": [0.0] * 4, "ss": [50.0, 45.0, 38.0, 33.0], "fa": [88.0] * 4,
-          "kp": [2.0, 3.0, 4.0, 5.0], "wm": [4.0, 5.0, 6.0, 7.0]}
+          "kp": [2.0, 3.0, 4.0, 5.0], "wm": [4.0, 5.0, 6.0, 7.0],
+          # the alignment family in its fixed points' order: sa < aa < ia
+          "sa": [2.0, 3.0, 2.0, 3.0], "aa": [10.0, 20.0, 15.0, 15.0],
+          "ia": [60.0, 70.0, 65.0, 65.0],
+          "dfa": [88.0] * 4, "drtp": [88.0] * 4, "dfa_blocks": [0.0] * 4}
 
 
 def verdicts(text: str) -> list[str]:
@@ -154,6 +158,10 @@ def test_the_studies_answer_each_question_from_their_runs(results, tmp_path):
         "Does SS's advantage over FA survive without weight sharing?": "it survives",
         "Does SS still beat FA under Dale's law?": "yes",
         "Is the paper's ordering the same for attention?": "yes",
+        # the sections of this round's rules, none of which ran here
+        "Does the placement fix DFA on attention, as TinyDFA reports?": "cannot be told yet",
+        **{f"Is {rule}'s setting robust from the ResNet to the ViT?": "cannot be told yet"
+           for rule in ("sa", "aa", "ia")},
     }
     assert "FA − SS = +8.00 points unshared" in page and "+4.00 with weight sharing" in page
     assert "sign_fixed +2.00" in page  # what Dale's law costs it
@@ -164,8 +172,12 @@ def test_the_studies_answer_each_question_from_their_runs(results, tmp_path):
     for seed in range(3):
         assert (f"  - seed {seed}: the loss became non-finite at epoch 1, step {200 + seed}"
                 in page)
-    assert "dfa at lr 0.1: 15.10 ± 0.10% over 3 seeds (dfa − BP +3.10 points" in page
-    assert "dfa − FA -4.90" in page and "Not finished yet" not in page
+    # dfa at the lower lr: in the placement section's table, and its best over the lrs
+    assert "| 0.1 | vit | 12.00 ± 0.10 | diverged (3 of 3 seeds) | — |" in page
+    assert "Best dfa: 15.10 ± 0.10% at lr 0.1 (dfa − BP +3.10 points" in page
+    vit = page.split("### Attention")[1].split("###")[0]
+    assert "Not finished yet" in vit and "dfa_blocks (0 of 3 seeds)" in vit
+    assert "## The alignment family (Kunin et al. 2020): sa, aa, ia\n\nNot run yet" in page
 
 
 def test_unfinished_studies_say_what_is_missing(results, tmp_path):
@@ -481,3 +493,227 @@ def test_a_data_folder_without_runs_is_reported_not_a_crash(results, tmp_path):
     page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
     assert "## Fashion-MNIST\n\nNo runs in fashion-mnist/ yet" in page
     assert "## MNIST" in page
+
+
+# --- this round's rules: the alignment family, DRTP, DFA between blocks -------------------------
+
+def write_seeds(folder: Path, rule: str, error: float, angles: list[float] | None = None,
+                diverged: int = 0, seeds: int = 3, **config_changes):
+    """`seeds` runs of `rule` in `folder` (errors error - 0.1, error, error + 0.1: mean
+    `error`, std 0.1), the first `diverged` of them diverged."""
+    for seed, wobble in list(enumerate((-0.1, 0.0, 0.1)))[:seeds]:
+        run = folder / f"{rule}-seed{seed}"
+        write_run(run, rule, seed, error + wobble, angles or ANGLES[rule], **config_changes)
+        if seed < diverged:
+            (run / "status.json").write_text(json.dumps(
+                {"status": "diverged", "message": f"non-finite at step {20 + seed}"}))
+
+
+FAMILY_ERRORS = {"fashion-mnist": {"bp": 9.0, "fa": 14.0, "kp": 9.2, "wm": 9.4, "sa": 9.4,
+                                   "aa": 9.6, "ia": 11.0},
+                 "mnist": {"bp": 0.9, "fa": 1.6, "kp": 0.9, "wm": 1.0, "sa": 1.0, "aa": 1.0,
+                           "ia": 1.2}}
+FAMILY_QUESTION = "Does the alignment family keep the paper-style ordering?"
+
+
+def family_page(results, tmp_path, errors=FAMILY_ERRORS, angles=ANGLES, broken=()) -> str:
+    """RESULTS.md of a main comparison with the family; `broken`: (data set, rule, seeds that
+    diverged)."""
+    out = tmp_path / "runs"
+    for data, rules in errors.items():
+        for rule, error in rules.items():
+            diverged = next((n for d, r, n in broken if (d, r) == (data, rule)), 0)
+            write_seeds(out / data, rule, error, angles[rule], diverged=diverged)
+    return results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+
+
+def test_the_family_keeps_the_ordering_when_the_runs_say_so(results, tmp_path):
+    page = family_page(results, tmp_path)
+    assert study_verdicts(page)[FAMILY_QUESTION] == "holds"
+    assert ("- Fashion-MNIST: **kept**. sa − BP +0.40 points (±0.20), final mean angle "
+            "2.5° ± 0.0; aa − BP +0.60 points (±0.20), final mean angle 15.0° ± 0.0; ia − BP "
+            "+2.00 points (±0.20), final mean angle 65.0° ± 0.0; FA − BP +5.00. Within claim "
+            "1's 0.5 points of BP: sa." in page)
+    # the main table: the family's angles; the per-layer table: the learned feedback, the
+    # classifier (on bp) left out
+    assert "| sa | 9.40 ± 0.10 | 3 | — | 2.5 ± 0.0 |" in page
+    assert "| layer | kp | wm | sa | aa | ia |" in page
+    assert "| conv1 | 2.0 | 4.0 | 2.0 | 10.0 | 60.0 |" in page
+    assert "| fc |" not in page
+    assert "| final mean angle | 3.5 ± 0.0 | 5.5 ± 0.0 | 2.5 ± 0.0 | 15.0 ± 0.0 | 65.0 ± 0.0 |" \
+        in page
+
+
+@pytest.mark.parametrize(("errors", "angles", "verdict", "why"), [
+    # ia no better than FA on MNIST, beyond the noise
+    ({**FAMILY_ERRORS, "mnist": {**FAMILY_ERRORS["mnist"], "ia": 1.5}}, ANGLES,
+     "holds on one data set only", "ia not below FA beyond the noise (FA − ia +0.10)"),
+    # aa's and ia's angles the wrong way round, on both
+    (FAMILY_ERRORS, {**ANGLES, "aa": ANGLES["ia"], "ia": ANGLES["aa"]}, "does not hold",
+     "the angles not in the order sa < aa < ia"),
+    # sa does not align
+    (FAMILY_ERRORS, {**ANGLES, "sa": [12.0] * 4}, "does not hold", "sa's angle not under 10°"),
+])
+def test_the_family_ordering_breaks_where_the_runs_break_it(results, tmp_path, errors, angles,
+                                                            verdict, why):
+    page = family_page(results, tmp_path, errors, angles)
+    assert study_verdicts(page)[FAMILY_QUESTION] == verdict
+    assert "**not kept**" in page and f"Not kept: {why}." in page
+
+
+def test_the_family_ordering_with_runs_diverged_or_missing(results, tmp_path):
+    errors = {**FAMILY_ERRORS, "mnist": {r: e for r, e in FAMILY_ERRORS["mnist"].items()
+                                         if r != "ia"}}
+    page = family_page(results, tmp_path, errors, broken=[("fashion-mnist", "ia", 1)])
+    assert study_verdicts(page)[FAMILY_QUESTION] == \
+        "does not hold so far (MNIST not finished yet)"
+    assert "ia diverged in 1 of 3 seeds" in page and "Not kept: ia diverged." in page
+    assert "- MNIST: not finished yet (bp, fa, sa, aa and ia needed)." in page
+
+
+def test_drtp_is_measured_as_dfa_is(results, tmp_path):
+    errors = {data: {**rules, "dfa": 12.0, "drtp": 13.0} for data, rules in MAIN.items()}
+    out = tmp_path / "runs"
+    make_runs(out, errors, ANGLES)
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert "| drtp | 13.00 ± 0.10 | 3 | — | — (B is not W's shape) |" in page
+    assert ("- Fashion-MNIST: DRTP (the one-hot targets in place of DFA's output error) 13.00 ± "
+            "0.10% (DRTP − BP +4.00 points, ±0.20; DRTP − DFA +1.00, ±0.20). The angle of "
+            "DRTP's weight updates to backprop's, layer by layer: conv1 0.0°" in page)
+
+
+# --- Kunin et al.'s robustness: one setting on the ResNet and the ViT ---------------------------
+
+ROBUST = "Is {}'s setting robust from the ResNet to the ViT?"
+
+
+def test_robustness_both_ways_and_with_runs_missing(results, tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out, {**MAIN, "fashion-mnist": {**MAIN["fashion-mnist"], "sa": 9.5, "aa": 9.6,
+                                              "ia": 11.0}}, ANGLES)
+    vit = out / "vit"
+    write_seeds(vit, "bp", 12.0)
+    write_seeds(vit, "sa", 13.4)  # the gap 0.5 -> 1.4: within 1 point more
+    write_seeds(vit, "aa", 15.0)  # 0.6 -> 3.0: grows by 2.4
+    write_seeds(vit, "ia", 50.0, diverged=1)
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    answers = study_verdicts(page)
+    assert answers[ROBUST.format("sa")] == "robust at this scale"
+    assert answers[ROBUST.format("aa")] == "not robust: its gap to bp grows by 2.40 points"
+    assert answers[ROBUST.format("ia")] == "not robust: diverged on the ViT (1 of 3 seeds)"
+    assert ("| sa | 9.50 ± 0.10 | +0.50 (±0.20) | 2.5 ± 0.0 | 13.40 ± 0.10 | +1.40 (±0.20) | "
+            "2.5 ± 0.0 |" in page)
+    assert "| ia | 11.00 ± 0.10 | +2.00 (±0.20) | 65.0 ± 0.0 | diverged (1 of 3 seeds) |" in page
+
+    # one seed of sa on the ViT: too few to tell, and said so
+    for seed in (1, 2):
+        for file in (vit / f"sa-seed{seed}").iterdir():
+            file.unlink()
+        (vit / f"sa-seed{seed}").rmdir()
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert study_verdicts(page)[ROBUST.format("sa")] == "cannot be told yet"
+    assert "- In study vit: not finished yet" in page and "sa (1 of 3 seeds)" in page
+    assert "13.30 ± 0.00 (1 of 3 seeds)" in page  # seed 0 alone
+
+
+KUNIN = "Did {} need the recipe's scaled setting?"
+
+
+@pytest.mark.parametrize(("sa_error", "sa_angles", "verdict"), [
+    (9.5, [40.0] * 4, "yes"),  # at Kunin's coefficients sa has not aligned in 3 epochs
+    (10.5, ANGLES["sa"], "yes"),  # aligned, but 1 point worse
+    (9.6, [5.0] * 4, "no"),  # within the noise, aligned
+])
+def test_kunins_own_coefficients(results, tmp_path, sa_error, sa_angles, verdict):
+    out = tmp_path / "runs"
+    make_runs(out, {**MAIN, "fashion-mnist": {**MAIN["fashion-mnist"], "sa": 9.5,
+                                              "ia": 11.0}}, ANGLES)
+    write_seeds(out / "kunin", "sa", sa_error, sa_angles, rule_options={})
+    write_seeds(out / "kunin", "ia", 80.0, seeds=2, diverged=2, rule_options={})
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    answers = study_verdicts(page)
+    assert answers[KUNIN.format("sa")] == verdict
+    # two of ia's seeds diverged: answered before its third ends, which is still named
+    assert answers[KUNIN.format("ia")] == "yes"
+    assert "At Kunin's coefficients it diverged in 2 of 2 seeds" in page
+    assert "  - seed 1: non-finite at step 21" in page
+    assert "ia (2 of 3 seeds)" in page.split("### The alignment family at Kunin")[1]
+
+
+def test_kunins_study_not_run(results, tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out, MAIN, ANGLES)
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    section = page.split("### The alignment family at Kunin et al.'s own coefficients")[1]
+    assert section.split("## Commands")[0].strip().endswith("Not run yet.")
+
+
+# --- DFA's placement on the ViT ------------------------------------------------------------------
+
+PLACEMENT = "Does the placement fix DFA on attention, as TinyDFA reports?"
+
+
+def placement_page(results, tmp_path, blocks: dict[float, tuple[float, int]],
+                   dfa: dict[float, tuple[float, int]]) -> str:
+    """RESULTS.md with the ViT's bp at 12% (lr 0.1) and dfa and dfa_blocks at each lr:
+    {lr: (error, seeds diverged)}."""
+    out = tmp_path / "runs"
+    make_runs(out, MAIN, ANGLES)
+    folders = {0.1: "vit", 0.02: "vit_dfa", 0.005: "vit_dfa_slow"}
+    write_seeds(out / "vit", "bp", 12.0, model="vit_small")
+    for rule, by_lr in (("dfa_blocks", blocks), ("dfa", dfa)):
+        for lr, (error, diverged) in by_lr.items():
+            write_seeds(out / folders[lr], rule, error, diverged=diverged, lr=lr,
+                        model="vit_small")
+    return results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+
+
+DFA_ON_VIT = {0.1: (80.0, 3), 0.02: (74.0, 0), 0.005: (53.0, 0)}
+
+
+@pytest.mark.parametrize(("blocks", "verdict"), [
+    # trains where dfa diverged, within 5 points of bp
+    ({0.1: (15.0, 0), 0.02: (16.0, 0), 0.005: (17.0, 0)}, "yes"),
+    # far better than dfa, still 18 points behind bp (TinyDFA's own pattern)
+    ({0.1: (30.0, 0), 0.02: (35.0, 0), 0.005: (40.0, 0)},
+     "better than dfa, but not within 5 points of bp"),
+    # diverges where dfa does, and worse than dfa's best elsewhere
+    ({0.1: (80.0, 1), 0.02: (70.0, 0), 0.005: (60.0, 0)}, "no"),
+    # diverges everywhere
+    ({0.1: (80.0, 3), 0.02: (80.0, 2), 0.005: (80.0, 1)}, "no"),
+])
+def test_placement_verdict_both_ways(results, tmp_path, blocks, verdict):
+    page = placement_page(results, tmp_path, blocks, DFA_ON_VIT)
+    assert study_verdicts(page)[PLACEMENT] == verdict
+    assert "| 0.02 | vit_dfa | — | 74.00 ± 0.10 |" in page
+    assert "Best dfa: 53.00 ± 0.10% at lr 0.005 (dfa − BP +41.00 points, ±0.20)." in page
+    assert '"BP 29.8 against DFA 52.0 (DFA through the blocks) and 93.3 (inside them)"' in page
+    assert "check the paper before using it as a target" in page
+
+
+def test_placement_waits_for_every_learning_rate(results, tmp_path):
+    page = placement_page(results, tmp_path, {0.1: (15.0, 0), 0.02: (16.0, 0)}, DFA_ON_VIT)
+    assert study_verdicts(page)[PLACEMENT] == "cannot be told yet"
+    assert ("- In vit_dfa_slow (lr 0.005): not finished yet (`python experiments/reproduce.py` "
+            "continues them): dfa_blocks (0 of 3 seeds)." in page)
+    assert "| 0.005 | vit_dfa_slow | — | 53.00 ± 0.10 | — |" in page
+
+
+def test_the_new_jobs_count_in_the_wall_time(results, tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out, MAIN, ANGLES)
+    write_seeds(out / "kunin", "ia", 80.0, diverged=3, rule_options={})
+    write_seeds(out / "vit_dfa", "dfa_blocks", 20.0, lr=0.02)
+    kunin = {"name": "kunin-ia", "exit": 0, "seconds": 600.0, "trained": True,
+             "command": "python -m biograd compare --rule-options '{}' --rules ia --out /o/kunin"}
+    sessions = [
+        session("2026-01-01 00:00:00 UTC", [job(d, r, 600.0) for d in MAIN for r in MAIN[d]],
+                wall=3600.0),
+        session("2026-01-02 00:00:00 UTC", [kunin, job("vit_dfa", "dfa_blocks", 900.0,
+                                                       trained=True)], wall=1200.0),
+    ]
+    (out / "experiment.json").write_text(json.dumps({"sessions": sessions}))
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert "Wall time: 80 minutes in 2 sessions" in page
+    assert "trained outside the recorded sessions" not in page
+    assert "vit_dfa: Trained in session 2." in page
