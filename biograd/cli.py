@@ -270,7 +270,8 @@ def build_parser(task: str = "classification") -> argparse.ArgumentParser:
 
 #: Modules of the optional extras, and the extra that brings each.
 EXTRAS = {"yaml": "train", "sklearn": "train", "matplotlib": "train",
-          "tqdm": "train", "tensorboard": "train", "pycocotools": "detect"}
+          "tqdm": "train", "tensorboard": "train", "pycocotools": "detect",
+          "spikingjelly": "spiking", "snntorch": "spiking"}
 
 
 def _missing_extra(err: ModuleNotFoundError) -> str | None:

@@ -422,6 +422,8 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
         raise UsageError(f"model_options ({where}): {', '.join(reserved)} "
                          f"{'come' if len(reserved) > 1 else 'comes'} from "
                          f"the data set (and --image-size, --pretrained): leave them out")
+    if isinstance(cfg, TrainConfig):
+        _check_model_extra(cfg)
     if isinstance(cfg, DetectConfig):
         _check_detector(cfg)
     if isinstance(cfg, TrainConfig) and (cfg.manhattan or cfg.no_sign_change) and \
@@ -443,6 +445,17 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
         if unused:
             raise UsageError(f"{', '.join(unused)} shape(s) the step schedule, but the schedule "
                              f"is {cfg.schedule!r}: add --schedule step, or leave them out")
+
+
+def _check_model_extra(cfg: TrainConfig) -> None:
+    """A one-line UsageError, before anything starts, where biograd's model cfg.model needs an
+    optional extra that is not installed (spiking_cnn: biograd[spiking])."""
+    import biograd.models  # noqa: F401  (registers biograd's models)
+    from biograd.models.registry import missing_extra
+
+    missing = missing_extra(cfg.model)
+    if missing:
+        raise UsageError(missing)
 
 
 #: Why a detector cannot run on a rule that reads the model's output (dfa, drtp, dfa_blocks).

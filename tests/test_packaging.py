@@ -62,6 +62,56 @@ def test_the_spiking_libraries_are_imported_only_for_their_nets():
     assert result.stdout.strip().endswith("ok")
 
 
+def test_help_and_the_model_list_never_import_the_spiking_libraries():
+    result = run("""
+        import sys
+        from biograd.cli import main
+        from biograd.models import list_models, model_info
+        assert "spiking_cnn" in list_models() and model_info("spiking_cnn").summary
+        for argv in (["--help"], ["train", "--help"], ["compare", "--help"]):
+            try:
+                main(argv)
+            except SystemExit as done:
+                assert done.code == 0, (argv, done.code)
+        loaded = sorted(m for m in ("snntorch", "spikingjelly") if m in sys.modules)
+        assert not loaded, loaded
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+#: The spiking extra's modules made unimportable, as for the train extra's (BLOCK).
+NO_SPIKING = 'import sys; sys.modules["spikingjelly"] = sys.modules["snntorch"] = None\n'
+
+
+@pytest.mark.parametrize("command", [["train"], ["compare", "--rules", "bp,fa"]])
+def test_spiking_cnn_names_the_spiking_extra_before_it_starts(tmp_path, command):
+    argv = [*command, "--model", "spiking_cnn", "--out", str(tmp_path / "run")]
+    result = subprocess.run([sys.executable, "-c", NO_SPIKING + textwrap.dedent(f"""
+        from biograd.cli import main
+        raise SystemExit(main({argv!r}))
+    """)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "spiking_cnn needs spikingjelly" in err[0], err
+    assert "pip install 'biograd[spiking]'" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_building_spiking_cnn_without_the_extra_is_one_model_error():
+    result = subprocess.run([sys.executable, "-c", NO_SPIKING + textwrap.dedent("""
+        from biograd.models import ModelError, build_model
+        try:
+            build_model("spiking_cnn", num_classes=10, in_channels=1, image_size=8)
+        except ModelError as err:
+            print(err)
+    """)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ("spiking_cnn needs spikingjelly, which comes with "
+                                     "biograd's spiking extra: pip install 'biograd[spiking]'")
+
+
 @pytest.mark.parametrize(("argv", "extra"), [
     (["train"], "train"), (["compare", "--rules", "bp"], "train"), (["eval", "runs/x"], "train"),
     (["detect", "--data", "fake"], "train")])

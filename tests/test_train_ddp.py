@@ -193,6 +193,47 @@ def test_resume_on_another_world_size_says_what_changed(two_ranks):
     assert state["epoch"] == 3 and state["world_size"] == 1 and state["global_batch"] == 32
 
 
+SPIKING_WORKER = textwrap.dedent("""
+    import os, sys, torch, biograd
+    from biograd.config import resolve
+    from biograd.engine import classify
+
+    torch.set_num_threads(1)
+    out, rank = sys.argv[1], int(os.environ["RANK"])
+    models = []
+    convert = biograd.convert
+    biograd.convert = lambda *a, **k: models.append(convert(*a, **k)) or models[-1]
+    common = dict(data="digits", model="spiking_cnn", rule="dfa", batch_size=16,
+                  model_options={"width": 4, "steps": 2, "encoding": "poisson"},
+                  steps_per_epoch=3, schedule="constant", progress="none", tensorboard=False,
+                  angle_batch=8)
+    for name, epochs, resume in (("whole", 2, False), ("parts", 1, False), ("parts", 2, True)):
+        classify.train(resolve(epochs=epochs, out=f"{out}/{name}", resume=resume,
+                               accept_changes=resume, **common))
+        torch.save(models[-1].state_dict(), f"{out}/{name}-rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+""")
+
+
+def test_spiking_cnn_on_two_ranks_agrees_and_resumes_exactly(tmp_path):
+    """spiking_cnn with Poisson spikes (each rank its own draws, from its own stream) on dfa:
+    both ranks end with the same weights, and 1 + 1 epochs end where 2 did, on each rank."""
+    pytest.importorskip("spikingjelly.activation_based", reason="spiking_cnn needs "
+                        "biograd[spiking]")
+    torchrun(tmp_path, SPIKING_WORKER)
+    for name in ("whole", "parts"):
+        assert_same_on_both_ranks(tmp_path / f"{name}-rank0.pt", tmp_path / f"{name}-rank1.pt")
+    for rank in (0, 1):
+        whole, parts = (torch.load(tmp_path / f"{name}-rank{rank}.pt", weights_only=True)
+                        for name in ("whole", "parts"))
+        assert whole.keys() == parts.keys()
+        for key, value in whole.items():
+            assert torch.equal(value, parts[key]), (rank, key)
+    checkpoint = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    ranks = checkpoint["rng_ranks"]  # the streams the spikes are drawn from, one per rank
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+
+
 DETECT_WORKER = textwrap.dedent("""
     import os, sys, torch
     from biograd.config import DetectConfig, resolve
