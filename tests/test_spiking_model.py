@@ -294,3 +294,25 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, rule):
     strip = [[{k: v for k, v in m.items() if k not in timing} for m in metrics(tmp_path / n)]
              for n in ("whole", "parts")]
     assert strip[0] == strip[1]
+
+
+# --- the cost benchmark --------------------------------------------------------------------------
+
+def test_the_cost_benchmark_times_every_rule_and_each_number_of_steps(capsys):
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spiking_cost.py"
+    spec = importlib.util.spec_from_file_location("spiking_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(bench.get_args_parser().parse_args(
+        ["--batch", "2", "--size", "8", "--width", "2", "--steps", "2", "--repeats", "1",
+         "--warmup", "0"]))
+    assert set(result["rules"]) == {"native", *biograd.list_rules()}
+    assert set(result["time_steps"]) == {"native", "T=2", "T=4", "T=8", "small_cnn"}
+    for part in ("rules", "time_steps"):
+        for name, clocks in result[part].items():
+            assert all(math.isfinite(c["ratio"]) and c["ratio"] > 0 for c in clocks.values()), name
+    assert "| dfa_blocks |" in capsys.readouterr().out
