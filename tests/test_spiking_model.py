@@ -28,7 +28,7 @@ pytest.importorskip("spikingjelly.activation_based",
                     reason="spiking_cnn needs biograd[spiking]")
 from spikingjelly.activation_based import base, functional
 
-from biograd.models.spiking import EVAL_SEED, Encode
+from biograd.models.spiking import EVAL_SEED, SURROGATES, Encode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K, N = 3, 4
@@ -93,6 +93,17 @@ def test_every_neuron_is_spikingjellys_lif_in_multi_step_mode():
     assert all(type(m.surrogate_function) is surrogate.ATan for m in lifs)
     assert all(m.surrogate_function.alpha == 1.5 for m in lifs)
     assert all(m.step_mode == "m" for m in model.modules() if isinstance(m, base.StepModule))
+
+
+@pytest.mark.parametrize("name", list(SURROGATES))
+def test_every_surrogate_name_is_spikingjellys_class_and_trains(name):
+    from spikingjelly.activation_based import surrogate
+
+    model = tiny(surrogate=name)
+    assert all(type(m.surrogate_function) is getattr(surrogate, SURROGATES[name])
+               for m in neurons(model))
+    model(images()).logsumexp(1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize(("options", "match"), [
