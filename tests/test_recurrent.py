@@ -5,10 +5,11 @@ Identities, not numbers:
   of aten's RNN.cpp), dropout masks included, under every rule and under autocast. nn.LSTM's
   default CPU forward is oneDNN's fused kernel, which rounds differently: within 1e-6 of it
   (measured at these sizes: at most 1.2e-7 in float32; under bf16 autocast, where the fused
-  kernel runs in bf16 and torch's reference path keeps the cell state in float32, 3e-3).
+  kernel runs in bf16 and torch's reference path keeps the cell state in float32, about
+  3e-3).
 - With B = W the gradients of the input, h0, c0 and every parameter are torch's BPTT (its
-  default path) within rtol 1e-5, atol 1e-6 (measured: at most 5e-7 relative; the same sums
-  in another order); gradcheck in float64 then passes on the whole Jacobian.
+  default path) within rtol 1e-5, atol 1e-6 (measured: about 5e-7 relative at most; the
+  same sums in another order); gradcheck in float64 then passes on the whole Jacobian.
 - Under every rule each product's input gradient is δy B with its weight's B, at every step,
   and each weight's gradient the true local one, Σ over its products of δyᵀ x; gradcheck in
   float64 on the weights of one step, whose errors reach no B before them.
