@@ -118,8 +118,7 @@ class _Recurrent(PerWeight):
         h_size = self.proj_size or self.hidden_size
         packed = isinstance(input, PackedSequence)
         if packed:
-            direct = sorted({key for key, h in self.per_weight.items() if h.learning_rule.direct})
-            if direct:
+            if any(h.learning_rule.direct for h in self.per_weight.values()):
                 raise ValueError(
                     f"{kind} on {self.rule}: a PackedSequence has no batch dimension for the "
                     f"output signal to be projected on: give the padded batch "
