@@ -158,7 +158,7 @@ def test_performance_doc_quotes_the_host_bound_record():
     doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
     (size,) = json.loads((ROOT / "benchmarks" / "results_host_bound.json").read_text()
                          )["sizes"].values()
-    part = doc.split("weights (")[1].split(").")[0]  # "ss 1.17, ..., fa and dfa 1.07"
+    part = doc.split("11.7 M weights (")[1].split(").")[0]  # "ss 1.17, ..., fa and dfa 1.07"
     for rule in ("ss", "frsf", "sign_fixed", "kp", "wm"):
         assert f"{rule} {size[rule]['cpu']['ratio']:.2f}" in part, rule
     for rule in ("fa", "dfa"):
