@@ -1,10 +1,11 @@
 """Model surgery: put any torchvision or timm model on a learning rule, and report what changed.
 
-`convert` swaps every nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d and
-nn.MultiheadAttention (and subclasses that keep torch's forward, and the layers of other
-libraries that have a drop-in of their own: spikingjelly's) for its biograd drop-in,
-reusing the existing weight tensors; `unconvert` puts them back. `report` says, for any model,
-which layers follow which rule and which parameters still learn through weight transport.
+`convert` swaps every nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d,
+nn.MultiheadAttention, nn.RNN, nn.GRU, nn.LSTM and their cells (and subclasses that keep
+torch's forward, and the layers of other libraries that have a drop-in of their own:
+spikingjelly's) for its biograd drop-in, reusing the existing weight tensors; `unconvert` puts
+them back. `report` says, for any model, which layers follow which rule and which parameters
+still learn through weight transport.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from biograd._seed import mix
 from biograd.dale import DALE_SIGN, dale_buffers, dale_layers, hold_dale_
 from biograd.nn.layers import DROP_INS, FeedbackLayer
+from biograd.nn.per_weight import PerWeight, WeightFeedback, holders
 from biograd.rules.base import Rule, get_rule
 from biograd.rules.dfa import KEY, release, wire
 
@@ -177,12 +179,14 @@ def _computed_weight(module: nn.Module, name: str = "weight") -> bool:
 
 def _convertible(model: nn.Module) -> list[tuple[str, nn.Module, type[FeedbackLayer]]]:
     """(name, module, biograd class) of every layer that can follow a rule, each module once
-    (a module used twice is converted once, under its first name), in registration order."""
+    (a module used twice is converted once, under its first name), in registration order. A
+    layer with several weights (an LSTM) is one, its weights' rules part of it."""
     found, seen = [], set()
     for name, module, why in _walk(model):
-        if why is not None or id(module) in seen:
+        if why is not None or id(module) in seen or isinstance(module, WeightFeedback):
             continue
-        cls = type(module) if isinstance(module, FeedbackLayer) else _drop_in(module)
+        cls = type(module) if isinstance(module, (FeedbackLayer, PerWeight)) else \
+            _drop_in(module)
         if cls is not None:
             seen.add(id(module))
             found.append((name, module, cls))
@@ -250,7 +254,8 @@ def convert(
         asked.check(model)
     last_name = convertible[-1][0] if convertible else None
     new: dict[int, nn.Module] = {}
-    switches: list[tuple[FeedbackLayer, Rule, int]] = []  # converted layers changing rule
+    # converted layers changing rule
+    switches: list[tuple[FeedbackLayer | PerWeight, Rule, int]] = []
     held: list[str] = []  # modules left as they are whose forward reads their children's W
     for name, module, cls in convertible:
         if any(name.startswith(f"{h}.") for h in held):
@@ -273,8 +278,9 @@ def convert(
         if chosen is None:
             chosen = last_rule if last_rule is not None and name == last_name else default
         layer_seed = mix(seed, name)
-        if isinstance(module, FeedbackLayer):
-            if module.learning_rule != chosen:
+        if isinstance(module, (FeedbackLayer, PerWeight)):
+            rules = [h.learning_rule for h in holders(module)] or [module.learning_rule]
+            if any(r != chosen for r in rules):
                 switches.append((module, chosen, layer_seed))  # once nothing can fail
             continue
         if chosen.writes_weight and _computed_weight(module, cls.weight_name):
@@ -323,7 +329,8 @@ def unconvert(model: nn.Module) -> nn.Module:
     """
     release(model)
     _rewire(model, back=True)
-    new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, FeedbackLayer)}
+    new = {id(m): m.to_torch() for m in model.modules() if isinstance(m, PerWeight) or
+           (isinstance(m, FeedbackLayer) and not isinstance(m, WeightFeedback))}
     model = _swap(model, new)
     _forget_library_caches(model)
     return model
@@ -404,6 +411,12 @@ def report(model: nn.Module) -> Report:
             out.layers.append((name, kind, str(module.learning_rule)))
             if module.learning_rule.transports_weights and own:
                 out.transport.append((name, kind, own, module.learning_rule.transport_why))
+        elif isinstance(module, PerWeight):  # its weights are the layers of its `per_weight`
+            moving = [h for h in holders(module) if h.learning_rule.transports_weights]
+            if moving and own:  # on bp throughout: all of it, as a Linear on bp
+                count = own if len(moving) == len(holders(module)) else sum(
+                    h.weight.numel() for h in moving if h.weight.requires_grad)
+                out.transport.append((name, kind, count, moving[0].learning_rule.transport_why))
         elif own:
             out.transport.append((name, kind, own, why or _why_not(module)))
     for name, module in dale_layers(model):

@@ -248,6 +248,10 @@ def dale(
             free.append(f"{name} (attention's in-projection: its inputs, a normalised "
                         f"residual stream, are signed; its out_proj is a Linear of its own)")
             continue
+        if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+            free.append(f"{name} (recurrent: its inputs and hidden state, tanh's, are signed, "
+                        f"and one matrix feeds several gates)")
+            continue
         if not isinstance(module, FeedbackLayer) and _drop_in(module) is None:
             free.append(f"{name} (own forward: W's sign may not be its effect's)")
             continue

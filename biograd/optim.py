@@ -37,7 +37,7 @@ def weight_decay_groups(model: nn.Module, groups: list[dict[str, Any]] | None = 
     own: dict[int, float] = {}
     for _, layer in feedback_layers(model):
         for name, decay in layer.learning_rule.weight_decays(layer).items():
-            p = layer._parameters.get(name)
+            p = getattr(layer, name, None)  # a WeightFeedback's W is its owner's
             if isinstance(p, nn.Parameter):
                 own[id(p)] = float(decay)
     out = []

@@ -150,3 +150,16 @@ def test_performance_doc_quotes_the_round_three_record():
     assert set(quoted) == {"sa", "aa", "ia", "drtp", "dfa", "dfa_blocks"}
     for rule, ratio in quoted.items():
         assert ratio == f"{size[rule]['cpu']['ratio']:.{len(ratio.split('.')[1])}f}", rule
+
+
+def test_performance_doc_quotes_the_host_bound_record():
+    """docs/performance.md's ResNet-18 ratios at batch 2 are the CPU-time ratios of
+    benchmarks/results_host_bound.json."""
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    (size,) = json.loads((ROOT / "benchmarks" / "results_host_bound.json").read_text()
+                         )["sizes"].values()
+    part = doc.split("11.7 M weights (")[1].split(").")[0]  # "ss 1.17, ..., fa and dfa 1.07"
+    for rule in ("ss", "frsf", "sign_fixed", "kp", "wm"):
+        assert f"{rule} {size[rule]['cpu']['ratio']:.2f}" in part, rule
+    for rule in ("fa", "dfa"):
+        assert f"{size[rule]['cpu']['ratio']:.2f}" in part.split("fa and dfa")[1], rule

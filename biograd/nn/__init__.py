@@ -13,7 +13,10 @@ from biograd.nn.layers import (
     Linear,
 )
 from biograd.nn.local import LocallyConnected2d
+from biograd.nn.per_weight import PerWeight, WeightFeedback
+from biograd.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-           "FeedbackLayer", "Linear", "LocallyConnected2d", "MultiheadAttention", "feedback_conv",
-           "feedback_linear", "feedback_local"]
+__all__ = ["GRU", "LSTM", "RNN", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+           "ConvTranspose2d", "ConvTranspose3d", "FeedbackLayer", "GRUCell", "LSTMCell", "Linear",
+           "LocallyConnected2d", "MultiheadAttention", "PerWeight", "RNNCell", "WeightFeedback",
+           "feedback_conv", "feedback_linear", "feedback_local"]

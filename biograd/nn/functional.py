@@ -32,11 +32,15 @@ from biograd.rules.base import Feedback
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype torch's conv/linear would compute in under autocast, or None."""
+    """The dtype torch's conv/linear would compute in under autocast, or None (at once, with
+    no device look-up, where no autocast is on: the common case costs one C call)."""
+    if not _any_autocast() or not x.is_floating_point():
+        return None
     device = x.device.type
-    if torch.is_autocast_enabled(device) and x.is_floating_point():
-        return torch.get_autocast_dtype(device)
-    return None
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+_any_autocast = torch._C._is_any_autocast_enabled  # 0.3 us, where the device's check is 2
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
@@ -49,6 +53,32 @@ def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
 def _as(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
     """t in `dtype`; t itself when it already is (what .to does, without the call's cost)."""
     return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _save(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback):
+    """Save what every Function's backward reads; returns x, W and b as the op takes them.
+
+    Under autocast they are cast as torch's own op casts them and ctx.dtypes holds the dtypes
+    the gradients go back in (x's, W's, b's); without (the common case, where every gradient
+    comes out in its input's dtype) ctx.dtypes is None and the backward casts nothing."""
+    dtype = _autocast_dtype(x)
+    ctx.feedback = feedback
+    if dtype is None:
+        ctx.dtypes = None
+        ctx.save_for_backward(x, weight)
+        return x, weight, bias
+    ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+    xc = _cast(x, dtype)
+    ctx.save_for_backward(xc, weight)
+    return xc, _cast(weight, dtype), _cast(bias, dtype)
+
+
+def _cast_back(ctx, grad_x, grad_w, grad_b):
+    """The gradients in their inputs' dtypes (under autocast they come in the op's)."""
+    if ctx.dtypes is None:
+        return grad_x, grad_w, grad_b
+    x_dtype, w_dtype, b_dtype = ctx.dtypes
+    return _as(grad_x, x_dtype), _as(grad_w, w_dtype), _as(grad_b, b_dtype)
 
 
 # Resolved once: calling the packet torch.ops.aten.convolution_backward picks the overload at
@@ -151,32 +181,29 @@ def _learned_grad(ctx, layer_map, weight: Tensor, grad_w: Tensor | None) -> Tens
 
 
 class _Linear(torch.autograd.Function):
+    # x: (n, in), 2-d (feedback_linear flattens what comes with more dimensions)
     @staticmethod
     def forward(ctx, x, weight, bias, learned, feedback, samples):
-        dtype = _autocast_dtype(x)
-        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        ctx.save_for_backward(xc, weight)
-        ctx.feedback, ctx.samples, ctx.x_dtype = feedback, samples, x.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return torch.nn.functional.linear(xc, wc, bc)
+        ctx.samples = samples
+        return torch.nn.functional.linear(*_save(ctx, x, weight, bias, feedback))
 
     @staticmethod
-    def backward(ctx, grad):  # grad: (..., out)
-        x, weight = ctx.saved_tensors  # x: (..., in), weight: (out, in)
+    def backward(ctx, grad):  # grad: (n, out)
+        x, weight = ctx.saved_tensors  # x: (n, in), weight: (out, in)
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
-        make, _, direct, _ = ctx.feedback
+        feedback = ctx.feedback
         grad_x = grad_w = grad_b = grad_learned = None
-        if need_x and direct is not None:
-            grad_x = _as(direct(x.shape), ctx.x_dtype)
-        elif need_x:
-            grad_x = _as(grad @ _as(make(weight), grad.dtype), ctx.x_dtype)
+        if need_x:
+            grad_x = grad @ _as(feedback.make(weight), grad.dtype) if feedback.direct is None \
+                else feedback.direct(x.shape)
         if need_w:
-            g2 = grad.reshape(-1, grad.shape[-1])  # (n, out)
-            grad_w = _as(g2.T @ x.reshape(-1, x.shape[-1]), weight.dtype)  # (out, in)
+            grad_w = grad.T @ x  # (out, in)
         if need_b:
-            grad_b = _as(grad.reshape(-1, grad.shape[-1]).sum(0), ctx.bias_dtype)
+            grad_b = grad.sum(0)
+        grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
         if need_learned:
-            grad_learned = _learned_grad(ctx, LinearMap(x, ctx.samples), weight, grad_w)
+            samples = ctx.samples or x.shape[0]  # 0: every row a sample
+            grad_learned = _learned_grad(ctx, LinearMap(x, samples), weight, grad_w)
         return grad_x, grad_w, grad_b, grad_learned, None, None
 
 
@@ -184,12 +211,8 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, learned, feedback, stride, padding, dilation, groups,
                 transposed, output_padding):
-        dtype = _autocast_dtype(x)
-        xc, wc, bc = _cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        ctx.save_for_backward(xc, weight)
-        ctx.feedback, ctx.x_dtype = feedback, x.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.args = (stride, padding, dilation, groups, transposed, output_padding)
+        xc, wc, bc = _save(ctx, x, weight, bias, feedback)
         return torch.convolution(xc, wc, bc, stride, padding, dilation, transposed,
                                  output_padding, groups)
 
@@ -198,29 +221,18 @@ class _Conv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
         stride, padding, dilation, groups, transposed, output_padding = ctx.args
-        make, _, direct, _ = ctx.feedback
+        feedback = ctx.feedback
         # The weight gradient reads only the weight's shape, so B can stand in W's place.
-        direct = direct if need_x else None
-        b = make(weight) if need_x and direct is None else weight
+        direct = feedback.direct if need_x else None
+        b = feedback.make(weight) if need_x and direct is None else weight
         grad_x, grad_w, grad_b = _convolution_backward(
-            grad,
-            x,
-            _as(b, grad.dtype),
-            [grad.shape[1]] if need_b else None,
-            stride,
-            padding,
-            dilation,
-            transposed,
-            output_padding,
-            groups,
-            [need_x and direct is None, need_w, need_b],
-        )
+            grad, x, _as(b, grad.dtype), [grad.shape[1]] if need_b else None, stride, padding,
+            dilation, transposed, output_padding, groups, [need_x and direct is None, need_w,
+                                                           need_b])
         if direct is not None:
             grad_x = direct(x.shape)
-        grad_x = _as(grad_x, ctx.x_dtype)
         # aten may return a weight gradient it was not asked for (CPU, mkldnn): dropped here
-        grad_w = _as(grad_w, weight.dtype) if need_w else None
-        grad_b = _as(grad_b, ctx.bias_dtype)
+        grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w if need_w else None, grad_b)
         grad_learned = _learned_grad(ctx, ConvMap(x, weight, ctx.args), weight, grad_w) \
             if need_learned else None
         return (grad_x, grad_w, grad_b, grad_learned,
@@ -254,12 +266,8 @@ def _product(c: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 class _Local(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cols, weight, bias, learned, feedback):
-        dtype = _autocast_dtype(cols)
-        cc, wc, bc = _cast(cols, dtype), _cast(weight, dtype), _cast(bias, dtype)
-        ctx.save_for_backward(cc, weight)  # cols, not a copy: double backward reaches x
-        ctx.feedback, ctx.x_dtype = feedback, cols.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return local_product(cc, wc, bc)
+        # cols saved, not a copy: double backward reaches x
+        return local_product(*_save(ctx, cols, weight, bias, feedback))
 
     @staticmethod
     def backward(ctx, grad):  # grad: (N, C_out, P)
@@ -269,11 +277,12 @@ class _Local(torch.autograd.Function):
         g = grad.permute(2, 0, 1).contiguous()  # (P, N, C_out)
         if need_x and ctx.feedback.direct is None:  # δcols[:, :, p] = δy[:, :, p] B[p]
             b = _as(ctx.feedback.make(weight), grad.dtype)
-            grad_x = _as(g.bmm(b).permute(1, 2, 0), ctx.x_dtype)  # (P, N, K) -> (N, K, P)
+            grad_x = g.bmm(b).permute(1, 2, 0)  # (P, N, K) -> (N, K, P)
         if need_w:  # δW[p] = δy[:, :, p]ᵀ cols[:, :, p]
-            grad_w = _as(g.transpose(1, 2).bmm(_by_position(cols)), weight.dtype)  # (P, C_out, K)
+            grad_w = g.transpose(1, 2).bmm(_by_position(cols))  # (P, C_out, K)
         if need_b:
-            grad_b = _as(g.sum(1).T, ctx.bias_dtype)  # (C_out, P)
+            grad_b = g.sum(1).T  # (C_out, P)
+        grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
         # (a direct rule's δx reaches the layer's input through `project_input`, not cols)
         if need_learned:
             grad_learned = _learned_grad(ctx, LocalMap(cols), weight, grad_w)
@@ -315,7 +324,7 @@ def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Fe
     x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
     """
     if x.dim() == 2:
-        return _Linear.apply(x, weight, bias, feedback.learned, feedback, x.shape[0])
+        return _Linear.apply(x, weight, bias, feedback[1], feedback, 0)  # samples: x's rows
     if feedback.direct is not None:  # it projects onto x as shaped here: (N, ...), batch first
         shape, project = x.shape, feedback.direct
         feedback = feedback._replace(direct=lambda flat: project(shape).view(flat))

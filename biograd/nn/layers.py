@@ -70,7 +70,8 @@ class FeedbackLayer(nn.Module):
         cls = self.__dict__.get("torch_class") or next(
             base for base in type(self).__mro__ if base in DROP_INS)
         plain = copy_module(self, rebase(self, cls),
-                            skip={"learning_rule", "feedback_seed", "torch_class"})
+                            skip={"learning_rule", "feedback_seed", "torch_class", "_sign_scale",
+                                  "_cached_window"})
         for name in self.learning_rule.state:
             plain._parameters.pop(name, None)
             plain._buffers.pop(name, None)
@@ -99,6 +100,8 @@ class FeedbackLayer(nn.Module):
                     delattr(self, name)
         if seed is None:
             seed = _default_seed(self.weight_now())
+        self.__dict__.pop("_sign_scale", None)  # ss's s and brsf's window: the old rule's
+        self.__dict__.pop("_cached_window", None)
         self.learning_rule, self.feedback_seed = new, int(seed)
         new.setup(self, generator(mix(seed, "setup")))
 
@@ -159,6 +162,12 @@ class FeedbackLayer(nn.Module):
                 f"120 us per layer per step); put this layer on bp, or biograd.unconvert the "
                 f"model, to use them (functional_call and double backward work)"
             ) from err
+
+    def __getstate__(self) -> dict:
+        """Pickled and deep-copied without what the rules cache on the layer (`_cached_*`: a
+        step's window of brsf's pool, a view that a copy would cut loose from its pool)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if not k.startswith("_cached_")}
 
     # --- state dicts: the seed and counter travel as int64 tensors -------------------------
 
@@ -240,10 +249,11 @@ class Linear(FeedbackLayer, nn.Linear):
     """nn.Linear (inputs of any number of leading dimensions) with δx = δy B."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.learning_rule.transports_weights:
-            return nn.Linear.forward(self, input)
+        rule = self.learning_rule
+        if rule.transports_weights:
+            return F.linear(input, self.weight, self.bias)
         try:
-            return feedback_linear(input, self.weight, self.bias, self._feedback())
+            return feedback_linear(input, self.weight, self.bias, rule.bind(self))
         except (RuntimeError, NotImplementedError) as err:
             self._explain(err)
             raise
@@ -253,11 +263,12 @@ class _ConvMixin(FeedbackLayer):
     """The shared forward of Conv1d/2d/3d: torch's padding, then `feedback_conv`."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.learning_rule.transports_weights:
+        rule = self.learning_rule
+        if rule.transports_weights:
             return self._conv_forward(input, self.weight, self.bias)
         x, padding, pads = self._pad(input)
-        feedback = self._feedback()
-        if feedback.direct is not None and pads:
+        feedback = rule.bind(self)
+        if pads and feedback.direct is not None:
             feedback = feedback._replace(direct=_unpadded(feedback.direct, input.shape, pads))
         try:
             return feedback_conv(x, self.weight, self.bias, feedback, self.stride, padding,
@@ -274,12 +285,13 @@ class _ConvMixin(FeedbackLayer):
         odd pads the extra element on the right, then pads symmetrically (aten's
         _convolution_mode), so outputs match torch's bit for bit.
         """
+        padding = self.padding
+        if self.padding_mode == "zeros" and padding.__class__ is not str:
+            return input, padding, ()  # the common case: the convolution pads with zeros
         n = len(self.kernel_size)
         if self.padding_mode != "zeros":
             pads = self._reversed_padding_repeated_twice
             return F.pad(input, pads, mode=self.padding_mode), (0,) * n, tuple(pads)
-        if not isinstance(self.padding, str):
-            return input, self.padding, ()
         pads = self._reversed_padding_repeated_twice  # (left, right) per dim, last dim first
         left = tuple(pads[2 * (n - 1 - i)] for i in range(n))
         extra = [0] * (2 * n)

@@ -80,7 +80,7 @@ class BRSF(Rule):
     def _make(self, layer):
         """B's make for the current step: eager, a view of the pool at a Python offset (free);
         under torch.compile, the same window gathered at a tensor offset (no recompiling)."""
-        step = layer.feedback_step  # on the CPU, see FeedbackLayer
+        step = layer._buffers["feedback_step"]  # on the CPU, see FeedbackLayer
         if self.fresh == "full":
             seed = mix(layer.feedback_seed, "brsf", int(step))
             scale, shape_of = self.scale, layer.scale_shape
@@ -88,18 +88,27 @@ class BRSF(Rule):
             return lambda w: torch.copysign(random_feedback(
                 w, generator(seed, w.device), scale,
                 s=sign_scale(shape_of(w.shape), out_channels)).abs_(), w)
-        pool = layer.feedback_pool
+        pool = layer._buffers["feedback_pool"]
         n = pool.numel() - SLACK
-        stride, shift = window_walk(layer.feedback_seed)
         if torch.compiler.is_compiling():
+            stride, shift = window_walk(layer.feedback_seed)
             start = (step * stride + shift).remainder(SLACK + 1).to(pool.device)
             return lambda w: torch.copysign(
                 pool.index_select(0, torch.arange(n, device=pool.device) + start).view_as(w), w)
-        start = (int(step) * stride + shift) % (SLACK + 1)
-        return lambda w: torch.copysign(pool[start : start + n].view_as(w), w)
+        # the window of this step, cut once: the step counter's version moves with every
+        # after_step (and load), so a step's forwards reuse it (host time per layer)
+        cached = layer.__dict__.get("_cached_window")
+        if cached is None or cached[0] is not step or cached[1] != step._version \
+                or cached[2] is not pool:
+            stride, shift = window_walk(layer.feedback_seed)
+            start = (int(step) * stride + shift) % (SLACK + 1)
+            cached = (step, step._version, pool, pool[start : start + n])
+            layer.__dict__["_cached_window"] = cached
+        window = cached[3]
+        return lambda w: torch.copysign(window.view_as(w), w)
 
     def bind(self, layer) -> Feedback:
-        return Feedback(make=self._make(layer))
+        return Feedback(self._make(layer))
 
     @torch.no_grad()
     def after_step(self, layer) -> None:

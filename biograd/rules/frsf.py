@@ -34,5 +34,5 @@ class FRSF(Rule):
         layer.put_state("feedback_magnitude", m)
 
     def bind(self, layer) -> Feedback:
-        m = layer.feedback_magnitude
-        return Feedback(make=lambda w: torch.copysign(m, w))
+        m = layer._buffers["feedback_magnitude"]
+        return Feedback(lambda w: torch.copysign(m, w))

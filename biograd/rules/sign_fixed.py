@@ -44,8 +44,8 @@ class SignFixed(Rule):
         self.after_step(layer)
 
     def bind(self, layer) -> Feedback:
-        b = layer.feedback
-        return Feedback(make=lambda w: b)
+        b = layer._buffers["feedback"]  # (not __getattr__'s search: host time per layer)
+        return Feedback(lambda w: b)
 
     def after_step(self, layer) -> None:
         hold_sign_(layer.weight, torch.sign(layer.feedback), self.eps)

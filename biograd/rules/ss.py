@@ -1,20 +1,25 @@
 """Sign-symmetry, uSF (Liao, Leibo & Poggio 2016; the seed, Xiao et al. 2019).
 
 B = s · sign(W), recomputed from the current W in the backward, with the seed's per-layer
-magnitude s (`sign_scale`). It keeps no state and saves no tensor beyond what the torch layer
-saves: B exists only while the backward runs.
+magnitude s (`sign_scale`). It keeps no state (s, which W's shape sets, is worked out at the
+first forward and kept on the layer) and saves no tensor beyond what the
+torch layer saves: B exists only while the backward runs.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from biograd.rules.base import Feedback, Rule, register, scale_option, sign_scale
+from biograd.rules.base import Feedback, Rule, register, scale_option, seed_scale
 
 
-def signed(magnitude: float, weight: torch.Tensor) -> torch.Tensor:
-    """magnitude · sign(W) in one pass. At W = ±0 it gives ±magnitude, where sign() gives 0."""
-    return torch.copysign(weight.new_full((), magnitude), weight)
+@functools.lru_cache(maxsize=4096)
+def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """value as a 0-d CPU tensor of `dtype`, made once: copysign takes it with W of any device
+    (a 0-d CPU tensor is a scalar to a CUDA op), in W's own dtype fastest (a float64 one costs
+    the mixed-type path, 0.8 us more); making one per layer per step is host time."""
+    return torch.tensor(value, dtype=dtype)
 
 
 @register
@@ -38,5 +43,9 @@ class SS(Rule):
     def bind(self, layer) -> Feedback:
         if self.scale == "weight":
             return Feedback(make=lambda w: torch.copysign(w.detach().square().mean().sqrt(), w))
-        shape_of, out_channels = layer.scale_shape, getattr(layer, "out_channels", None)
-        return Feedback(make=lambda w: signed(sign_scale(shape_of(w.shape), out_channels), w))
+        s = layer.__dict__.get("_sign_scale")
+        if s is None:  # s from W's shape, once per layer (not while torch.compile traces)
+            s = seed_scale(layer)
+            if not torch.compiler.is_compiling():
+                layer.__dict__["_sign_scale"] = s
+        return Feedback(lambda w: torch.copysign(_scalar(s, w.dtype), w))

@@ -86,8 +86,8 @@ class WM(Rule):
         self.after_step(layer)
 
     def bind(self, layer) -> Feedback:
-        b = layer.feedback
-        return Feedback(make=lambda w: b)
+        b = layer._buffers["feedback"]  # (not __getattr__'s search: host time per layer)
+        return Feedback(lambda w: b)
 
     @torch.no_grad()
     def after_step(self, layer) -> None:
