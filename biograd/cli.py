@@ -125,7 +125,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     written = result.pop("written")
     width = max(len(k) for k in result)
     for key, value in result.items():
-        shown = f"{value:.2f}" if isinstance(value, float) else value
+        shown = (f"{value:.2f}" if isinstance(value, float) else
+                 ", ".join(f"{k} {v:.4f}" for k, v in value.items())
+                 if isinstance(value, dict) else value)
         print(f"{key:<{width}}  {shown}")
     print(f"written to {written}")
     return 0

@@ -645,7 +645,7 @@ def test_kunins_study_not_run(results, tmp_path):
     make_runs(out, MAIN, ANGLES)
     page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
     section = page.split("### The alignment family at Kunin et al.'s own coefficients")[1]
-    assert section.split("## Commands")[0].strip().endswith("Not run yet.")
+    assert section.split("## Commands")[0].split("\n### ")[0].strip().endswith("Not run yet.")
 
 
 # --- DFA's placement on the ViT ------------------------------------------------------------------

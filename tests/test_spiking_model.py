@@ -258,6 +258,11 @@ def test_train_and_eval_on_digits_and_synthetic_images(tmp_path, monkeypatch, ca
         scored = json.loads((out / "eval.json").read_text())
         assert scored["val_top1"] == logged["val_top1"]
         assert scored["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+        # each LIF layer's spike rate, in evaluation: logged by training, given by eval
+        rates = logged["val_spike_rates"]
+        assert list(rates) == [f"features.unit{i}.2" for i in (1, 2, 3, 4)]
+        assert all(0 <= rate < 1 for rate in rates.values()) and rates["features.unit1.2"] > 0
+        assert scored["val_spike_rates"] == pytest.approx(rates, rel=1e-9)
     # other draws score otherwise: the agreement above is the seed's, not silent neurons'
     monkeypatch.setattr(biograd.models.spiking, "EVAL_SEED", EVAL_SEED + 1)
     assert main(["eval", str(tmp_path / "digits")]) == 0

@@ -229,6 +229,10 @@ def test_spiking_cnn_on_two_ranks_agrees_and_resumes_exactly(tmp_path):
         assert whole.keys() == parts.keys()
         for key, value in whole.items():
             assert torch.equal(value, parts[key]), (rank, key)
+    # the spike rates of both ranks' validation shards, summed: one record, every LIF layer
+    logged = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(logged["val_spike_rates"]) == 4
+    assert all(0 <= rate < 1 for rate in logged["val_spike_rates"].values())
     checkpoint = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     ranks = checkpoint["rng_ranks"]  # the streams the spikes are drawn from, one per rank
     assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])

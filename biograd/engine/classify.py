@@ -17,6 +17,7 @@ import biograd
 from biograd.config import TrainConfig
 from biograd.engine import distributed, loop
 from biograd.errors import UsageError
+from biograd.spikes import SpikeCounter
 
 
 def to_device(batch, device: torch.device, channels_last: bool = False):
@@ -36,22 +37,30 @@ def loss(runner, batch) -> tuple[torch.Tensor, int, dict[str, float]]:
 
 
 @torch.no_grad()
-def evaluate(ctx: loop.Context, loader: DataLoader) -> dict[str, float]:
+def evaluate(ctx: loop.Context, loader: DataLoader) -> dict[str, Any]:
+    """Loss, top-1 and top-5 over the loader (summed over DDP ranks); for a spiking model,
+    also each neuron layer's spike rate ("val_spike_rates": {name: fraction of neuron-steps
+    that fired}, biograd.spikes)."""
     ctx.model.eval()
     loss_sum = top1 = top5 = seen = 0.0
-    for batch in loader:
-        x, y = ctx.task.to_device(batch, ctx.device)
-        with loop.autocast(ctx.cfg, ctx.device):
-            logits = ctx.model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 += (best[:, 0] == y).sum().item()
-        top5 += (best == y[:, None]).any(1).sum().item()
-        seen += len(y)
-    loss_sum, top1, top5, seen = distributed.all_reduce_sum([loss_sum, top1, top5, seen],
-                                                            ctx.device, ctx.dist)
-    return {"val_loss": loss_sum / seen, "val_top1": 100 * top1 / seen,
-            "val_top5": 100 * top5 / seen}
+    with SpikeCounter(ctx.model) as counter:
+        for batch in loader:
+            x, y = ctx.task.to_device(batch, ctx.device)
+            with loop.autocast(ctx.cfg, ctx.device):
+                logits = ctx.model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top1 += (best[:, 0] == y).sum().item()
+            top5 += (best == y[:, None]).any(1).sum().item()
+            seen += len(y)
+    spikes = counter.totals().flatten().tolist()  # (spikes, neuron-steps) per layer
+    loss_sum, top1, top5, seen, *spikes = distributed.all_reduce_sum(
+        [loss_sum, top1, top5, seen, *spikes], ctx.device, ctx.dist)
+    metrics: dict[str, Any] = {"val_loss": loss_sum / seen, "val_top1": 100 * top1 / seen,
+                               "val_top5": 100 * top5 / seen}
+    if spikes:
+        metrics["val_spike_rates"] = counter.rates(torch.tensor(spikes).view(-1, 2))
+    return metrics
 
 
 def summary(m: dict[str, Any]) -> str:

@@ -641,5 +641,6 @@ def score_test(ctx: Context, out: Path) -> dict[str, float]:
                   **scores}
         (out / "test.json").write_text(json.dumps(record, indent=1) + "\n")
         log.info("test split, model of epoch %d (best %s): %s", best["epoch"], best["metric"],
-                 ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+                 ", ".join(f"{k} {v:.2f}" for k, v in scores.items()
+                           if isinstance(v, float)))
     return scores
