@@ -113,3 +113,35 @@ def test_the_readmes_round_three_results_are_results_own():
     placement = results.split("### DFA's placement")[1].split("###")[0]
     assert "dfa_blocks trained at none of the learning rates" in placement
     assert "diverged at every lr tried" in readme
+
+
+OPEN_PROBLEM_MODELS = ("spiking_cnn", "lstm", "gru", "rlif")
+
+
+def open_problem_commands() -> list[str]:
+    """The README's command lines that train one of the open problems' models."""
+    lines = [line.split("  #")[0].strip() for line in README.read_text().splitlines()]
+    return [line for line in lines if line.startswith("biograd ") and
+            any(f"--model {m}" in line for m in OPEN_PROBLEM_MODELS)]
+
+
+def test_the_readme_has_an_open_problem_command_for_spikes():
+    assert any("--model spiking_cnn" in line for line in open_problem_commands())
+
+
+@pytest.mark.parametrize("line", open_problem_commands())
+def test_the_readmes_open_problem_commands_run(line, tmp_path):
+    """Each as written, on digits for two steps of one epoch (the data and length the flags
+    appended here override)."""
+    import shlex
+
+    from biograd.cli import main
+    from biograd.models import model_info
+
+    model = re.search(r"--model (\w+)", line).group(1)
+    for module in model_info(model).requires:
+        pytest.importorskip(module, reason=f"--model {model} needs {module}")
+    args = [*shlex.split(line)[1:], "--data", "digits", "--epochs", "1", "--steps-per-epoch",
+            "2", "--batch-size", "16", "--progress", "none", "--tensorboard", "false",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
