@@ -73,7 +73,7 @@ def close(a, b):
     return (a - b).norm() <= 1e-12 * b.norm()
 
 
-@pytest.mark.parametrize("steps", [1, 3, 12])
+@pytest.mark.parametrize("steps", [1, 3, 40])  # 40: two whole chunks and a part
 @pytest.mark.parametrize("n", [1, 5])
 @pytest.mark.parametrize("bias", [True, False])
 def test_eprop_is_autograd_with_the_recurrent_spikes_detached(steps, n, bias):
@@ -361,12 +361,13 @@ def test_the_cost_benchmark_measures_both_modes_at_every_length(capsys):
     spec.loader.exec_module(bench)
     result = bench.main(bench.get_args_parser().parse_args(
         ["--steps", "2", "6", "--batch", "2", "--input", "3", "--hidden", "4", "--rounds",
-         "1", "--calls", "1"]))
+         "1", "--calls", "1", "--peak"]))
     assert set(result["rows"]) == {"2", "6"}
     for row in result["rows"].values():
         assert set(row) == {"eprop", "bptt"}
         for cell in row.values():
             assert cell["ms"] > 0 and math.isfinite(cell["ms"]) and cell["saved_bytes"] > 0
+            assert cell["peak_bytes"] >= cell["saved_bytes"]
     rows = result["rows"]
     assert rows["2"]["eprop"]["saved_bytes"] == rows["6"]["eprop"]["saved_bytes"]
     assert rows["6"]["bptt"]["saved_bytes"] > rows["2"]["bptt"]["saved_bytes"]

@@ -21,9 +21,11 @@ and the update is, in one line,
     dE/dW_ji = Σ_n δ_nj (1/T) Σ_t ψ_nj(t) z̄_ni(t)
 
 The forward keeps, per sample, the sums E_in = Σ_t ψ(t) z̄_in(t)ᵀ (N, H, I), E_rec (N, H, H)
-and E_b (N, H), updated in place at every step, and the running v, z and traces (N, H), (N, I):
-no earlier step's activation is kept, so memory per sequence is flat in T (BPTT's grows with
-T). The backward is three contractions with δ. δ itself is what the readout sends down: a
+and E_b (N, H), updated in place, and the running v, z and traces (N, H), (N, I); it holds the
+ψ and traces of at most CHUNK (16) steps before folding them into the sums in one batched
+product (the sums are read and written once per chunk, not once per step). Nothing is kept
+for the backward but the sums, and nothing the forward holds grows with T: memory per sequence
+is flat in T (BPTT's grows with T). The backward is three contractions with δ. δ itself is what the readout sends down: a
 readout on bp sends δ = W_outᵀ e (symmetric feedback, e the output error), on fa a fixed
 random Bᵀ e, on kp a learned B that follows W_out (adaptive): the feedback of e-prop is the
 readout's rule (biograd.convert(..., last=...)), nothing here. This is exactly the gradient of
@@ -34,9 +36,10 @@ e-prop is the rule of one recurrent layer: its input gets no error, δx = 0 (zer
 needs a gradient, so that a layer below still receives a gradient tensor, as DDP needs).
 
 BPTT (`learning="bptt"`): the same steps under autograd, the spike's gradient ψ, backprop
-through time through the recurrence and the reset; W_in x runs as a layer over the T steps at
-once and W_rec z_{t−1} as a layer per step, so a rule on them (`biograd.convert`) sends the
-errors through its B, as it does in biograd's nn.RNN. The two modes share their parameters,
+through time through the recurrence and the reset; W_in x_t and W_rec z_{t−1} run as layers at
+every step, so a rule on them (`biograd.convert`) sends the errors through its B, as it does
+in biograd's nn.RNN. Both modes compute W_in x_t step by step, as the steps come (e-prop's
+forward never holds a (T, N, H) tensor). The two modes share their parameters,
 state-dict keys and forward (bit for bit); with gradients off both run the plain forward.
 """
 
@@ -49,11 +52,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biograd.nn.layers import FeedbackLayer
-from biograd.rules.dfa import folded_steps
 
 LEARNING = ("bptt", "eprop")
 #: Bellec et al.'s dampening factor γ of the pseudo-derivative.
 GAMMA = 0.3
+#: e-prop's forward folds its ψ and traces into the eligibility sums every CHUNK steps.
+CHUNK = 16
 
 
 def pseudo_derivative(v: Tensor, threshold: float, gamma: float = GAMMA) -> Tensor:
@@ -101,27 +105,31 @@ class _EProp(torch.autograd.Function):
     def forward(ctx, x, w_in, bias, w_rec, learned_in, learned_rec, alpha, threshold, gamma):
         steps, n, inputs = x.shape
         hidden = w_in.shape[0]
-        # (T·N, I) -> (T, N, H): W_in x over all steps in one product, as the BPTT mode's layer
-        current = F.linear(x.reshape(steps * n, inputs), w_in, bias).view(steps, n, hidden)
         new = x.new_zeros
         e_in, e_rec = new(n, hidden, inputs), new(n, hidden, hidden)  # Σ_t ψ z̄ᵀ, per sample
         e_b = new(n, hidden) if bias is not None else None
         trace_in, trace_rec, trace_b = new(n, inputs), new(n, hidden), new(n, hidden)
+        # the last `CHUNK` steps' ψ and traces, folded into the sums by one batched product:
+        # bounded memory (flat in T), and CHUNK times fewer passes over E_rec than step by step
+        chunk = min(CHUNK, steps)
+        psi_k, in_k, rec_k = new(n, chunk, hidden), new(n, chunk, inputs), new(n, chunk, hidden)
         v = z = total = None
         for t in range(steps):
             recurrent = None if t == 0 else F.linear(z, w_rec)
-            v = _step(v, current[t], recurrent, z, alpha, threshold)
-            # the presynaptic traces z̄(t) = α z̄(t−1) + input(t)
+            v = _step(v, F.linear(x[t], w_in, bias), recurrent, z, alpha, threshold)
+            # the presynaptic traces z̄(t) = α z̄(t−1) + input(t) (z̄_rec(1) = 0: z_0 = 0)
             trace_in.mul_(alpha).add_(x[t])
             if t > 0:
                 trace_rec.mul_(alpha).add_(z)
-            psi = pseudo_derivative(v, threshold, gamma).unsqueeze(2)  # (N, H, 1)
-            e_in.baddbmm_(psi, trace_in.unsqueeze(1))  # += ψ z̄_inᵀ (N, H, I)
-            if t > 0:
-                e_rec.baddbmm_(psi, trace_rec.unsqueeze(1))  # (N, H, H)
+            psi = pseudo_derivative(v, threshold, gamma)  # (N, H)
+            k = t % chunk
+            psi_k[:, k], in_k[:, k], rec_k[:, k] = psi, trace_in, trace_rec
+            if k == chunk - 1 or t == steps - 1:  # E += Σ_k ψ(k) z̄(k)ᵀ, per sample
+                e_in.baddbmm_(psi_k[:, : k + 1].transpose(1, 2), in_k[:, : k + 1])
+                e_rec.baddbmm_(psi_k[:, : k + 1].transpose(1, 2), rec_k[:, : k + 1])
             if e_b is not None:
                 trace_b.mul_(alpha).add_(1)
-                e_b.addcmul_(psi.squeeze(2), trace_b)
+                e_b.addcmul_(psi, trace_b)
             z = (v > threshold).to(v.dtype)
             total = z.clone() if total is None else total.add_(z)
         ctx.save_for_backward(e_in, e_rec, e_b)
@@ -209,20 +217,15 @@ class RecurrentLIF(nn.Module):
 
     def _bptt(self, x: Tensor) -> Tensor:
         """The steps under autograd; with gradients off, the plain forward of both modes."""
-        steps, n, inputs = x.shape
-        grad = torch.is_grad_enabled()
-        if grad:
-            with folded_steps(steps):  # a dfa/drtp W_in sends each sample's B e to every step
-                current = self.input(x.reshape(steps * n, inputs))
-        else:
-            current = F.linear(x.reshape(steps * n, inputs), self.input.weight, self.input.bias)
-        current = current.view(steps, n, -1)  # (T, N, H)
+        grad, steps = torch.is_grad_enabled(), x.shape[0]
         v = z = total = None
         for t in range(steps):
+            current = self.input(x[t]) if grad else \
+                F.linear(x[t], self.input.weight, self.input.bias)
             recurrent = None
             if t > 0:
                 recurrent = self.recurrent(z) if grad else F.linear(z, self.recurrent.weight)
-            v = _step(v, current[t], recurrent, z, self.alpha, self.threshold)
+            v = _step(v, current, recurrent, z, self.alpha, self.threshold)
             z = spike(v, self.threshold, GAMMA) if grad else (v > self.threshold).to(v.dtype)
             total = z if total is None else total + z
         return total / steps
