@@ -136,19 +136,27 @@ def main(args: argparse.Namespace) -> dict:
     print(f"# {result['command']}\n# torch {torch.__version__}, {result['machine']['cpu']}, "
           f"{torch.get_num_threads()} thread(s); LIF {args.input}→{args.hidden}, "
           f"batch {args.batch}\n")
-    peaks = " | e-prop peak MB | BPTT peak MB" if args.peak else ""
-    print(f"| T | e-prop ms | BPTT ms | e-prop saved MB | BPTT saved MB{peaks} |\n"
-          f"| ---: | ---: | ---: | ---: | ---:{' | ---: | ---:' if args.peak else ''} |")
-    for steps, row in rows.items():
-        e, b = row["eprop"], row["bptt"]
-        line = (f"| {steps} | {e['ms']:.1f} | {b['ms']:.1f} | {e['saved_bytes'] / 1e6:.2f} | "
-                f"{b['saved_bytes'] / 1e6:.2f}")
-        if args.peak:
-            line += f" | {e['peak_bytes'] / 1e6:.1f} | {b['peak_bytes'] / 1e6:.1f}"
-        print(line + " |")
+    print("\n".join(table(result)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def table(result: dict) -> list[str]:
+    """The markdown table of a result (main's, or its JSON), as docs and RESULTS.md quote it."""
+    rows = result["rows"]
+    peak = all("peak_bytes" in cell for row in rows.values() for cell in row.values())
+    lines = ["| T | e-prop ms | BPTT ms | BPTT ÷ e-prop | e-prop saved MB | BPTT saved MB"
+             + (" | e-prop peak MB | BPTT peak MB |" if peak else " |"),
+             "| ---: | ---: | ---: | ---: | ---: | ---:" + (" | ---: | ---: |" if peak else " |")]
+    for steps, row in rows.items():
+        e, b = row["eprop"], row["bptt"]
+        line = (f"| {steps} | {e['ms']:.1f} | {b['ms']:.1f} | {b['ms'] / e['ms']:.2f} | "
+                f"{e['saved_bytes'] / 1e6:.2f} | {b['saved_bytes'] / 1e6:.2f}")
+        if peak:
+            line += f" | {e['peak_bytes'] / 1e6:.2f} | {b['peak_bytes'] / 1e6:.2f}"
+        lines.append(line + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -372,3 +372,89 @@ def test_the_cost_benchmark_measures_both_modes_at_every_length(capsys):
     assert rows["2"]["eprop"]["saved_bytes"] == rows["6"]["eprop"]["saved_bytes"]
     assert rows["6"]["bptt"]["saved_bytes"] > rows["2"]["bptt"]["saved_bytes"]
     assert "| 6 |" in capsys.readouterr().out
+
+
+def test_under_eprop_the_recurrent_layers_rule_changes_nothing_learnt():
+    """docs/beyond.md: "a run on `--rule bp` and one on `--rule fa`, the same readout, end
+    with the same weights"."""
+    x, y = torch.randn(6, 8, 5), torch.randint(0, K, (8,))
+    ends = []
+    for rule in ("bp", "fa", "kp"):
+        model = biograd.convert(network(dtype=torch.float32), rule, last="fa", seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        ends.append({k: v for k, v in model.state_dict().items()
+                     if k.endswith(("weight", "bias")) or k == "1.feedback"})
+    for other in ends[1:]:
+        assert ends[0].keys() == other.keys()
+        for key, value in ends[0].items():
+            assert torch.equal(value, other[key]), key
+
+
+def test_compare_takes_rlif(tmp_path):
+    from biograd.cli import main
+
+    assert main(["compare", "--rules", "bp,fa", "--data", "digits", "--model", "rlif",
+                 "--model-options", "{learning: eprop, hidden: 8}", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch-size", "8", "--progress", "none",
+                 "--tensorboard", "false", "--angle-batch", "0",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| `bp` |" in report and "| `fa` |" in report
+
+
+# --- what docs/beyond.md and benchmarks/RESULTS.md quote ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def section():
+    text = (ROOT / "docs" / "beyond.md").read_text()
+    return text.split("### Online: e-prop")[1].split("## What the studies found")[0]
+
+
+def test_the_docs_example_runs():
+    (code,) = [block.split("```")[0] for block in section().split("```python\n")[1:]]
+    exec(compile(code, "docs/beyond.md", "exec"), {})
+
+
+def test_the_numbers_quoted_are_the_records_own():
+    import importlib.util
+
+    from biograd.nn import eprop
+
+    spec = importlib.util.spec_from_file_location("eprop_cost",
+                                                  ROOT / "benchmarks" / "eprop_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cost = json.loads((ROOT / "benchmarks" / "results_eprop_cost.json").read_text())
+    digits = json.loads((ROOT / "benchmarks" / "results_eprop_digits.json").read_text())
+    docs, results = section(), (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    flat = " ".join(docs.split())
+    for line in bench.table(cost):
+        assert line in docs and line in results, line
+    rows = cost["rows"]
+    steps = [int(t) for t in rows]
+    kept = {rows[str(t)]["eprop"]["saved_bytes"] for t in steps}
+    assert len(kept) == 1 and f"keeps the same {kept.pop() / 1e6:.2f} MB whatever T" in flat
+    last, first = rows[str(steps[-1])]["bptt"], rows[str(steps[0])]["bptt"]
+    per_step = (last["saved_bytes"] - first["saved_bytes"]) / (steps[-1] - steps[0])
+    assert f"about {per_step / 1e3:.0f} kB a step" in flat
+    assert f"about {per_step / 1e3:.0f} kB a step" in " ".join(results.split())
+    cross = rows[str(steps[0])]["eprop"]["saved_bytes"] / per_step
+    assert f"near T = {round(cross, -1):.0f}" in flat
+    faster = [t for t in steps if rows[str(t)]["eprop"]["ms"] < rows[str(t)]["bptt"]["ms"]]
+    assert faster == steps[1:] and f"cheaper from T = {steps[1]} on" in flat
+    assert f"at T = {steps[0]} BPTT is" in flat
+    assert eprop.CHUNK == 16 and "up to 16 steps" in flat
+    assert "to 1e-12 relative" in flat  # `close` above
+    for name, run in digits["runs"].items():
+        rule = run["command"].split("--rule ")[1].split()[0]
+        last_rule = run["command"].split("--last-rule ")[1].split()[0]
+        row = f"| {name} | `{rule}` / `{last_rule}` |"
+        assert f"{row} {run['val_top1']:.1f} | {run['val_loss']:.3f} |" in docs, name
+        assert f"{row} {run['train_top1']:.1f} | {run['val_top1']:.1f} | " \
+               f"{run['val_loss']:.3f} |" in results, name

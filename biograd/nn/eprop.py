@@ -24,13 +24,15 @@ The forward keeps, per sample, the sums E_in = Σ_t ψ(t) z̄_in(t)ᵀ (N, H, I)
 and E_b (N, H), updated in place, and the running v, z and traces (N, H), (N, I); it holds the
 ψ and traces of at most CHUNK (16) steps before folding them into the sums in one batched
 product (the sums are read and written once per chunk, not once per step). Nothing is kept
-for the backward but the sums, and nothing the forward holds grows with T: memory per sequence
-is flat in T (BPTT's grows with T). The backward is three contractions with δ. δ itself is what the readout sends down: a
-readout on bp sends δ = W_outᵀ e (symmetric feedback, e the output error), on fa a fixed
-random Bᵀ e, on kp a learned B that follows W_out (adaptive): the feedback of e-prop is the
-readout's rule (biograd.convert(..., last=...)), nothing here. This is exactly the gradient of
-the same network with z_{t−1} detached (in the recurrent input and in the reset): the error
-reaches W only through each step's own ψ, never back in time through the spikes.
+for the backward but the sums, and nothing the forward holds grows with T: memory per
+sequence is flat in T (BPTT's grows with T). The backward is three contractions with δ.
+
+δ itself is what the readout sends down: a readout on bp sends δ = W_outᵀ e (symmetric
+feedback, e the output error), on fa a fixed random Bᵀ e, on kp a learned B that follows W_out
+(adaptive): the feedback of e-prop is the readout's rule (biograd.convert(..., last=...)),
+nothing here. This is exactly the gradient of the same network with z_{t−1} detached (in the
+recurrent input and in the reset): the error reaches W only through each step's own ψ, never
+back in time through the spikes.
 
 e-prop is the rule of one recurrent layer: its input gets no error, δx = 0 (zeros where x
 needs a gradient, so that a layer below still receives a gradient tensor, as DDP needs).
@@ -39,8 +41,8 @@ BPTT (`learning="bptt"`): the same steps under autograd, the spike's gradient ψ
 through time through the recurrence and the reset; W_in x_t and W_rec z_{t−1} run as layers at
 every step, so a rule on them (`biograd.convert`) sends the errors through its B, as it does
 in biograd's nn.RNN. Both modes compute W_in x_t step by step, as the steps come (e-prop's
-forward never holds a (T, N, H) tensor). The two modes share their parameters,
-state-dict keys and forward (bit for bit); with gradients off both run the plain forward.
+forward never holds a (T, N, H) tensor). The two modes share their parameters, state-dict
+keys and forward (bit for bit); with gradients off both run the plain forward.
 """
 
 from __future__ import annotations
