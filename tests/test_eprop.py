@@ -458,3 +458,36 @@ def test_the_numbers_quoted_are_the_records_own():
         assert f"{row} {run['val_top1']:.1f} | {run['val_loss']:.3f} |" in docs, name
         assert f"{row} {run['train_top1']:.1f} | {run['val_top1']:.1f} | " \
                f"{run['val_loss']:.3f} |" in results, name
+
+
+def test_under_autocast_both_modes_compute_the_same_rates_and_float32_gradients():
+    x, y = torch.randn(7, 4, 5), torch.tensor([0, 1, 2, 0])
+    out = {}
+    for learning in ("eprop", "bptt"):
+        model = biograd.convert(network(dtype=torch.float32, learning=learning), "fa",
+                                last="fa", seed=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out[learning] = model[0](x)
+            loss = F.cross_entropy(model[1](out[learning]), y)
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    assert out["eprop"].dtype == torch.bfloat16
+    assert torch.equal(out["eprop"], out["bptt"])
+
+
+def test_gradient_angles_of_an_eprop_run_compare_with_symmetric_feedback():
+    """docs/beyond.md: "for an e-prop run they compare e-prop under the run's feedback with
+    e-prop under symmetric feedback"."""
+    import copy
+
+    model = biograd.convert(network(), "fa", last="fa", seed=0)
+    x, y = torch.randn(6, 5, 5, dtype=torch.float64), torch.randint(0, K, (5,))
+    symmetric = biograd.convert(copy.deepcopy(model), "bp")
+    ours, theirs = grads(model, x, y), grads(symmetric, x, y)
+    angles = biograd.gradient_angles(model, (x, y))
+    for g, h, name in ((ours[0], theirs[0], "0.input"), (ours[2], theirs[2], "0.recurrent")):
+        cos = (g * h).sum() / (g.norm() * h.norm())
+        assert angles[name] == pytest.approx(math.degrees(math.acos(cos.clamp(-1, 1))),
+                                             abs=1e-6), name
+        assert angles[name] > 1e-3  # the readout's B is not W_out: the angle is not zero

@@ -42,7 +42,8 @@ through time through the recurrence and the reset; W_in x_t and W_rec z_{t−1} 
 every step, so a rule on them (`biograd.convert`) sends the errors through its B, as it does
 in biograd's nn.RNN. Both modes compute W_in x_t step by step, as the steps come (e-prop's
 forward never holds a (T, N, H) tensor). The two modes share their parameters, state-dict
-keys and forward (bit for bit); with gradients off both run the plain forward.
+keys and forward (bit for bit, under autocast too: the products run in its dtype, e-prop's
+sums stay in x's); with gradients off both run the plain forward.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ class _EProp(torch.autograd.Function):
     def backward(ctx, grad):
         e_in, e_rec, e_b = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        signal = grad / ctx.steps  # δ/T: (N, H), the learning signal L of every step
+        # δ/T: (N, H), the learning signal L of every step (in the sums' dtype: under autocast
+        # the rates, and so δ, come in the products' bf16 or fp16)
+        signal = grad.to(e_in.dtype) / ctx.steps
         grad_x = None
         if needs[0]:  # e-prop sends nothing below: zeros, so the layer below gets a gradient
             shape, dtype, device = ctx.x_like
