@@ -100,12 +100,14 @@ def _step(v: Tensor, current: Tensor, recurrent: Tensor | None, z: Tensor, alpha
 class _EProp(torch.autograd.Function):
     """The rates of the LIF layer, whose backward is e-prop's (see the module's docstring).
 
-    Inputs: x (T, N, I), W_in (H, I), b (H) or None, W_rec (H, H), and the learned feedback of
-    W_in and W_rec (kp's B, which takes W's gradient) or None. Returns (N, H).
+    Inputs: x (T, N, I), W_in (H, I), b (H) or None, W_rec (H, H), the learned feedback of
+    W_in and W_rec or None, and whether each takes its W's gradient (kp's B) or zeros (an
+    aligning B, whose rule reads the input e-prop does not keep). Returns (N, H).
     """
 
     @staticmethod
-    def forward(ctx, x, w_in, bias, w_rec, learned_in, learned_rec, alpha, threshold, gamma):
+    def forward(ctx, x, w_in, bias, w_rec, learned_in, learned_rec, mirrors, alpha, threshold,
+                gamma):
         steps, n, inputs = x.shape
         hidden = w_in.shape[0]
         new = x.new_zeros
@@ -136,7 +138,7 @@ class _EProp(torch.autograd.Function):
             z = (v > threshold).to(v.dtype)
             total = z.clone() if total is None else total.add_(z)
         ctx.save_for_backward(e_in, e_rec, e_b)
-        ctx.steps, ctx.x_like = steps, (x.shape, x.dtype, x.device)
+        ctx.steps, ctx.x_like, ctx.mirrors = steps, (x.shape, x.dtype, x.device), mirrors
         return total / steps
 
     @staticmethod
@@ -153,25 +155,24 @@ class _EProp(torch.autograd.Function):
         grad_in = torch.einsum("nh,nhi->hi", signal, e_in) if needs[1] or needs[4] else None
         grad_b = (signal * e_b).sum(0) if needs[2] else None
         grad_rec = torch.einsum("nh,nhi->hi", signal, e_rec) if needs[3] or needs[5] else None
+        learned = [None, None]  # B's gradient: W's (kp) or zeros (an aligning B stays put)
+        for i, (need, grad_w) in enumerate(((needs[4], grad_in), (needs[5], grad_rec))):
+            if need:
+                learned[i] = grad_w if ctx.mirrors[i] else torch.zeros_like(grad_w)
         return (grad_x, grad_in if needs[1] else None, grad_b, grad_rec if needs[3] else None,
-                grad_in if needs[4] else None, grad_rec if needs[5] else None,
-                None, None, None)
+                *learned, None, None, None, None)
 
 
-def _learned(layer: nn.Module, name: str, learning: str) -> Tensor | None:
-    """The learned feedback of a converted W_in or W_rec that e-prop must give a gradient (kp's
-    B: W's own gradient), or None; ValueError for a B that learns from the layer's input (the
-    alignment family), which e-prop does not keep."""
+def _learned(layer: nn.Module) -> tuple[Tensor | None, bool]:
+    """The learned feedback of a converted W_in or W_rec (None where its rule learns none), and
+    whether it takes W's gradient (kp's B, as kp says) or zeros: an aligning B's rule reads the
+    layer's input, which e-prop does not keep, and under e-prop no B of this layer is used, so
+    it stays as it is (every parameter still gets a gradient, as DDP needs)."""
     if not isinstance(layer, FeedbackLayer) or not any(
             n in layer._parameters for n in layer.learning_rule.state):
-        return None
+        return None, False
     feedback = layer.learning_rule.bind_current(layer)
-    if feedback.align is not None or feedback.learned is None:
-        raise ValueError(
-            f"{name} is on {layer.learning_rule.name}, whose B learns from the layer's input, "
-            f"which learning={learning!r} does not keep: put the recurrent layer on a rule "
-            f"with a fixed B or on kp, or use learning='bptt'")
-    return feedback.learned
+    return feedback.learned, feedback.align is None
 
 
 class RecurrentLIF(nn.Module):
@@ -187,8 +188,8 @@ class RecurrentLIF(nn.Module):
 
     Modules: `input` (nn.Linear(I, H), W_in and b), `recurrent` (nn.Linear(H, H, bias=False),
     W_rec): biograd.convert puts them on a rule, which acts under BPTT; under e-prop they
-    send no error (only kp's learned B, which takes W's gradient, is kept learning). The layer
-    holds no state between forwards.
+    send no error and their B is unused (kp's B still takes W's gradient; an aligning B gets
+    zeros). The layer holds no state between forwards.
     """
 
     def __init__(self, input_size: int, hidden_size: int, *, tau: float = 10.0,
@@ -214,10 +215,10 @@ class RecurrentLIF(nn.Module):
                              f"time first; got {tuple(x.shape)}")
         if self.learning == "eprop" and torch.is_grad_enabled():
             w_in, w_rec = self.input.weight, self.recurrent.weight
-            learned = (_learned(self.input, "input", self.learning),
-                       _learned(self.recurrent, "recurrent", self.learning))
-            return _EProp.apply(x, w_in, self.input.bias, w_rec, *learned, self.alpha,
-                                self.threshold, GAMMA)
+            (b_in, mirror_in), (b_rec, mirror_rec) = _learned(self.input), \
+                _learned(self.recurrent)
+            return _EProp.apply(x, w_in, self.input.bias, w_rec, b_in, b_rec,
+                                (mirror_in, mirror_rec), self.alpha, self.threshold, GAMMA)
         return self._bptt(x)
 
     def _bptt(self, x: Tensor) -> Tensor:
