@@ -392,6 +392,8 @@ def test_under_eprop_the_recurrent_layers_rule_changes_nothing_learnt():
 
 
 def test_compare_takes_rlif(tmp_path):
+    """docs/beyond.md: "`biograd compare --rules`, which varies `--rule` and holds
+    `--last-rule`, trains the same e-prop network under each"."""
     from biograd.cli import main
 
     assert main(["compare", "--rules", "bp,fa", "--data", "digits", "--model", "rlif",
@@ -401,6 +403,9 @@ def test_compare_takes_rlif(tmp_path):
                  "--out", str(tmp_path / "cmp")]) == 0
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "| `bp` |" in report and "| `fa` |" in report
+    # under e-prop --rule changes nothing learnt, and compare holds --last-rule: the same run
+    bp, fa = (metrics(tmp_path / "cmp" / rule)[-1] for rule in ("bp", "fa"))
+    assert bp["val_loss"] == fa["val_loss"] and bp["train_loss"] == fa["train_loss"]
 
 
 # --- what docs/beyond.md and benchmarks/RESULTS.md quote ------------------------------------------
