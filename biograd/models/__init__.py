@@ -6,7 +6,8 @@ biograd's own (`list_models()`): small_cnn and mlp for 8×8 and 28×28 images, r
 CIFAR-style ResNet-20) for 28×28 and 32×32, vit_small (a small torchvision ViT) for 28×28,
 alexnet_bn (the seed's AlexNet with BatchNorm) for 224×224; lenet, lenet_mnist, resnet20 and
 resnet56 as biotorch's benchmark defines them; spiking_cnn, small_cnn with spikingjelly's LIF
-neurons over T time steps (biograd[spiking]). Any torchvision classification model works by
+neurons over T time steps (biograd[spiking]); rlif, a recurrent LIF network reading an image
+row by row, trained by BPTT or e-prop. Any torchvision classification model works by
 its name, and timm's as "timm:NAME".
 """
 
@@ -15,6 +16,7 @@ from biograd.models.factory import RepeatChannels, build_model
 from biograd.models.lenet import lenet, lenet_mnist
 from biograd.models.registry import ModelError, list_models, model_info, register_model
 from biograd.models.resnet import resnet20, resnet56, resnet_small
+from biograd.models.rlif import rlif
 from biograd.models.small import mlp, small_cnn
 from biograd.models.spiking import spiking_cnn  # imports spikingjelly only when called
 from biograd.models.vit import vit_small
@@ -33,6 +35,7 @@ __all__ = [
     "resnet20",
     "resnet56",
     "resnet_small",
+    "rlif",
     "small_cnn",
     "spiking_cnn",
     "vit_small",
