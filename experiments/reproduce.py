@@ -110,7 +110,8 @@ STUDIES = {
     # Sized for the two cores: width 8, T = 4 steps of direct input, 2 epochs of 120 steps
     # at batch 128 (30,720 images, about half of Fashion-MNIST's training set): a run is about
     # 3 minutes of one core, 7 times resnet_small's per image at this width.
-    "spiking": ("fashion-mnist", ("ia", "aa", "kp", "sa", "drtp", "dfa", "fa", "ss", "bp"),
+    # (the paper's rules first, then the learned-feedback family's, the slowest last)
+    "spiking": ("fashion-mnist", ("bp", "ss", "fa", "kp", "dfa", "sa", "drtp", "aa", "ia"),
                 SPIKING),
     # dfa_blocks needs its blocks named: each conv-BatchNorm-LIF unit
     "spiking_blocks": ("fashion-mnist", ("dfa_blocks",),
