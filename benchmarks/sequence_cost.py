@@ -25,7 +25,8 @@ import argparse
 import json
 import shlex
 import sys
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -44,6 +45,16 @@ UNFUSED = "native, oneDNN off"
 CLASSES = 10
 
 
+@contextmanager
+def onednn_off():
+    """torch's RNN loop in C++ in place of oneDNN's kernel (without the flag's TF32 warning,
+    which is about Intel GPUs)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
 class Variant:
     """The lstm model on a rule (or native, with oneDNN on or off), its optimiser and one
     training step: what step_time.time_interleaved runs (`rule` names it in the tables)."""
@@ -57,8 +68,7 @@ class Variant:
             biograd.convert(self.model, rule, seed=0)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                    weight_decay=1e-4)
-        self.context = nullcontext if onednn else (
-            lambda: torch.backends.mkldnn.flags(enabled=False))
+        self.context = nullcontext if onednn else onednn_off
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with self.context():

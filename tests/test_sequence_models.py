@@ -254,3 +254,22 @@ def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, rule):
     strip = [[{k: v for k, v in m.items() if k not in timing} for m in metrics(tmp_path / n)]
              for n in ("whole", "parts")]
     assert strip[0] == strip[1]
+
+
+# --- the cost benchmark --------------------------------------------------------------------------
+
+def test_the_cost_benchmark_times_every_rule_against_torchs_lstm(capsys):
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sequence_cost.py"
+    spec = importlib.util.spec_from_file_location("sequence_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(bench.get_args_parser().parse_args(
+        ["--batch", "2", "--size", "4", "--hidden", "3", "--repeats", "1", "--warmup", "0"]))
+    assert list(result["rules"]) == ["native", "native, oneDNN off", *biograd.list_rules()]
+    for name, clocks in result["rules"].items():
+        assert all(math.isfinite(c["ratio"]) and c["ratio"] > 0 for c in clocks.values()), name
+    assert "| dfa_blocks |" in capsys.readouterr().out
