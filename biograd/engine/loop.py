@@ -2,7 +2,9 @@
 
 A task (classification, detection) supplies its model, data and three functions: the loss
 of a batch, the evaluation, and the log line. Everything else (config, DDP, AMP, exact
-resume, atomic checkpoints, metrics.jsonl and TensorBoard, clear errors) lives here once.
+resume, atomic checkpoints, metrics.jsonl and TensorBoard, clear errors) lives here once;
+beside it, the angles it measures (engine/angles.py), the run folder's checks
+(engine/folders.py) and the checkpoints' files (engine/checkpoint.py).
 """
 
 from __future__ import annotations
