@@ -86,7 +86,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from biograd.detection import make_shapes
-    from biograd.engine.loop import check_folder
+    from biograd.engine.folders import check_folder
 
     check_folder(Path(args.out).expanduser(), "make-shapes")
     out = make_shapes(args.out, train=args.train, val=args.val, image_size=args.size,

@@ -163,3 +163,29 @@ def test_performance_doc_quotes_the_host_bound_record():
         assert f"{rule} {size[rule]['cpu']['ratio']:.2f}" in part, rule
     for rule in ("fa", "dfa"):
         assert f"{size[rule]['cpu']['ratio']:.2f}" in part.split("fa and dfa")[1], rule
+
+
+def test_beyond_doc_quotes_the_lstm_cost_record():
+    """docs/beyond.md's table of the lstm model's step per rule (its CPU ms and ratios to
+    torch's fused nn.LSTM) and the ranges the text draws from it are
+    benchmarks/results_sequence_cost.json's."""
+    doc = (ROOT / "docs" / "beyond.md").read_text()
+    part = doc.split("**What it costs.** The products in Python")[1].split("## ")[0]
+    rules = json.loads((ROOT / "benchmarks" / "results_sequence_cost.json").read_text()
+                       )["rules"]
+    rows = re.findall(r"^\| (nn\.LSTM[^|]*|biograd (\w+)[^|]*) \| (\d+) \| ([\d.]+) \|$", part,
+                      re.MULTILINE)
+    names = [rule or ("native" if "oneDNN off" not in label else "native, oneDNN off")
+             for label, rule, _, _ in rows]
+    assert names == list(rules)  # every variant the record has, in its order
+    for name, (_, _, ms, ratio) in zip(names, rows, strict=True):
+        assert ms == f"{rules[name]['cpu']['median_s'] * 1e3:.0f}", name
+        assert ratio == f"{rules[name]['cpu']['ratio']:.2f}", name
+    text = " ".join(part.split())
+    unfused = rules["native, oneDNN off"]["cpu"]["ratio"]
+    through_b = [rules[r]["cpu"]["ratio"] for r in rules
+                 if r not in {"native", "native, oneDNN off", "bp", "dfa_blocks", "dfa", "drtp",
+                              "aa", "ia"}]
+    assert (f"through B_hh costs {min(through_b):.1f} to {max(through_b):.1f} times torch's "
+            f"fused step, and {min(through_b) / unfused:.1f} to {max(through_b) / unfused:.1f} "
+            f"times torch's own unfused loop (oneDNN off, {unfused:.2f})") in text

@@ -36,6 +36,8 @@ INTENDED = {
     "vit_small": {(1, 28)},
     "spiking_cnn": {(1, 8), (1, 28)},
     "rlif": {(1, 8), (1, 28)},
+    "lstm": {(1, 8), (1, 28), (3, 32)},
+    "gru": {(1, 8), (1, 28), (3, 32)},
 }
 SWEEP = [pytest.param(name, c, side, id=f"{name}-{c}x{side}x{side}",
                       marks=pytest.mark.skipif(bool(model_info(name).missing()),

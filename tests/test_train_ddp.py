@@ -238,6 +238,28 @@ def test_spiking_cnn_on_two_ranks_agrees_and_resumes_exactly(tmp_path):
     assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
 
 
+LSTM_WORKER = SPIKING_WORKER.replace('model="spiking_cnn", rule="dfa"', 'model="lstm", rule="kp"'
+                                     ).replace('"width": 4, "steps": 2, "encoding": "poisson"',
+                                               '"hidden": 8')
+
+
+def test_lstm_on_two_ranks_agrees_and_resumes_exactly(tmp_path):
+    """The zoo's lstm on kp (its loop over the rows in Python, each weight's B learnt through
+    DDP's all-reduce): both ranks end with the same weights and feedback, and 1 + 1 epochs
+    end where 2 did, on each rank."""
+    assert 'model="lstm", rule="kp"' in LSTM_WORKER and '"hidden": 8' in LSTM_WORKER
+    torchrun(tmp_path, LSTM_WORKER)
+    for name in ("whole", "parts"):
+        assert_same_on_both_ranks(tmp_path / f"{name}-rank0.pt", tmp_path / f"{name}-rank1.pt")
+    for rank in (0, 1):
+        whole, parts = (torch.load(tmp_path / f"{name}-rank{rank}.pt", weights_only=True)
+                        for name in ("whole", "parts"))
+        assert any(k.endswith("weight_hh_l0.feedback") for k in whole)  # kp's B_hh
+        assert whole.keys() == parts.keys()
+        for key, value in whole.items():
+            assert torch.equal(value, parts[key]), (rank, key)
+
+
 DETECT_WORKER = textwrap.dedent("""
     import os, sys, torch
     from biograd.config import DetectConfig, resolve

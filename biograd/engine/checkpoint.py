@@ -1,4 +1,5 @@
-"""Checkpoints that are never half-written and load with weights_only=True.
+"""Checkpoints that are never half-written and load with weights_only=True, and weights
+loaded from one (or a state dict, or a .safetensors file) into a model.
 
 A checkpoint holds the model (feedback state included), optimiser, scheduler, AMP scaler,
 every random stream, the epoch and the resolved config. It is written to a temporary file in
@@ -8,17 +9,25 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
+import biograd
 from biograd.errors import UsageError
+
+if TYPE_CHECKING:
+    from biograd.config import RunConfig
+
+log = logging.getLogger("biograd")
 
 NAME = "checkpoint.pt"  # the latest epoch's, to resume from
 BEST = "best.pt"  # the model of the epoch with the best validation score (top-1, or AP)
@@ -81,3 +90,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def load_weights(model: nn.Module, path: str | Path, device: torch.device,
+                 cfg: RunConfig | None = None) -> None:
+    """Weights from `path` into `model`, in place: a torch or biograd state dict, a biograd
+    checkpoint (its "model"), or a .safetensors file. Weights only: a file's feedback state
+    (of whichever rule) and Dale signs are left out, the feedback is derived from the loaded
+    weights with the run's seed, as converting after loading would, and under cfg.dale the
+    loaded weights take the run's Dale signs, as biograd.dale gives them. Every other tensor
+    must fit (strict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--init-checkpoint: no file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path, device=str(device))
+    else:
+        state = load(path, device)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UsageError(f"--init-checkpoint: {path} holds no state dict")
+    own = {name for name, _ in biograd.feedback_layers(model)}
+    derived = {name for rule in biograd.list_rules() for name in biograd.get_rule(rule).state}
+    derived |= {"feedback_seed", "_extra_state"}
+
+    def weights_only(key: str) -> bool:
+        owner, _, leaf = key.rpartition(".")
+        return not (leaf == "dale_sign" or (owner in own and leaf in derived))
+
+    kept = {k: v for k, v in state.items() if weights_only(k)}
+    try:
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+        lacking = [k for k in missing if weights_only(k)]
+        if lacking or unexpected:  # the first few keys of each, whole, and how many more
+            raise RuntimeError("\n" + "; ".join(
+                f"{len(keys)} {what} key(s): {', '.join(keys[:4])}"
+                + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+                for what, keys in (("missing", lacking), ("unexpected", unexpected)) if keys))
+    except RuntimeError as err:  # torch's size mismatches: the first, a line of its own
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+        raise UsageError(f"--init-checkpoint: {path} does not fit the model ({detail})"
+                         ) from None
+    if cfg is not None and getattr(cfg, "dale", None) is not None:
+        biograd.dale(model, cfg.dale, seed=cfg.seed, balance=cfg.dale_balance)
+    log.info("weights from %s (%d tensors; feedback derived from them)", path, len(kept))

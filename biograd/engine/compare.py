@@ -72,7 +72,7 @@ def compare(base: RunConfig, rules: list[str] | None = None, seeds: list[int] | 
     model first); the others are left out, with a log line. A rule given that they cannot
     take is refused before any run trains.
     """
-    from biograd.engine.loop import check_folder, check_out, make_folder
+    from biograd.engine.folders import check_folder, check_out, make_folder
     from biograd.results import load_run, write_report
     from biograd.rules import compared_rules, rule_class
 

@@ -2,7 +2,9 @@
 
 A task (classification, detection) supplies its model, data and three functions: the loss
 of a batch, the evaluation, and the log line. Everything else (config, DDP, AMP, exact
-resume, atomic checkpoints, metrics.jsonl and TensorBoard, clear errors) lives here once.
+resume, atomic checkpoints, metrics.jsonl and TensorBoard, clear errors) lives here once;
+beside it, the angles it measures (engine/angles.py), the run folder's checks
+(engine/folders.py) and the checkpoints' files (engine/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import biograd
 from biograd import __version__
 from biograd._seed import mix
-from biograd.config import RESUMABLE, RunConfig, comparable
+from biograd.config import RunConfig
 from biograd.engine import checkpoint, distributed
+from biograd.engine.angles import angle_text as angle_text  # the tasks' epoch lines read it
+from biograd.engine.angles import angles, step_angles
+from biograd.engine.checkpoint import load_weights
+from biograd.engine.folders import check_compatible, check_out, make_folder
 from biograd.engine.runlog import LOG_DATES, LOG_FORMAT, Progress, RunLog
 from biograd.errors import Diverged, UsageError
 
@@ -240,123 +246,6 @@ def train_one_epoch(ctx: Context, loader: DataLoader, epoch: int) -> dict[str, f
             "lr": lr}  # the epoch's last step's
 
 
-def _rule_mean(ctx: Context, values: dict[str, float]) -> float:
-    """The mean of `values` over the layers on the run's rule (NaN if none)."""
-    on_rule = {name for name, layer in biograd.feedback_layers(ctx.model)
-               if layer.rule == ctx.cfg.rule}
-    picked = [v for k, v in values.items() if k in on_rule and not math.isnan(v)]
-    return sum(picked) / len(picked) if picked else math.nan
-
-
-def angle_text(m: dict[str, Any]) -> str:
-    """The epoch line's angle: the mean angle(W, B) (0 under bp, whose B is W), or where the
-    rule has none (dfa's B is not W's shape) the mean angle to bp's gradient; nothing where
-    neither was measured."""
-    for key, label in (("mean_weight_angle", "mean angle(W, B)"),
-                       ("mean_gradient_angle", "mean angle to bp's gradient")):
-        value = m.get(key)
-        if value is not None and math.isfinite(value):
-            return f", {label} {value:.1f}°"
-    return ""
-
-
-def step_angles(ctx: Context, epoch: float, step: int) -> dict[str, Any]:
-    """The weight angles now, and each converted layer's excess kurtosis of W (the shape of
-    its weights' distribution, which ss's angle reads: 0 for Gaussian weights), for
-    angles.jsonl."""
-    weight = biograd.weight_angles(ctx.model)
-    return {"step": step, "epoch": epoch, "weight_angles": weight,
-            "mean_weight_angle": _rule_mean(ctx, weight),
-            "weight_kurtosis": {name: kurtosis(layer.weight_now()) for name, layer in
-                                biograd.feedback_layers(ctx.model)}}
-
-
-@torch.no_grad()
-def kurtosis(w: torch.Tensor) -> float:
-    """Excess kurtosis of the entries of w, E[(w - μ)⁴] / σ⁴ - 3 (float64)."""
-    w = w.detach().double().flatten()
-    centred = w - w.mean()
-    var = centred.square().mean()
-    return (centred.pow(4).mean() / var.square() - 3).item() if var > 0 else math.nan
-
-
-def angles(ctx: Context) -> dict[str, Any]:
-    """Weight angles, and gradient angles on the fixed batch; means over the run's rule."""
-    model, task = ctx.model, ctx.task
-    weight = biograd.weight_angles(model)
-    gradient = {}
-    if task.angle_batch is not None and task.angle_loss is not None:
-        was_training = model.training
-        model.train()  # the gradients training takes (gradient_angles restores the buffers)
-        try:
-            gradient = biograd.gradient_angles(model, task.angle_batch, task.angle_loss)
-        finally:
-            model.train(was_training)
-    return {"weight_angles": weight, "gradient_angles": gradient,
-            "mean_weight_angle": _rule_mean(ctx, weight),
-            "mean_gradient_angle": _rule_mean(ctx, gradient)}
-
-
-def check_folder(out: Path, flag: str = "--out") -> None:
-    """A one-line UsageError where `out` cannot be a folder: it, or a folder above it, is a
-    file."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise UsageError(f"{flag} {out}: {path} is a file, not a folder: choose "
-                                 f"another folder")
-            return
-
-
-def make_folder(out: Path, flag: str = "--out") -> None:
-    """mkdir -p `out`, with a one-line UsageError where it cannot be made."""
-    check_folder(out, flag)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"{flag} {out}: the folder cannot be made ({err.strerror or err}): "
-                         f"choose another folder") from None
-
-
-def check_out(cfg: RunConfig, out: Path) -> None:
-    """Refuse to overwrite a run; refuse to resume what is not there."""
-    check_folder(out)
-    ckpt = out / checkpoint.NAME
-    if not cfg.resume and (ckpt.exists() or (out / "metrics.jsonl").exists()):
-        raise UsageError(f"{out} already holds a run: pass --resume to continue it, or "
-                         f"choose another --out")
-    if cfg.resume and not ckpt.exists():
-        raise UsageError(f"--resume: no checkpoint in {out}; start without --resume")
-
-
-def check_compatible(cfg: RunConfig, state: dict[str, Any], out: Path,
-                     dist: distributed.Dist) -> bool:
-    """Refuse a resume whose recipe differs from the checkpoint's. Another world size, batch
-    size or number of epochs changes the schedule's shape: refused too unless
-    cfg.accept_changes; returns True when the shape changed (and was accepted)."""
-    saved, now = comparable(state["config"]), comparable(cfg.to_dict())
-    changed = sorted(k for k, v in now.items()
-                     if k not in RESUMABLE | {"epochs", "batch_size"} and saved.get(k) != v)
-    if changed:
-        diffs = ", ".join(f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in changed)
-        raise UsageError(f"--resume: {out} was trained with {diffs}; drop the changed options "
-                         f"or choose another --out")
-    shape = []
-    if saved.get("epochs") != cfg.epochs:
-        shape.append(f"epochs={saved.get('epochs')} (now {cfg.epochs})")
-    world, batch = state.get("world_size", 1), saved.get("batch_size", cfg.batch_size)
-    if (world, batch) != (dist.world_size, cfg.batch_size):  # the steps per epoch change
-        shape.append(f"{world} process{'es' if world != 1 else ''} × batch {batch}, a global "
-                     f"batch of {world * batch} "
-                     f"(now {dist.world_size} × {cfg.batch_size}, "
-                     f"{dist.world_size * cfg.batch_size})")
-    if shape and not cfg.accept_changes:
-        raise UsageError(f"--resume: {out} was trained with {'; '.join(shape)}: pass "
-                         f"--accept-changes to continue with the schedule recomputed for the "
-                         f"new shape, or resume as it was")
-    return bool(shape)
-
-
 def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.device], Task],
         command: list[str] | None = None) -> dict[str, Any]:
     """Train one run into cfg.out with the task `build` makes; returns the last epoch's
@@ -422,52 +311,6 @@ def run(cfg: RunConfig, build: Callable[[RunConfig, distributed.Dist, torch.devi
             # interpreter's exit, after the process group is gone, gloo aborted the process
             # in about one run in three here ("terminate called without an active exception")
             gc.collect()
-
-
-def load_weights(model: nn.Module, path: str | Path, device: torch.device,
-                 cfg: RunConfig | None = None) -> None:
-    """Weights from `path` into `model`, in place: a torch or biograd state dict, a biograd
-    checkpoint (its "model"), or a .safetensors file. Weights only: a file's feedback state
-    (of whichever rule) and Dale signs are left out, the feedback is derived from the loaded
-    weights with the run's seed, as converting after loading would, and under cfg.dale the
-    loaded weights take the run's Dale signs, as biograd.dale gives them. Every other tensor
-    must fit (strict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--init-checkpoint: no file {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path, device=str(device))
-    else:
-        state = checkpoint.load(path, device)
-        state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise UsageError(f"--init-checkpoint: {path} holds no state dict")
-    own = {name for name, _ in biograd.feedback_layers(model)}
-    derived = {name for rule in biograd.list_rules() for name in biograd.get_rule(rule).state}
-    derived |= {"feedback_seed", "_extra_state"}
-
-    def weights_only(key: str) -> bool:
-        owner, _, leaf = key.rpartition(".")
-        return not (leaf == "dale_sign" or (owner in own and leaf in derived))
-
-    kept = {k: v for k, v in state.items() if weights_only(k)}
-    try:
-        missing, unexpected = model.load_state_dict(kept, strict=False)
-        lacking = [k for k in missing if weights_only(k)]
-        if lacking or unexpected:  # the first few keys of each, whole, and how many more
-            raise RuntimeError("\n" + "; ".join(
-                f"{len(keys)} {what} key(s): {', '.join(keys[:4])}"
-                + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
-                for what, keys in (("missing", lacking), ("unexpected", unexpected)) if keys))
-    except RuntimeError as err:  # torch's size mismatches: the first, a line of its own
-        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
-        raise UsageError(f"--init-checkpoint: {path} does not fit the model ({detail})"
-                         ) from None
-    if cfg is not None and getattr(cfg, "dale", None) is not None:
-        biograd.dale(model, cfg.dale, seed=cfg.seed, balance=cfg.dale_balance)
-    log.info("weights from %s (%d tensors; feedback derived from them)", path, len(kept))
 
 
 def seed_rank_streams(cfg: RunConfig, dist: distributed.Dist, epoch: int) -> None:

@@ -258,9 +258,11 @@ class _Recurrent(PerWeight):
         if bias is None or x.is_contiguous():
             return feedback_linear(x, weight, bias, feedback)
         # as F.linear on a strided 3-D x (batch_first's, made time first): the product, then
-        # the bias added in place (under autocast: both in bf16, so rounded twice)
+        # the bias added (under autocast: both in bf16, so rounded twice); out of place, the
+        # same bits: added in place to the Function's output view, the backward went through
+        # autograd's CopySlices, which zero-filled and copied the whole (T, N, G) gradient
         y = feedback_linear(x, weight, None, feedback)
-        return y.add_(bias.to(y.dtype))
+        return y + bias.to(y.dtype)
 
 
 class RNN(_Recurrent, nn.RNN):

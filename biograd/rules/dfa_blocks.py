@@ -20,13 +20,14 @@ computed, as backprop computes it, and then replaced at the point below.
 
 Blocks (option `blocks`): "auto" takes every torchvision ResNet BasicBlock and Bottleneck
 (`layer1.0`, ...), torchvision ViT EncoderBlock (`encoder.layers.encoder_layer_0`, ...), timm
-ViT Block (`blocks.0`, ...) and biograd's resnet_small BasicBlock, outermost matches only;
-otherwise comma-separated fnmatch patterns on qualified module names ("layer*.?,head"), again
-outermost matches only; a bare layer has none (on dfa_blocks it is plain backprop). A point
-acts while a converted layer inside its block is on dfa_blocks: `biograd.gradient_angles`,
-which puts every converted layer on bp for its reference pass, gets true backprop, and
-converting the model to another rule removes the points. The output error is taken by dfa's
-hooks (biograd.rules.dfa.ErrorSource).
+ViT Block (`blocks.0`, ...), biograd's resnet_small BasicBlock and the recurrent encoder of
+its lstm and gru (`encoder`: B e at the final hidden state, backprop through time inside),
+outermost matches only; otherwise comma-separated fnmatch patterns on qualified module names
+("layer*.?,head"), again outermost matches only; a bare layer has none (on dfa_blocks it is
+plain backprop). A point acts while a converted layer inside its block is on dfa_blocks:
+`biograd.gradient_angles`, which puts every converted layer on bp for its reference pass,
+gets true backprop, and converting the model to another rule removes the points. The output
+error is taken by dfa's hooks (biograd.rules.dfa.ErrorSource).
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ AUTO = (
     "torchvision.models.vision_transformer.EncoderBlock",
     "timm.models.vision_transformer.Block",
     "biograd.models.resnet.BasicBlock",
+    "biograd.models.sequence.FinalState",
 )
 AUTO_TEXT = ("torchvision's ResNet BasicBlock and Bottleneck and ViT EncoderBlock, timm's "
-             "ViT Block and biograd's resnet_small BasicBlock")
+             "ViT Block, biograd's resnet_small BasicBlock and its lstm's and gru's encoder")
 
 
 def _known(module: nn.Module) -> bool:
