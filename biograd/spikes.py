@@ -8,8 +8,9 @@ that fire, counted over forwards.
 The neurons counted: spikingjelly's (`neuron.BaseNode`: LIFNode, IFNode, ...), snntorch's
 (`SpikingNeuron`: Leaky, Synaptic, ...) and any module whose class sets `emits_spikes = True`.
 A neuron's output is its spikes (0 or 1), or a tuple whose first item is (snntorch's
-(spk, mem)); its mean over every element is the rate: over time steps, samples and units for
-a multi-step output (T, N, ...), over the calls for a neuron called once per step. A model
+(spk, mem)), or each neuron's rate over the forward's time steps (biograd.nn.eprop's
+RecurrentLIF); its mean over every element is the rate: over time steps, samples and units
+for a multi-step output (T, N, ...), over the calls for a neuron called once per step. A model
 without neurons has no rates ({}); neither library is imported to find out (a model can hold
 their neurons only if they are already loaded).
 """

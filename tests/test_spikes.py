@@ -81,3 +81,19 @@ def test_training_logs_no_spike_rates_for_a_model_without_neurons(tmp_path):
                  "--out", str(out)]) == 0
     logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert "val_top1" in logged and "val_spike_rates" not in logged
+
+
+def test_a_recurrent_lif_layers_rates_are_its_spike_rate():
+    """RecurrentLIF returns each neuron's mean spike over time: counted as its spikes."""
+    from biograd.nn.eprop import RecurrentLIF
+
+    torch.manual_seed(0)
+    layer = RecurrentLIF(3, 5, learning="bptt")
+    x = torch.randn(6, 4, 3) * 3  # (T, N, I)
+    fired = []
+    hook = layer.register_forward_hook(lambda m, a, out: fired.append(out * 6))  # spike counts
+    with SpikeCounter(nn.ModuleDict({"lif": layer})) as counter:
+        layer(x)
+    hook.remove()
+    assert torch.allclose(fired[0], fired[0].round()) and fired[0].sum() > 0
+    assert counter.rates() == {"lif": pytest.approx(fired[0].sum().item() / (6 * 4 * 5))}

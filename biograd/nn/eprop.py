@@ -192,6 +192,9 @@ class RecurrentLIF(nn.Module):
     zeros). The layer holds no state between forwards.
     """
 
+    #: its output, a rate per neuron, is what biograd.spikes counts: the mean of its spikes
+    emits_spikes = True
+
     def __init__(self, input_size: int, hidden_size: int, *, tau: float = 10.0,
                  threshold: float = 1.0, bias: bool = True, learning: str = "eprop") -> None:
         super().__init__()
