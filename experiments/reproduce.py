@@ -84,6 +84,7 @@ RULES = ("ia", "aa", "wm", "kp", "brsf", "frsf", "sign_fixed", "dfa", "drtp", "s
 #: the most the issue asks, for W's distribution to have time to change shape.
 SPIKING = ["--model", "spiking_cnn", "--model-options", "{width: 8, steps: 4}", "--epochs", "2",
            "--steps-per-epoch", "120"]
+RLIF = ["--model", "rlif", "--epochs", "2", "--model-options"]
 STUDIES = {
     "dale": ("fashion-mnist", ("sign_fixed", "fa", "ss", "bp"),
              ["--dale", "0.8", "--dale-balance"]),
@@ -116,6 +117,17 @@ STUDIES = {
     # dfa_blocks needs its blocks named: each conv-BatchNorm-LIF unit
     "spiking_blocks": ("fashion-mnist", ("dfa_blocks",),
                        [*SPIKING, "--rule-options", "{dfa_blocks: {blocks: 'features.unit*'}}"]),
+    # time: an image read row by row (28 steps of 28 pixels), 2 epochs. The lstm (hidden 128)
+    # with both its weights on the rule; the recurrent LIF network (rlif, hidden 128) by
+    # BPTT, and by e-prop with each feedback, which the readout's rule gives (--last-rule:
+    # bp symmetric, fa random, kp adaptive; under e-prop --rule changes nothing, so each
+    # folder's rule is its readout's)
+    "lstm": ("fashion-mnist", ("kp", "fa", "ss", "bp"),
+             ["--model", "lstm", "--model-options", "{}", "--epochs", "2"]),
+    "rlif_bptt": ("fashion-mnist", ("bp",), [*RLIF, "{learning: bptt}"]),
+    "rlif_symmetric": ("fashion-mnist", ("bp",), [*RLIF, "{learning: eprop}", "--last-rule", "bp"]),
+    "rlif_random": ("fashion-mnist", ("fa",), [*RLIF, "{learning: eprop}", "--last-rule", "fa"]),
+    "rlif_adaptive": ("fashion-mnist", ("kp",), [*RLIF, "{learning: eprop}", "--last-rule", "kp"]),
 }
 
 
