@@ -48,8 +48,8 @@ def gap(groups: dict[str, list], rule: str) -> tuple[float, float]:
     return m - b, spread
 
 
-def ordering(groups: dict[str, list]) -> list[str]:
-    """The paper's ordering with spikes: SS near BP, FA far behind (claim 2's thresholds)."""
+def ordering(groups: dict[str, list], where: str = "with spikes") -> list[str]:
+    """The paper's ordering here: SS near BP, FA far behind (claim 2's thresholds)."""
     g_ss, n_ss = gap(groups, "ss")
     g_fa, n_fa = gap(groups, "fa")
     if math.isnan(g_ss) or math.isnan(g_fa):
@@ -60,10 +60,10 @@ def ordering(groups: dict[str, list]) -> list[str]:
                 for rule, runs in groups.items() if done(runs)}
     ranked = sorted(finished, key=finished.get)
     return [
-        f"- **Does SS stay near BP with spikes?** (SS − BP at most {SS_TARGET} points, or "
+        f"- **Does SS stay near BP {where}?** (SS − BP at most {SS_TARGET} points, or "
         f"within the std's added): **{'yes' if ss_near else 'no'}**. SS − BP = {g_ss:+.2f} "
         f"points (±{n_ss:.2f}).",
-        f"- **Does FA fall far behind with spikes?** (FA − BP at least {FA_BEHIND:g} point, "
+        f"- **Does FA fall far behind {where}?** (FA − BP at least {FA_BEHIND:g} point, "
         f"{FA_VS_SS:g}× SS's gap and more than the std's added): "
         f"**{'yes' if fa_behind else 'no'}**. FA − BP = {g_fa:+.2f} points (±{n_fa:.2f}).",
         "- From best to worst (mean test error over the finished seeds): "

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import spiking_study
+import time_study
 import yaml
 from reproduce import RECIPE, STUDIES
 from results import (
@@ -39,7 +40,7 @@ EARLY_LATE = 2.0  # degrees: claim 3b's threshold, as in the main verdicts
 # the sections in page order: a study's folder, or a section drawn from several (dfa, placement,
 # robustness)
 ORDER = ("long", "dfa", "unshared", "dale", "vit", "placement", "robustness", "kunin",
-         "spiking")
+         "spiking", "time")
 SEEDS = 3  # seeds per rule: a rule is ended when this many runs finished or diverged
 ROBUST_SLACK = 1.0  # points of error: how much further behind bp a rule of the family may fall
 #                     on the ViT than on the ResNet (or the std's added, if larger) and still
@@ -566,6 +567,8 @@ def sections(out: Path, main: dict[str, dict[str, list]], published: dict,
         "spiking": ("Spikes: a spiking CNN on every rule (`--model spiking_cnn`)",
                     lambda: spiking_study.section(load_study(out, "spiking"),
                                                   load_study(out, "spiking_blocks"))),
+        "time": ("Time: an image read row by row (`--model lstm`, `--model rlif`)",
+                 lambda: time_study.section(lambda study: load_study(out, study))),
     }
     intro = {
         "long": ("Longer training (claims 1 and 3b)", fashion, "3 epochs (main)"),
