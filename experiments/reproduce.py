@@ -117,6 +117,11 @@ STUDIES = {
     # dfa_blocks needs its blocks named: each conv-BatchNorm-LIF unit
     "spiking_blocks": ("fashion-mnist", ("dfa_blocks",),
                        [*SPIKING, "--rule-options", "{dfa_blocks: {blocks: 'features.unit*'}}"]),
+    # the same network without spikes (small_cnn: ReLU for LIF, one pass), the same recipe:
+    # whether a gap the spiking study finds is the spikes' or the short training's
+    "spiking_control": ("fashion-mnist", ("kp", "dfa", "fa", "ss", "bp"),
+                        ["--model", "small_cnn", "--model-options", "{width: 8}", "--epochs",
+                         "2", "--steps-per-epoch", "120"]),
     # time: an image read row by row (28 steps of 28 pixels), 2 epochs. The lstm (hidden 128)
     # with both its weights on the rule; the recurrent LIF network (rlif, hidden 128) by
     # BPTT, and by e-prop with each feedback, which the readout's rule gives (--last-rule:

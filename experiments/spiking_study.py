@@ -70,24 +70,25 @@ def ordering(groups: dict[str, list], where: str = "with spikes") -> list[str]:
         + ", ".join(f"{r} {finished[r]:.2f}%" for r in ranked) + "."]
 
 
-def table(groups: dict[str, list]) -> list[str]:
-    lines = ["| rule | test error % (mean ± std) | seeds finished | − bp (points) | "
-             "final mean angle(W, B) ° | mean angle to bp's gradient ° | mean spike rate | "
-             "minutes per run |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def table(groups: dict[str, list], spikes: bool = True) -> list[str]:
+    """Each rule's error, gap to bp, angles, (mean spike rate) and minutes per run."""
+    head = ["rule", "test error % (mean ± std)", "seeds finished", "− bp (points)",
+            "final mean angle(W, B) °", "mean angle to bp's gradient °",
+            *(["mean spike rate"] if spikes else []), "minutes per run"]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for rule, runs in groups.items():
         finished = done(runs)
         g, noise = gap(groups, rule)
         rates = [statistics.fmean(r.final_layers("val_spike_rates").values())
                  for r in finished if r.final_layers("val_spike_rates")]
         minutes = [r.seconds / 60 for r in finished if math.isfinite(r.seconds)]
-        lines.append(
-            f"| {rule} | {pm([error(r) for r in finished])} | {len(finished)} of {len(runs)} | "
-            f"{'—' if rule == 'bp' or math.isnan(g) else f'{g:+.2f} (±{noise:.2f})'} | "
-            f"{angle_cell(rule, finished)} | "
-            f"{'0' if rule == 'bp' else pm([r.final('mean_gradient_angle') for r in finished], 1)}"
-            f" | {pm(rates, 4)} | "
-            f"{f'{statistics.fmean(minutes):.1f}' if minutes else '—'} |")
+        cells = [rule, pm([error(r) for r in finished]), f"{len(finished)} of {len(runs)}",
+                 "—" if rule == "bp" or math.isnan(g) else f"{g:+.2f} (±{noise:.2f})",
+                 angle_cell(rule, finished),
+                 "0" if rule == "bp" else pm([r.final("mean_gradient_angle") for r in finished], 1),
+                 *([pm(rates, 4)] if spikes else []),
+                 f"{statistics.fmean(minutes):.1f}" if minutes else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -135,8 +136,29 @@ def rate_changes(groups: dict[str, list]) -> list[str]:
     return [line]
 
 
-def section(spiking: dict[str, list], blocks: dict[str, list]) -> list[str]:
-    """RESULTS.md's lines for the spiking studies (the caller adds the title)."""
+def control(groups: dict[str, list], plain: dict[str, list]) -> list[str]:
+    """The gaps to bp with spikes against without (small_cnn, the same recipe)."""
+    lines = []
+    for rule in ("ss", "fa"):
+        spiked, spread = gap(groups, rule)
+        unspiked, noise = gap(plain, rule)
+        if math.isnan(spiked) or math.isnan(unspiked):
+            continue
+        d = spiked - unspiked
+        wider = d > max(spread + noise, NOISE_FLOOR)
+        lines.append(
+            f"- **Do spikes widen {rule.upper()}'s gap to BP?** (the gap with spikes beyond the "
+            f"gap without, small_cnn on the same recipe, by more than the std's added and "
+            f"{NOISE_FLOOR} points): **{'yes' if wider else 'no'}**. {rule.upper()} − BP = "
+            f"{spiked:+.2f} points with spikes (±{spread:.2f}), {unspiked:+.2f} without "
+            f"(±{noise:.2f}).")
+    return lines
+
+
+def section(spiking: dict[str, list], blocks: dict[str, list],
+            plain: dict[str, list] | None = None) -> list[str]:
+    """RESULTS.md's lines for the spiking studies (the caller adds the title); `plain`: the
+    same network without spikes (the study spiking_control)."""
     groups = merged(spiking, blocks)
     if not groups:
         return ["Not run yet (`python experiments/reproduce.py --studies spiking,spiking_blocks "
@@ -149,8 +171,11 @@ def section(spiking: dict[str, list], blocks: dict[str, list]) -> list[str]:
              f"{cfg.get('last_rule')}, as in the main comparison; dfa_blocks with each "
              f"conv-BatchNorm-LIF unit a block. Differences count where they clear the std's "
              f"added and {NOISE_FLOOR} points.", ""]
-    lines += [*ordering(groups), *rate_changes(groups), ""]
+    lines += [*ordering(groups), *control(groups, plain or {}), *rate_changes(groups), ""]
     lines += [*table(groups), ""]
+    if plain:
+        lines += ["Without spikes (small_cnn at the same width, ReLU for LIF, one pass; the same "
+                  "recipe and steps):", "", *table(merged(plain), spikes=False), ""]
     grads = layer_table(groups, "gradient_angles", 1, "angle to bp's gradient (°)")
     if grads:
         lines += ["Each layer's update against backprop's (degrees, final epoch, on the fixed "

@@ -63,7 +63,8 @@ def section(study, out: Path) -> str:
             found.setdefault(run.rule, []).append(run)
         return found
 
-    return "\n".join(study.section(groups("spiking"), groups("spiking_blocks")))
+    return "\n".join(study.section(groups("spiking"), groups("spiking_blocks"),
+                                   groups("spiking_control")))
 
 
 def verdicts(text: str) -> dict[str, str]:
@@ -113,3 +114,22 @@ def test_reproduce_runs_every_rule_the_section_reports(study):
     assert rules == set(study.RULES)
     for name in ("spiking", "spiking_blocks"):  # the model the section describes
         assert reproduce.STUDIES[name][2][:2] == ["--model", "spiking_cnn"]
+
+
+@pytest.mark.parametrize(("ss_plain", "widens"), [(12.2, "yes"), (15.2, "no")])
+def test_spikes_widen_a_gap_only_beyond_the_same_network_without_them(study, tmp_path,
+                                                                      ss_plain, widens):
+    """SS − BP is +3 points with spikes; without them (small_cnn, the same recipe) +0.2
+    (the spikes' doing) or +3.2 (the short training's)."""
+    make(tmp_path, {"bp": 12.0, "ss": 15.0, "fa": 20.0}, {})
+    for rule, error in {"bp": 12.0, "ss": ss_plain, "fa": 19.9}.items():
+        for seed, wobble in enumerate((-0.1, 0.0, 0.1)):
+            write_run(tmp_path / "spiking_control" / f"{rule}-seed{seed}", rule, seed,
+                      error + wobble, BP_RATES, 0.0)
+    text = section(study, tmp_path)
+    answers = verdicts(text)
+    assert answers["Do spikes widen SS's gap to BP?"] == widens
+    assert answers["Do spikes widen FA's gap to BP?"] == "no"  # +8 with, +7.9 without
+    assert f"SS − BP = +3.00 points with spikes (±0.20), {ss_plain - 12:+.2f} without" in text
+    plain = text.split("Without spikes")[1]
+    assert "mean spike rate" not in plain and "| fa | 19.90 ± 0.10 |" in plain
