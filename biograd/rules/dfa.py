@@ -39,6 +39,7 @@ wiring `convert` runs after converting (`wire`: the source, and dfa_blocks' poin
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -173,7 +174,10 @@ class ErrorSource:
                 grad = torch.zeros_like(like) if grad is None else grad.detach()
                 if time_dim is not None:
                     grad = grad.sum(time_dim)
-                current.error = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
+                # contiguous: the error of a sum or mean is an expanded view (strides 0), which
+                # every layer's product B e would otherwise copy (host time per layer)
+                current.error = grad.reshape(grad.shape[0], math.prod(grad.shape[1:])) \
+                    .contiguous()
 
             y.register_hook(store)
 
@@ -415,7 +419,16 @@ def project(source: ErrorSource, seed: int, s: Tensor, shape: torch.Size) -> Ten
     if s.numel() == 0 or d == 0:
         return s.new_zeros(shape)
     b = window(source, seed, s.shape[1], d, s.device, s.dtype)
-    return (s @ b).mul_(1.0 / math.sqrt(d)).view(shape)
+    # one addmm, the scale its alpha (beta 0: the zero is not read), in place of s @ b and a
+    # mul_: one op fewer per layer
+    return torch.addmm(_zero(s.device, s.dtype), s, b, beta=0,
+                       alpha=1.0 / math.sqrt(d)).view(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _zero(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A 0-d zero on `device` in `dtype`, made once: the input `project`'s addmm ignores."""
+    return torch.zeros((), device=device, dtype=dtype)
 
 
 def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
