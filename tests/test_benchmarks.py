@@ -163,3 +163,37 @@ def test_performance_doc_quotes_the_host_bound_record():
         assert f"{rule} {size[rule]['cpu']['ratio']:.2f}" in part, rule
     for rule in ("fa", "dfa"):
         assert f"{size[rule]['cpu']['ratio']:.2f}" in part.split("fa and dfa")[1], rule
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_host_breakdown_parts_add_up_to_each_rules_extra(one_thread, capsys):
+    """benchmarks/host_breakdown.py: in every round, a rule's parts sum to its layer's extra
+    over native (so the medians the page quotes split that extra, no part left out)."""
+    breakdown = load_benchmark("host_breakdown")
+    record = breakdown.main(["--rules", "ss", "dfa", "--rounds", "1", "--calls", "3"])
+    assert "| dfa |" in capsys.readouterr().out
+    for name, parts in record["parts_us"].items():
+        assert set(parts) == {"ss", "dfa"}
+        for rule, p in parts.items():
+            total = sum(p[k] or 0.0 for k in breakdown.PARTS)
+            assert math.isclose(total, p["extra"], rel_tol=1e-9, abs_tol=1e-9), (name, rule)
+        assert parts["ss"]["direct"] is None and parts["dfa"]["make"] is None
+
+
+def test_performance_doc_quotes_the_host_breakdown_record():
+    """docs/performance.md's tables of where a layer's extra µs go are host_breakdown.py's own
+    tables of benchmarks/results_host_breakdown.json, row for row."""
+    breakdown = load_benchmark("host_breakdown")
+    record = json.loads((ROOT / "benchmarks" / "results_host_breakdown.json").read_text())
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    rows = [line for line in breakdown.table(record).splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 * (2 + len(record["parts_us"]["Linear 8→8, 2×8 input"]))
+    for row in rows:
+        assert row in doc, row
+
