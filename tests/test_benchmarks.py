@@ -197,3 +197,24 @@ def test_performance_doc_quotes_the_host_breakdown_record():
     for row in rows:
         assert row in doc, row
 
+
+
+def test_compiled_cpu_record_is_quoted_where_the_docs_say():
+    """benchmarks/RESULTS.md holds compile_cpu.py's table of
+    benchmarks/results_compile_cpu.json, and docs/performance.md's compiled and eager ratios
+    per rule are that record's."""
+    compile_cpu = load_benchmark("compile_cpu")
+    record = json.loads((ROOT / "benchmarks" / "results_compile_cpu.json").read_text())
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    for row in compile_cpu.table(record).splitlines():
+        if row.startswith("| "):
+            assert row in results, row
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    section = doc.split("## Compiled on the CPU")[1].split("## ")[0]
+    for mode in ("compiled", "eager"):
+        quoted = dict(re.findall(r"(\w+) ([\d.]+)",
+                                 section.split(f"{mode} step over its own native step: ")[1]
+                                 .split(";")[0]))
+        assert set(quoted) == set(record["rules"]), mode
+        for rule, ratio in quoted.items():
+            assert ratio == f"{record['rules'][rule][mode][rule]['ratio']:.2f}", (mode, rule)
