@@ -189,3 +189,57 @@ def test_beyond_doc_quotes_the_lstm_cost_record():
     assert (f"through B_hh costs {min(through_b):.1f} to {max(through_b):.1f} times torch's "
             f"fused step, and {min(through_b) / unfused:.1f} to {max(through_b) / unfused:.1f} "
             f"times torch's own unfused loop (oneDNN off, {unfused:.2f})") in text
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_host_breakdown_parts_add_up_to_each_rules_extra(one_thread, capsys):
+    """benchmarks/host_breakdown.py: in every round, a rule's parts sum to its layer's extra
+    over native (so the medians the page quotes split that extra, no part left out)."""
+    breakdown = load_benchmark("host_breakdown")
+    record = breakdown.main(["--rules", "ss", "dfa", "--rounds", "1", "--calls", "3"])
+    assert "| dfa |" in capsys.readouterr().out
+    for name, parts in record["parts_us"].items():
+        assert set(parts) == {"ss", "dfa"}
+        for rule, p in parts.items():
+            total = sum(p[k] or 0.0 for k in breakdown.PARTS)
+            assert math.isclose(total, p["extra"], rel_tol=1e-9, abs_tol=1e-9), (name, rule)
+        assert parts["ss"]["direct"] is None and parts["dfa"]["make"] is None
+
+
+def test_performance_doc_quotes_the_host_breakdown_record():
+    """docs/performance.md's tables of where a layer's extra µs go are host_breakdown.py's own
+    tables of benchmarks/results_host_breakdown.json, row for row."""
+    breakdown = load_benchmark("host_breakdown")
+    record = json.loads((ROOT / "benchmarks" / "results_host_breakdown.json").read_text())
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    rows = [line for line in breakdown.table(record).splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 * (2 + len(record["parts_us"]["Linear 8→8, 2×8 input"]))
+    for row in rows:
+        assert row in doc, row
+
+
+def test_compiled_cpu_record_is_quoted_where_the_docs_say():
+    """benchmarks/RESULTS.md holds compile_cpu.py's table of
+    benchmarks/results_compile_cpu.json, and docs/performance.md's compiled and eager ratios
+    per rule are that record's."""
+    compile_cpu = load_benchmark("compile_cpu")
+    record = json.loads((ROOT / "benchmarks" / "results_compile_cpu.json").read_text())
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    for row in compile_cpu.table(record).splitlines():
+        if row.startswith("| "):
+            assert row in results, row
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    section = doc.split("## Compiled on the CPU")[1].split("## ")[0]
+    for mode in ("compiled", "eager"):
+        quoted = dict(re.findall(r"(\w+) ([\d.]+)",
+                                 section.split(f"{mode} step over its own native step: ")[1]
+                                 .split(";")[0]))
+        assert set(quoted) == set(record["rules"]), mode
+        for rule, ratio in quoted.items():
+            assert ratio == f"{record['rules'][rule][mode][rule]['ratio']:.2f}", (mode, rule)

@@ -260,12 +260,37 @@ def test_a_wrong_source_name_leaves_the_model_as_it_was():
         assert torch.equal(a.grad, b.grad)
 
 
+def test_every_backward_sends_b_e_as_batch_seed_and_table_change_between_them():
+    """A layer keeps what its last projection worked out (B's window, its scale): each
+    backward still sends its own pass's B e, with the B of the layer's seed at that time."""
+    model = biograd.convert(mlp(), "dfa", seed=3)
+    other = biograd.convert(mlp(), "dfa", seed=4)
+    sent = []
+    for n, load in ((5, None), (5, None), (3, None), (3, other), (5, None)):
+        if load is not None:  # the seeds, hence B, change with the state loaded
+            model.load_state_dict(load.state_dict())
+        x, y = torch.randn(n, 6), torch.randint(0, 4, (n,))
+        seen, handles = inputs_of(model, ["2"])
+        out = model(x)
+        out.retain_grad()
+        F.cross_entropy(out, y).backward()
+        for handle in handles:
+            handle.remove()
+        b = model[2].feedback_weight()
+        torch.testing.assert_close(seen["2"].grad, out.grad @ b, rtol=1e-6, atol=1e-7)
+        sent.append(b)
+    assert torch.equal(sent[0], sent[2]) and not torch.equal(sent[2], sent[3])
+    biograd.convert(model, "fa")  # no layer keeps a window of the table it dropped
+    assert not any("_cached_projection" in m.__dict__ for m in model.modules())
+
+
 def test_leaving_dfa_drops_its_hooks_and_table_and_copies_carry_no_table():
     model = biograd.convert(mlp(), "dfa", seed=0)
     F.cross_entropy(model(torch.randn(3, 6)), torch.randint(0, 4, (3,))).backward()
     assert model._biograd_error_source.tables  # drawn at the first backward
     for copied in (copy.deepcopy(model), pickle_round_trip(model)):
         assert not copied._biograd_error_source.tables
+        assert not any("_cached_projection" in m.__dict__ for m in copied.modules())
         F.cross_entropy(copied(torch.randn(3, 6)), torch.randint(0, 4, (3,))).backward()
     biograd.convert(model, "fa")
     assert "_biograd_error_source" not in model.__dict__

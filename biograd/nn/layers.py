@@ -71,7 +71,7 @@ class FeedbackLayer(nn.Module):
             base for base in type(self).__mro__ if base in DROP_INS)
         plain = copy_module(self, rebase(self, cls),
                             skip={"learning_rule", "feedback_seed", "torch_class", "_sign_scale",
-                                  "_cached_window"})
+                                  "_cached_window", "_cached_projection"})
         for name in self.learning_rule.state:
             plain._parameters.pop(name, None)
             plain._buffers.pop(name, None)
@@ -102,6 +102,7 @@ class FeedbackLayer(nn.Module):
             seed = _default_seed(self.weight_now())
         self.__dict__.pop("_sign_scale", None)  # ss's s and brsf's window: the old rule's
         self.__dict__.pop("_cached_window", None)
+        self.__dict__.pop("_cached_projection", None)
         self.learning_rule, self.feedback_seed = new, int(seed)
         new.setup(self, generator(mix(seed, "setup")))
 
@@ -165,7 +166,8 @@ class FeedbackLayer(nn.Module):
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without what the rules cache on the layer (`_cached_*`: a
-        step's window of brsf's pool, a view that a copy would cut loose from its pool)."""
+        step's window of brsf's pool, dfa's window of its table: views that a copy would cut
+        loose from what they view)."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         return {k: v for k, v in state.items() if not k.startswith("_cached_")}
 
