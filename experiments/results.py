@@ -340,17 +340,26 @@ def wall_time(prov: Provenance) -> str:
                      f"bound, are counted for it, its {len(s.get('runs', []))} finished jobs' "
                      f"{job_time / 60:.0f} minutes at {s.get('jobs', 1)} at a time{nxt}")
     counted = [n for n in trained if "wall_seconds" in sessions[n - 1]]
-    total = measured + estimated
+    together, union = side_by_side(sessions, counted)
+    total = union + estimated
     text = (f"Wall time: {total / 60:.0f} minutes in {len(trained)} session"
             f"{'s' if len(trained) != 1 else ''} of the script that trained runs"
             + (f" (the first started {sessions[trained[0] - 1]['started']})" if trained else "")
             + ": " + ", ".join(f"{minutes(sessions[n - 1]['wall_seconds'])} measured in "
                                f"session {n}" for n in counted))
     text += ("; " if counted and notes else "") + "; ".join(notes) + "."
+    if together:
+        text += (f" Sessions {', '.join(map(str, together))} ran side by side on the same "
+                 f"cores: their {(measured - union) / 60:.0f} minutes of overlap are counted "
+                 f"once.")
     idle = [n for n in range(1, len(sessions) + 1) if n not in trained]
     for n in idle:
         s = sessions[n - 1]
         jobs = [j for j in prov.jobs if j.session == n]
+        if not jobs and "finished" not in s:
+            text += (f" Session {n} (started {s['started']}) is not counted: it was stopped "
+                     f"before any job finished, and a later session continued its runs.")
+            continue
         if any(j.trained for j in jobs):
             text += (f" Session {n} (started {s['started']}) is not counted: a later session "
                      f"trained its runs again from scratch (--fresh).")
@@ -365,16 +374,44 @@ def wall_time(prov: Provenance) -> str:
     return text
 
 
+def started(session: dict) -> datetime | None:
+    try:
+        return datetime.strptime(" ".join(session["started"].split()[:2]), "%Y-%m-%d %H:%M:%S")
+    except (KeyError, ValueError):
+        return None
+
+
+def side_by_side(sessions: list[dict], counted: list[int]) -> tuple[list[int], float]:
+    """(the sessions among `counted` whose wall time overlapped another's, the seconds of the
+    union of their wall times): sessions started while another ran share the cores, and the
+    wall time counts each moment once. A session without a readable start counts whole."""
+    spans, alone = [], 0.0
+    for n in counted:
+        start = started(sessions[n - 1])
+        if start is None:
+            alone += sessions[n - 1]["wall_seconds"]
+            continue
+        begin = start.timestamp()
+        spans.append((begin, begin + sessions[n - 1]["wall_seconds"], n))
+    spans.sort()
+    union, together, end, last = 0.0, set(), -math.inf, None
+    for begin, finish, n in spans:
+        if begin < end:  # starts while `last` (or an earlier one) still runs
+            together.update({n, last})
+        union += max(0.0, finish - max(begin, end))
+        if finish > end:
+            end, last = finish, n
+    return sorted(together), union + alone
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} minute{'' if round(seconds / 60) == 1 else 's'}"
 
 
 def minutes_between(a: dict, b: dict) -> float:
     """Minutes from session a's start to session b's; 0 where either time is unreadable."""
-    try:
-        t = [datetime.strptime(" ".join(s["started"].split()[:2]), "%Y-%m-%d %H:%M:%S")
-             for s in (a, b)]
-    except (KeyError, ValueError):
+    t = [started(s) for s in (a, b)]
+    if None in t:
         return 0.0
     return max(0.0, (t[1] - t[0]).total_seconds() / 60)
 
@@ -661,13 +698,14 @@ def write_results(out: Path, path: Path) -> Path:
     trained = [s for n, s in enumerate(sessions, 1) if prov.session_trained(n)] or sessions
     if trained:
         m = trained[-1]["machine"]
-        jobs = trained[-1]["jobs"]
+        jobs = max(s.get("jobs", 1) for s in trained)  # the most at once in one session
         total = sum(r.seconds for groups in found.values() for rs in groups.values()
                     for r in rs if math.isfinite(r.seconds))
         lines += [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
-                  f"{m['torch']}. {jobs} runs at a time, {trained[-1]['threads']} thread "
-                  f"each. {wall_time(prov)} Training time summed over the main comparison's "
-                  f"runs: {total / 60:.0f} minutes, {total / 60 / jobs:.0f} per process "
+                  f"{m['torch']}. Up to {jobs} runs at a time in a session, "
+                  f"{trained[-1]['threads']} thread each. {wall_time(prov)} Training time "
+                  f"summed over the main comparison's runs: {total / 60:.0f} minutes, "
+                  f"{total / 60 / jobs:.0f} per process "
                   f"(evaluation and start-up excluded).", ""]
         load_line = session_load(prov, found)
         outside = prov.outside_lines()

@@ -115,6 +115,59 @@ def test_the_readmes_round_three_results_are_results_own():
     assert "diverged at every lr tried" in readme
 
 
+def test_the_readmes_spike_and_time_results_are_results_own():
+    readme = " ".join(README.read_text().split()).replace("−", "-")
+    results = (ROOT / "experiments" / "RESULTS.md").read_text()
+    spikes = results.split("### Spikes")[1].split("###")[0]
+    time = results.split("### Time")[1].split("## ")[0]
+
+    def gap(text: str, pattern: str) -> str:
+        return re.search(pattern, text).group(1)
+
+    ss, plain = re.search(r"SS − BP = ([+-][\d.]+) points with spikes \(±[\d.]+\), "
+                          r"([+-][\d.]+) without", spikes).groups()
+    fa = gap(spikes, r"FA − BP = ([+-][\d.]+) points with spikes")
+    assert f"FA falls far behind BP ({fa} points) but so does SS ({ss}; {plain} without" in readme
+    lstm_ss, lstm_fa = (gap(time, rf"{r} − BP = ([+-][\d.]+) points") for r in ("SS", "FA"))
+    assert f"LSTM keeps the paper's order (SS {lstm_ss}, FA {lstm_fa})" in readme
+    for verdict in ("Does FA fall far behind with spikes?** (FA − BP at least 1 point, 3× "
+                    "SS's gap and more than the std's added): **yes",
+                    "Does SS stay near BP with spikes?** (SS − BP at most 0.5 points, or "
+                    "within the std's added): **no",
+                    "Does SS stay near BP in time?** (SS − BP at most 0.5 points, or within the "
+                    "std's added): **yes",
+                    "Does FA fall far behind in time?** (FA − BP at least 1 point, 3× SS's "
+                    "gap and more than the std's added): **yes",
+                    "Does e-prop with symmetric feedback come near BPTT?** (e-prop − BPTT at "
+                    "most 1 point, or within the std's added): **yes"):
+        assert verdict in results, verdict  # what the README's sentence says of them
+    eprop = gap(time, r"e-prop − BPTT = \+([\d.]+) points")
+    assert f"e-prop comes within {eprop} points of BPTT" in readme
+    # docs/beyond.md's account of the same studies: the verdicts it restates
+    beyond = " ".join((ROOT / "docs" / "beyond.md").read_text().split())
+    assert "at this short training spikes widen both gaps" in beyond
+    for rule in ("SS", "FA"):
+        assert f"Do spikes widen {rule}'s gap to BP?** (" in spikes
+        assert re.search(rf"Do spikes widen {rule}'s gap to BP\?\*\* \(.*?\): \*\*yes", spikes)
+    changed = gap(spikes, r"Do the rules change the spike rate\?\*\* \(.*?\): \*\*yes, "
+                          r"under ([\w, ]+)\*\*")
+    assert set(changed.split(", ")) == {"ia", "dfa", "drtp", "dfa_blocks"}
+    assert "No layer's rate changed under ss, fa, kp, sa, aa." in spikes
+    assert "(ss, fa, kp, sa, aa) leave each layer's spike rate where bp leaves it" in beyond
+    rates = {rule: [float(v) for v in re.search(rf"^\| {rule} \| ([\d.]+) \| ([\d.]+) \| "
+                                                  rf"([\d.]+) \|", spikes.split(
+                                                      "| spike rate |")[1], re.M).groups()]
+             for rule in ("bp", "dfa", "drtp", "dfa_blocks")}
+    ratios = [r / b for rule in ("dfa", "drtp", "dfa_blocks")
+              for r, b in zip(rates[rule], rates["bp"], strict=True)]
+    assert f"raise it {min(ratios):.1f} to {max(ratios):.1f} times in the layers" in beyond
+    assert "**Does random feedback cost e-prop accuracy?** (" in time and re.search(
+        r"random feedback cost e-prop accuracy\?\*\* \(.*?\): \*\*yes", time)
+    errors = {label: float(e) for label, e in re.findall(
+        r"^\| (e-prop, \w+) \(readout on \w+\) \| ([\d.]+) ±", time, re.M)}
+    assert max(errors, key=errors.get) == "e-prop, adaptive"  # "did worst of the three"
+
+
 OPEN_PROBLEM_MODELS = ("spiking_cnn", "lstm", "gru", "rlif")
 
 

@@ -452,6 +452,32 @@ def test_wall_time_counts_the_sessions_that_trained_and_estimates_an_interrupted
     assert "The 3 runs of long" not in page
 
 
+def test_sessions_side_by_side_count_their_overlap_once(results, tmp_path):
+    """Sessions started while another ran share the cores: the wall time is their union. A
+    session stopped before any job finished counts nothing and says so."""
+    out = tmp_path / "runs"
+    make_runs(out, MAIN, ANGLES)
+    write_study(out, "long", ["ss", "bp"])
+    write_study(out, "unshared", ["bp"], unshare=True)
+    main_jobs = [job(d, r, 600.0) for d in MAIN for r in MAIN[d]]
+    stopped = session("2026-01-01 00:00:00 UTC", [])
+    stopped.update(wall_seconds=0.0)  # recorded as it went, no job finished, no "finished"
+    sessions = [
+        stopped,
+        session("2026-01-01 00:10:00 UTC", main_jobs, wall=3600.0),  # 00:10 to 01:10
+        session("2026-01-01 00:40:00 UTC", [job("long", "ss", 900.0)], wall=3600.0),  # to 01:40
+        session("2026-01-01 01:20:00 UTC", [job("unshared", "bp", 900.0)], wall=600.0),  # to 01:30
+    ]
+    (out / "experiment.json").write_text(json.dumps({"sessions": sessions}))
+    page = results.write_results(out, tmp_path / "out" / "RESULTS.md").read_text()
+    assert re.search(r"Wall time: 90 minutes in 3 sessions ", page)  # 00:10 to 01:40
+    assert ("Sessions 2, 3, 4 ran side by side on the same cores: their 40 minutes of overlap "
+            "are counted once.") in page
+    assert ("Session 1 (started 2026-01-01 00:00:00 UTC) is not counted: it was stopped before "
+            "any job finished, and a later session continued its runs.") in page
+    assert results.side_by_side(sessions, [2, 4]) == ([], 4200.0)  # apart: nothing shared
+
+
 def test_times_are_compared_within_a_session_only(results, tmp_path):
     out = tmp_path / "runs"
     make_runs(out, {**MAIN, "fashion-mnist": {**MAIN["fashion-mnist"], "dfa": 12.0}},
