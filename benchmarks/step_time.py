@@ -326,6 +326,17 @@ def main(args: argparse.Namespace) -> dict:
     rules = args.rules or biograd.list_rules()
     command = "python " + shlex.join(sys.argv)
     if args.compile:
+        broken = [r for r in rules if biograd.rules.get_rule(r).compile_note]
+        if broken and len(rules) > 1:
+            # dynamo looks a code object's compiled entries up newest first, and an entry of a
+            # model whose graph breaks at its first layer guards only what precedes the
+            # break: another converted model compiled before it then matches it and runs in
+            # pieces (fa: 1 graph alone, 42 after dfa's compile, ResNet-18, torch 2.14)
+            raise SystemExit(f"--compile: {', '.join(broken)} "
+                             f"{'breaks' if len(broken) == 1 else 'break'} the graph at each layer "
+                             f"and slow every converted model compiled beside them: time each "
+                             f"alone (--rules {broken[0]}), or all of them with "
+                             f"benchmarks/compile_cpu.py (one process per rule)")
         # every variant is alive at once, so each is a cache entry of the same code (ResNet's
         # forward), and dfa's graph breaks make each of its layer shapes one of the layers'
         # code: past torch's default of 8 the rest would silently run eagerly. Room for all,

@@ -243,3 +243,14 @@ def test_compiled_cpu_record_is_quoted_where_the_docs_say():
         assert set(quoted) == set(record["rules"]), mode
         for rule, ratio in quoted.items():
             assert ratio == f"{record['rules'][rule][mode][rule]['ratio']:.2f}", (mode, rule)
+
+
+@pytest.mark.parametrize("rule", ["dfa", "drtp", "dfa_blocks"])
+def test_step_time_compiles_a_graph_breaking_rule_only_alone(rule):
+    """Compiled beside another converted model, a rule that breaks the graph at each layer
+    slows it (docs/performance.md): step_time.py --compile refuses the mix, before building."""
+    step_time = load_benchmark("step_time")
+    refusal = rf"--compile: {rule} breaks the graph .*\(--rules {rule}\)"
+    with pytest.raises(SystemExit, match=refusal):
+        step_time.main(step_time.get_args_parser().parse_args(
+            ["--compile", "--rules", "fa", rule, "--sizes", "32"]))

@@ -79,3 +79,38 @@ def test_dfa_compiles_every_layer_shape_past_torchs_default_limit():
             F.cross_entropy(compiled(torch.randn(4, 3)), torch.randint(0, 13, (4,))).backward()
             biograd.after_step(model)
     assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_compiling_dfa_leaves_a_native_model_compiled_beside_it():
+    """dfa's layers run eagerly under torch.compile (a graph break each): traced, their
+    backward would raise for want of the output error, and dynamo would then skip the frame's
+    code for good, so that a native ResNet-18 compiled in the same process ran eagerly after."""
+    import torchvision
+
+    graphs = []
+
+    def counting(gm, example_inputs):  # a backend that counts its graphs' calls
+        def run(*args):
+            graphs.append(1)
+            return gm.forward(*args)
+        return run
+
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(num_classes=10)
+    native = torch.compile(copy.deepcopy(base), backend=counting)
+    dfa = torch.compile(biograd.convert(copy.deepcopy(base), "dfa"), backend=counting)
+    x = torch.randn(2, 3, 32, 32)
+
+    def step(model) -> int:
+        graphs.clear()
+        model(x).sum().backward()
+        return len(graphs)
+
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(recompile_limit=64):
+            assert step(native) == 1  # one graph, forward and backward
+            assert step(dfa) > 1  # broken at its layers
+            assert step(native) == 1  # still the compiled graph, not eager (0)
+    finally:
+        torch._dynamo.reset()
