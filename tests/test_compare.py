@@ -126,3 +126,21 @@ def test_a_resumed_compare_reads_its_task(tmp_path):
     assert _task_of(["compare", "--out", str(tmp_path)]) == "classification"  # a new one
     assert _task_of(["compare", f"--out={tmp_path}", "--resume", "--task",
                      "classification"]) == "classification"
+
+
+def test_compiled_runs_each_compile_afresh(tmp_path, monkeypatch):
+    """With --compile, dynamo's caches are dropped before each run, so that a run after dfa's
+    (whose graph breaks at its layers) does not match dfa's compiled entries and run in
+    pieces (docs/performance.md)."""
+    import torch._dynamo
+
+    from biograd.cli import main
+
+    events = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: events.append("reset"))
+    monkeypatch.setattr(torch, "compile", lambda m, mode: events.append("compile") or m)
+    assert main(["compare", "--rules", "dfa,fa", "--data", "digits", "--model", "small_cnn",
+                 "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16", "--compile",
+                 "--progress", "none", "--tensorboard", "false", "--out",
+                 str(tmp_path / "cmp")]) == 0
+    assert events == ["reset", "compile", "reset", "compile"]

@@ -136,6 +136,14 @@ def compare(base: RunConfig, rules: list[str] | None = None, seeds: list[int] | 
                                       accept_changes=base.accept_changes and resume)
             validate(cfg)
             log.info("== %s, seed %d -> %s", rule, seed, path)
+            if cfg.compile:
+                # each run compiles afresh: dynamo tries a shared code object's newest entry
+                # first, and one of a run whose graph broke at its layers (dfa) guards only
+                # what precedes the break, so the next run's model would match it and run in
+                # pieces (docs/performance.md)
+                import torch._dynamo
+
+                torch._dynamo.reset()
             try:
                 train(cfg, command)
             except Diverged as err:
