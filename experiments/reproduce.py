@@ -117,6 +117,10 @@ STUDIES = {
     # dfa_blocks needs its blocks named: each conv-BatchNorm-LIF unit
     "spiking_blocks": ("fashion-mnist", ("dfa_blocks",),
                        [*SPIKING, "--rule-options", "{dfa_blocks: {blocks: 'features.unit*'}}"]),
+    # longer: 3 whole epochs (1,407 steps, 6 times the study's), the paper's three rules
+    "spiking_long": ("fashion-mnist", ("fa", "ss", "bp"),
+                     ["--model", "spiking_cnn", "--model-options", "{width: 8, steps: 4}",
+                      "--epochs", "3"]),
     # the same network without spikes (small_cnn: ReLU for LIF, one pass), the same recipe:
     # whether a gap the spiking study finds is the spikes' or the short training's
     "spiking_control": ("fashion-mnist", ("kp", "dfa", "fa", "ss", "bp"),
