@@ -155,10 +155,30 @@ def control(groups: dict[str, list], plain: dict[str, list]) -> list[str]:
     return lines
 
 
+def longer(groups: dict[str, list], long: dict[str, list]) -> list[str]:
+    """Whether SS's gap to BP narrows with longer training, with spikes."""
+    if not long:
+        return []
+    short, s_noise = gap(groups, "ss")
+    more, m_noise = gap(long, "ss")
+    if math.isnan(short) or math.isnan(more):
+        return [f"- The longer runs (spiking_long): {', '.join(sorted(long))} not all finished."]
+    cfg = long[next(iter(long))][0].config
+    narrows = short - more > max(s_noise + m_noise, NOISE_FLOOR)
+    fa, _ = gap(long, "fa")
+    return [f"- **Does SS's gap to BP narrow with longer training, with spikes?** (SS − BP "
+            f"after {cfg.get('epochs')} whole epochs below the gap after the study's steps by "
+            f"more than the std's added and {NOISE_FLOOR} points): "
+            f"**{'yes' if narrows else 'no'}**. SS − BP = {more:+.2f} points (±{m_noise:.2f}) "
+            f"against {short:+.2f} (±{s_noise:.2f}); FA − BP = {fa:+.2f}."]
+
+
 def section(spiking: dict[str, list], blocks: dict[str, list],
-            plain: dict[str, list] | None = None) -> list[str]:
+            plain: dict[str, list] | None = None,
+            long: dict[str, list] | None = None) -> list[str]:
     """RESULTS.md's lines for the spiking studies (the caller adds the title); `plain`: the
-    same network without spikes (the study spiking_control)."""
+    same network without spikes (the study spiking_control); `long`: the paper's rules over
+    whole epochs (spiking_long)."""
     groups = merged(spiking, blocks)
     if not groups:
         return ["Not run yet (`python experiments/reproduce.py --studies spiking,spiking_blocks "
@@ -171,8 +191,13 @@ def section(spiking: dict[str, list], blocks: dict[str, list],
              f"{cfg.get('last_rule')}, as in the main comparison; dfa_blocks with each "
              f"conv-BatchNorm-LIF unit a block. Differences count where they clear the std's "
              f"added and {NOISE_FLOOR} points.", ""]
-    lines += [*ordering(groups), *control(groups, plain or {}), *rate_changes(groups), ""]
+    lines += [*ordering(groups), *control(groups, plain or {}), *longer(groups, long or {}),
+              *rate_changes(groups), ""]
     lines += [*table(groups), ""]
+    if long:
+        cfg = long[next(iter(long))][0].config
+        lines += [f"Longer, with spikes ({cfg.get('epochs')} whole epochs, the same network "
+                  f"and recipe):", "", *table(merged(long)), ""]
     if plain:
         lines += ["Without spikes (small_cnn at the same width, ReLU for LIF, one pass; the same "
                   "recipe and steps):", "", *table(merged(plain), spikes=False), ""]

@@ -64,7 +64,7 @@ def section(study, out: Path) -> str:
         return found
 
     return "\n".join(study.section(groups("spiking"), groups("spiking_blocks"),
-                                   groups("spiking_control")))
+                                   groups("spiking_control"), groups("spiking_long")))
 
 
 def verdicts(text: str) -> dict[str, str]:
@@ -133,3 +133,20 @@ def test_spikes_widen_a_gap_only_beyond_the_same_network_without_them(study, tmp
     assert f"SS − BP = +3.00 points with spikes (±0.20), {ss_plain - 12:+.2f} without" in text
     plain = text.split("Without spikes")[1]
     assert "mean spike rate" not in plain and "| fa | 19.90 ± 0.10 |" in plain
+
+
+@pytest.mark.parametrize(("ss_long", "narrows"), [(12.5, "yes"), (14.9, "no")])
+def test_longer_training_narrows_ss_gap_only_beyond_the_noise(study, tmp_path, ss_long,
+                                                               narrows):
+    """SS − BP is +3 points after the study's steps; after whole epochs +0.5 or +2.9."""
+    make(tmp_path, {"bp": 12.0, "ss": 15.0, "fa": 20.0}, {})
+    for rule, error in {"bp": 12.0, "ss": ss_long, "fa": 18.0}.items():
+        for seed, wobble in enumerate((-0.1, 0.0, 0.1)):
+            write_run(tmp_path / "spiking_long" / f"{rule}-seed{seed}", rule, seed,
+                      error + wobble, BP_RATES, 0.0)
+    text = section(study, tmp_path)
+    question = "Does SS's gap to BP narrow with longer training, with spikes?"
+    assert verdicts(text)[question] == narrows
+    assert f"SS − BP = {ss_long - 12:+.2f} points (±0.20) against +3.00 (±0.20); FA − BP = " \
+           "+6.00." in text
+    assert "Longer, with spikes (2 whole epochs" in text
