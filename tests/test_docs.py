@@ -146,6 +146,12 @@ def test_the_readmes_spike_and_time_results_are_results_own():
     # docs/beyond.md's account of the same studies: the verdicts it restates
     beyond = " ".join((ROOT / "docs" / "beyond.md").read_text().split())
     assert "at this short training spikes widen both gaps" in beyond
+    longer, shorter, fa_longer = re.search(
+        r"narrow with longer training, with spikes\?\*\* \(.*?\): \*\*no\*\*\. SS − BP = "
+        r"([+-][\d.]+) points \(±[\d.]+\) against ([+-][\d.]+) \(±[\d.]+\); FA − BP = "
+        r"([+-][\d.]+)\.", spikes).groups()
+    assert (f"leave SS's gap where it was ({longer} points against {shorter}) where FA's "
+            f"narrows ({fa_longer} against {fa})") in beyond
     for rule in ("SS", "FA"):
         assert f"Do spikes widen {rule}'s gap to BP?** (" in spikes
         assert re.search(rf"Do spikes widen {rule}'s gap to BP\?\*\* \(.*?\): \*\*yes", spikes)
