@@ -10,7 +10,18 @@ from __future__ import annotations
 import math
 import statistics
 
-from results import FA_BEHIND, FA_VS_SS, NOISE_FLOOR, SS_TARGET, angle_cell, done, error, pm
+from results import (
+    FA_BEHIND,
+    FA_VS_SS,
+    NOISE_FLOOR,
+    SS_TARGET,
+    angle_cell,
+    differs,
+    done,
+    error,
+    mean_std,
+    pm,
+)
 
 # A layer's spike rate is "changed" by a rule when its mean over seeds differs from bp's by
 # more than the two std's added and by more than this fraction of bp's rate.
@@ -32,9 +43,8 @@ def seed_means(runs: list, key: str) -> tuple[dict[str, float], dict[str, float]
     """({layer: mean}, {layer: std}) over the seeds of the final epoch's per-layer `key`."""
     per_seed = [layers for run in runs if (layers := run.final_layers(key))]
     names = list(per_seed[0]) if per_seed else []
-    values = {n: [s[n] for s in per_seed if n in s and math.isfinite(s[n])] for n in names}
-    return ({n: statistics.fmean(v) if v else math.nan for n, v in values.items()},
-            {n: statistics.stdev(v) if len(v) > 1 else 0.0 for n, v in values.items()})
+    stats = {n: mean_std([s[n] for s in per_seed if n in s]) for n in names}
+    return {n: m for n, (m, _) in stats.items()}, {n: s for n, (_, s) in stats.items()}
 
 
 def gap(groups: dict[str, list], rule: str) -> tuple[float, float]:
@@ -43,9 +53,8 @@ def gap(groups: dict[str, list], rule: str) -> tuple[float, float]:
     ref = [error(r) for r in done(groups.get("bp", []))]
     if not mine or not ref:
         return math.nan, math.nan
-    m, b = statistics.fmean(mine), statistics.fmean(ref)
-    spread = sum(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (mine, ref))
-    return m - b, spread
+    d, noise, _ = differs(mine, ref)
+    return d, noise
 
 
 def ordering(groups: dict[str, list], where: str = "with spikes") -> list[str]:

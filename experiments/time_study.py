@@ -12,7 +12,7 @@ import json
 import math
 import statistics
 
-from results import FA_BEHIND, NOISE_FLOOR, ROOT, done, error, pm
+from results import FA_BEHIND, NOISE_FLOOR, ROOT, differs, done, error, pm
 from spiking_study import gap, layer_table, ordering
 
 #: the rlif studies: folder -> what it trains
@@ -106,10 +106,8 @@ def rlif_section(studies: dict[str, dict[str, list]]) -> list[str]:
     def mean_gap(a: str, b: str) -> tuple[float, float] | None:
         if not errors.get(a) or not errors.get(b):
             return None
-        (ma, sa), (mb, sb) = (
-            (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-            for v in (errors[a], errors[b]))
-        return ma - mb, sa + sb
+        d, noise, _ = differs(errors[a], errors[b])
+        return d, noise
 
     near = mean_gap("rlif_symmetric", "rlif_bptt")
     if near is not None:

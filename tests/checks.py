@@ -1,6 +1,12 @@
 """Checks shared by the test files that train converted models a step."""
 
+import importlib.util
+from pathlib import Path
+
+import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_every_layer_learnt(converted: dict, ran: set, params: dict[str, torch.Tensor]) -> None:
@@ -27,6 +33,46 @@ def stop_in_epoch(monkeypatch, epoch: int):
 
     monkeypatch.setattr(loop, "train_one_epoch", stopping)
     return lambda: monkeypatch.setattr(loop, "train_one_epoch", real)
+
+
+def assert_resumes_exactly(tmp_path: Path, monkeypatch, **config) -> None:
+    """A run of config (3 epochs) stopped by a Ctrl-C in its third epoch and resumed ends bit
+    for bit where the uninterrupted run did: every tensor of the model's state, and every
+    logged number but the timings."""
+    import json
+
+    from biograd.config import resolve
+    from biograd.engine import checkpoint, classify
+
+    def metrics(run: Path) -> list[dict]:
+        timing = {"epoch_seconds", "images_per_second", "elapsed_seconds"}
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    classify.train(resolve(**config, out=str(whole)))
+    give_back = stop_in_epoch(monkeypatch, 3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            classify.train(resolve(**config, out=str(parts)))
+    finally:
+        give_back()
+    assert len(metrics(parts)) == 2
+    classify.train(resolve(**config, out=str(parts), resume=True))
+    a, b = (torch.load(run / checkpoint.NAME, weights_only=True)["model"]
+            for run in (whole, parts))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert metrics(whole) == metrics(parts)
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sweep_rule(name: str, blocks: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,13 +190,6 @@ def test_beyond_doc_quotes_the_lstm_cost_record():
     assert (f"through B_hh costs {min(through_b):.1f} to {max(through_b):.1f} times torch's "
             f"fused step, and {min(through_b) / unfused:.1f} to {max(through_b) / unfused:.1f} "
             f"times torch's own unfused loop (oneDNN off, {unfused:.2f})") in text
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_host_breakdown_parts_add_up_to_each_rules_extra(one_thread, capsys):

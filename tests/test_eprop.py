@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import sweep_rule
+from checks import assert_resumes_exactly, load_benchmark, sweep_rule
 from torch import nn
 
 import biograd
-from biograd.config import resolve
-from biograd.engine import checkpoint, classify
+from biograd.engine import checkpoint
 from biograd.models import ModelError, build_model
 from biograd.nn.eprop import GAMMA, RecurrentLIF, spike
 
@@ -277,27 +276,11 @@ def test_train_and_eval_through_the_cli(tmp_path):
 
 @pytest.mark.parametrize("learning", ["eprop", "bptt"])
 def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, learning):
-    from checks import stop_in_epoch
-
     common = dict(data="digits", model="rlif", model_options={"learning": learning,
                                                                "hidden": 16},
                   rule="kp", last_rule="kp", epochs=3, steps_per_epoch=2, batch_size=16,
                   schedule="cosine", progress="none", tensorboard=False, angle_batch=8)
-    classify.train(resolve(**common, out=str(tmp_path / "whole")))
-    give_back = stop_in_epoch(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train(resolve(**common, out=str(tmp_path / "parts")))
-    give_back()
-    classify.train(resolve(**common, out=str(tmp_path / "parts"), resume=True))
-    a, b = (torch.load(tmp_path / n / checkpoint.NAME, weights_only=True)
-            for n in ("whole", "parts"))
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    timing = {"epoch_seconds", "images_per_second", "elapsed_seconds"}
-    strip = [[{k: v for k, v in m.items() if k not in timing} for m in metrics(tmp_path / n)]
-             for n in ("whole", "parts")]
-    assert strip[0] == strip[1]
+    assert_resumes_exactly(tmp_path, monkeypatch, **common)
 
 
 DDP_WORKER = textwrap.dedent("""
@@ -350,12 +333,7 @@ def test_eprop_on_two_ranks_agrees_and_resumes_exactly(tmp_path):
 
 
 def test_the_cost_benchmark_measures_both_modes_at_every_length(capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eprop_cost.py"
-    spec = importlib.util.spec_from_file_location("eprop_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("eprop_cost")
     result = bench.main(bench.get_args_parser().parse_args(
         ["--steps", "2", "6", "--batch", "2", "--input", "3", "--hidden", "4", "--rounds",
          "1", "--calls", "1", "--peak"]))
@@ -424,14 +402,10 @@ def test_the_docs_example_runs():
 
 
 def test_the_numbers_quoted_are_the_records_own():
-    import importlib.util
 
     from biograd.nn import eprop
 
-    spec = importlib.util.spec_from_file_location("eprop_cost",
-                                                  ROOT / "benchmarks" / "eprop_cost.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("eprop_cost")
     cost = json.loads((ROOT / "benchmarks" / "results_eprop_cost.json").read_text())
     digits = json.loads((ROOT / "benchmarks" / "results_eprop_digits.json").read_text())
     docs, results = section(), (ROOT / "benchmarks" / "RESULTS.md").read_text()

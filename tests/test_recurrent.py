@@ -22,7 +22,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import assert_every_layer_learnt, sweep_rule
+from checks import assert_every_layer_learnt, load_benchmark, sweep_rule
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -685,13 +685,7 @@ def test_double_backward_with_feedback_equal_to_weight_is_backprops(which, rule,
 
 
 def test_the_loop_cost_benchmark_times_torch_and_every_rule_asked(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recurrent_cost.py"
-    spec = importlib.util.spec_from_file_location("recurrent_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("recurrent_cost")
     args = bench.get_args_parser().parse_args(
         ["--rules", "bp", "fa", "dfa", "drtp", "--batch", "2", "--steps", "3", "--input", "4",
          "--hidden", "5", "--calls", "1", "--rounds", "2"])

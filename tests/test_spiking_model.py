@@ -14,12 +14,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import assert_every_layer_learnt, sweep_rule
+from checks import assert_every_layer_learnt, assert_resumes_exactly, load_benchmark, sweep_rule
 from torch import nn
 
 import biograd
 from biograd.config import resolve
-from biograd.engine import checkpoint, classify
+from biograd.engine import classify
 from biograd.errors import UsageError
 from biograd.models import ModelError, build_model
 from biograd.rules import Feedback
@@ -291,38 +291,16 @@ def test_compare_leaves_dfa_blocks_out_and_refuses_it_by_name(tmp_path, capsys):
 
 @pytest.mark.parametrize("rule", ["dfa", "brsf"])
 def test_resume_continues_bit_for_bit(tmp_path, monkeypatch, rule):
-    from checks import stop_in_epoch
-
     common = dict(RUN, rule=rule, epochs=3, steps_per_epoch=2, schedule="cosine")
-    classify.train(resolve(**common, out=str(tmp_path / "whole")))
-    give_back = stop_in_epoch(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train(resolve(**common, out=str(tmp_path / "parts")))
-    give_back()
-    assert len(metrics(tmp_path / "parts")) == 2
-    classify.train(resolve(**common, out=str(tmp_path / "parts"), resume=True))
-    a, b = (torch.load(tmp_path / n / checkpoint.NAME, weights_only=True)
-            for n in ("whole", "parts"))
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    timing = {"epoch_seconds", "images_per_second", "elapsed_seconds"}
-    strip = [[{k: v for k, v in m.items() if k not in timing} for m in metrics(tmp_path / n)]
-             for n in ("whole", "parts")]
-    assert strip[0] == strip[1]
+    assert_resumes_exactly(tmp_path, monkeypatch, **common)
 
 
 # --- the cost benchmark --------------------------------------------------------------------------
 
 def test_the_cost_benchmark_times_every_rule_and_each_number_of_steps(capsys):
-    import importlib.util
     import math
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spiking_cost.py"
-    spec = importlib.util.spec_from_file_location("spiking_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("spiking_cost")
     result = bench.main(bench.get_args_parser().parse_args(
         ["--batch", "2", "--size", "8", "--width", "2", "--steps", "2", "--repeats", "1",
          "--warmup", "0"]))

@@ -306,20 +306,10 @@ class _ProjectInput(torch.autograd.Function):
 def project_input(x: Tensor, direct: Callable[[torch.Size], Tensor]) -> Tensor:
     """x, whose gradient will be `direct(x.shape)` whatever flows back to it (see _ProjectInput)."""
     if torch.compiler.is_compiling():
-        return _eagerly(project_input)(x, direct)
+        return _project_input_eagerly(x, direct)
     return _ProjectInput.apply(x, direct)
 
 
-def _eagerly(fn: Callable) -> Callable:
-    """fn as torch.compile must run a layer whose δx is the output error's projection (dfa,
-    drtp): eagerly, a graph break, never traced. Its backward needs the error, which exists
-    only once the backward has begun; traced ahead, it raises, and dynamo (torch 2.14) then
-    skips the calling frame's code for good, in every model of the process that shares it
-    (torchvision's ResNet.forward: a native model compiled beside it ran eagerly after)."""
-    return _EAGER.setdefault(fn, torch.compiler.disable(fn))
-
-
-_EAGER: dict[Callable, Callable] = {}
 
 
 def feedback_local(cols: Tensor, weight: Tensor, bias: Tensor | None,
@@ -338,7 +328,7 @@ def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Fe
     x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
     """
     if feedback.direct is not None and torch.compiler.is_compiling():
-        return _eagerly(feedback_linear)(x, weight, bias, feedback)
+        return _feedback_linear_eagerly(x, weight, bias, feedback)
     if x.dim() == 2:
         return _Linear.apply(x, weight, bias, feedback[1], feedback, 0)  # samples: x's rows
     if feedback.direct is not None:  # it projects onto x as shaped here: (N, ...), batch first
@@ -372,8 +362,8 @@ def feedback_conv(
     (C_out, C_in / groups, *kernel), or transposed (C_in, C_out / groups, *kernel).
     """
     if feedback.direct is not None and torch.compiler.is_compiling():
-        return _eagerly(feedback_conv)(x, weight, bias, feedback, stride, padding, dilation,
-                                       groups, transposed, output_padding)
+        return _feedback_conv_eagerly(x, weight, bias, feedback, stride, padding, dilation,
+                                      groups, transposed, output_padding)
     if x.dim() == weight.dim() - 1:  # unbatched: aten's convolution wants the batch dimension
         return feedback_conv(x.unsqueeze(0), weight, bias, feedback, stride, padding, dilation,
                              groups, transposed, output_padding).squeeze(0)
@@ -386,4 +376,13 @@ def feedback_conv(
 
 
 _ZEROS = {n: (0,) * n for n in (1, 2, 3)}
+
+# How torch.compile must run a layer whose δx is the output error's projection (dfa, drtp):
+# eagerly, a graph break, never traced. Its backward needs the error, which exists only once
+# the backward has begun; traced ahead, it raises, and dynamo (torch 2.14) then skips the
+# calling frame's code for good, in every model of the process that shares it (torchvision's
+# ResNet.forward: a native model compiled beside it ran eagerly after).
+_project_input_eagerly = torch.compiler.disable(project_input)
+_feedback_linear_eagerly = torch.compiler.disable(feedback_linear)
+_feedback_conv_eagerly = torch.compiler.disable(feedback_conv)
 
