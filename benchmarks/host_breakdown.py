@@ -1,12 +1,17 @@
 """Where a converted layer's host time goes, per rule: the parts of one forward + backward of
 a tiny layer (layer_cost.py's Linear and Conv2d) that are the rule's, each timed alone.
 
+Every layer runs here as biograd's autograd Function (within `biograd.double_backward()`):
+the path of every Linear, of learned and direct rules, and of any layer under autocast or
+torch.compile. A convolution on fa, ss, frsf, brsf, sign_fixed or wm runs torch's own op by
+default instead (layer_cost.py times that).
+
 Timed, median CPU µs per call, for each rule and layer:
   layer     the layer's forward + backward (its model's, for dfa: the layer is its model)
   function  the same through biograd's autograd Function, called by a bare module (as the
             minimal Function is) with the Feedback a forward bound: no bind, no hooks
   bind      the rule's `bind(layer)`, which every forward runs: what the backward will use
-  make      the bound `make(W)`, which the backward runs: B itself (ss: s·sign(W))
+  make      the bound `Feedback.of(W)`, which the backward runs: B itself (ss: s·sign(W))
   direct    dfa: the bound `direct(x's shape)`, which the backward runs in place of make and
             the product with B: δx = B e and the checks around it
   project   dfa: `dfa.project` alone, the window of the table and B e
@@ -40,6 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import biograd
 from biograd._machine import cpu_name
 from biograd.nn.functional import feedback_conv, feedback_linear
 from biograd.rules import dfa
@@ -89,8 +95,8 @@ def parts(factory, shape, rule: str) -> dict[str, object]:
     bare_function = Bound(lay, bound)
     out["function"] = lambda: step(bare_function)
     out["bind"] = lambda: rule_obj.bind(lay)
-    if bound.make is not None:
-        out["make"] = lambda: bound.make(w)
+    if not rule_obj.direct:  # without grad, as the backward makes B
+        out["make"] = torch.no_grad()(lambda: bound.of(w))
     if rule_obj.direct:
         source = lay.__dict__["error_source"]
         e = source.current.error
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, default=None, help="write the record here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    times = measure(args.rules, args.rounds, args.calls)
+    with biograd.double_backward():  # every layer as a Function: what this breaks down
+        times = measure(args.rules, args.rounds, args.calls)
     med = {name: {r: {p: statistics.median(ts) for p, ts in m.items()} for r, m in t.items()}
            for name, t in times.items()}
     record = {"machine": f"{cpu_name()}, torch {torch.__version__}, threads {args.threads}",

@@ -4,17 +4,23 @@ A layer so small that its kernels take a few microseconds shows what each rule a
 and autograd machinery over torch's own layer, the cost that dominates short GPU steps
 (ResNet-18 at bf16, batch 128, on an H100: 13 ms for 62 layers' forward and backward).
 
-Interleaved rounds (native, a minimal autograd.Function, then every rule, order rotated each
-round), each the CPU time of `--calls` forward + backward calls; the table gives the median µs
-per call and the median of the per-round differences to native. The minimal Function (torch's
-op forward, one backward call with W) is the floor of any rule written as a Function.
+Each layer is timed alone (the layer is its model) and in a stack of --depth of them (a
+Sequential, no nonlinearity), whose time is reported per layer: what a rule pays once per
+model forward (dfa's and drtp's output hooks) counts once per layer alone, once per stack in
+a stack. Interleaved rounds (native, a minimal autograd.Function, then every rule, the order
+rotated each round), each the CPU time of `--calls` forward + backward calls; the table gives
+the median µs per call, the median of the per-round differences to native, and that extra
+over the minimal Function's (the median of the rounds' ratios). The minimal Function (torch's
+op forward, one backward call with W) is the floor of any rule written as a Function; the
+same with a learned B as a fourth input (returned W's gradient) the floor of kp's design.
 
-    python benchmarks/layer_cost.py --threads 1
+    python benchmarks/layer_cost.py --threads 1 --json benchmarks/results_layer_cost.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import sys
@@ -37,16 +43,20 @@ LAYERS = {
 
 
 MINIMAL = "minimal Function"
+#: the same with a learned B as a fourth input, given W's gradient (kp's design: B a
+#: Parameter whose .grad the backward fills, for the optimiser, AMP and DDP to see)
+LEARNED = "minimal Function, learned B"
 
 _convolution_backward = torch.ops.aten.convolution_backward.default
 
 
 class _Minimal(torch.autograd.Function):
     """The least an autograd.Function can do for a layer: torch's op forward, one backward
-    call with W (what every rule's Function builds on)."""
+    call with W (what every rule's Function builds on); given a learned B, W's gradient is
+    B's too."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, conv):
+    def forward(ctx, x, weight, bias, learned, conv):
         ctx.save_for_backward(x, weight)
         ctx.conv = conv
         if conv is None:
@@ -56,30 +66,37 @@ class _Minimal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
+        need_x, _, need_b, need_learned, _ = ctx.needs_input_grad
         if ctx.conv is None:
-            return grad @ weight, grad.T @ x, grad.sum(0), None
-        gx, gw, gb = _convolution_backward(grad, x, weight, [grad.shape[1]], *ctx.conv,
-                                           False, [0, 0], 1, [True, True, True])
-        return gx, gw, gb, None
+            gx, gw, gb = grad @ weight, grad.T @ x, grad.sum(0) if need_b else None
+        else:
+            gx, gw, gb = _convolution_backward(grad, x, weight, [grad.shape[1]] if need_b else
+                                               None, *ctx.conv, False, [0, 0], 1,
+                                               [need_x, True, need_b])
+        return gx, gw, gb, gw if need_learned else None, None
 
 
 class Minimal(nn.Module):
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, learned: bool = False) -> None:
         super().__init__()
         self.module = module
         is_conv = isinstance(module, nn.Conv2d)
         self.conv = (module.stride, module.padding, module.dilation) if is_conv else None
+        self.learned = nn.Parameter(module.weight.detach().clone()) if learned else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Minimal.apply(x, self.module.weight, self.module.bias, self.conv)
+        return _Minimal.apply(x, self.module.weight, self.module.bias, self.learned, self.conv)
 
 
-def layer(factory, rule: str) -> nn.Module:
+def layer(factory, rule: str, depth: int = 1) -> nn.Module:
+    """`factory`'s layer on `rule` (native: torch's; MINIMAL: under the minimal Function), or
+    with depth > 1 a Sequential of `depth` of them, converted as one model."""
     torch.manual_seed(0)
-    module = factory()
-    if rule == MINIMAL:
-        return Minimal(module)
-    return module if rule == NATIVE else biograd.convert(module, rule, seed=0)
+    modules = [factory() for _ in range(depth)]
+    if rule in (MINIMAL, LEARNED):
+        modules = [Minimal(m, learned=rule == LEARNED) for m in modules]
+    module = modules[0] if depth == 1 else nn.Sequential(*modules)
+    return module if rule in (NATIVE, MINIMAL, LEARNED) else biograd.convert(module, rule, seed=0)
 
 
 def timed(module: nn.Module, x: torch.Tensor, calls: int) -> float:
@@ -94,8 +111,10 @@ def timed(module: nn.Module, x: torch.Tensor, calls: int) -> float:
     return (time.process_time() - start) / calls * 1e6
 
 
-def measure(factory, shape, rules: list[str], rounds: int, calls: int) -> dict[str, list]:
-    modules = {r: layer(factory, r) for r in [NATIVE, *rules]}
+def measure(factory, shape, rules: list[str], rounds: int, calls: int,
+            depth: int = 1) -> dict[str, list]:
+    """{rule: [µs per call, one per round]} for NATIVE, MINIMAL, LEARNED and `rules`."""
+    modules = {r: layer(factory, r, depth) for r in [NATIVE, MINIMAL, LEARNED, *rules]}
     x = torch.randn(shape, requires_grad=True)
     for m in modules.values():  # warm up: first calls allocate
         timed(m, x, 20)
@@ -108,34 +127,82 @@ def measure(factory, shape, rules: list[str], rounds: int, calls: int) -> dict[s
     return times
 
 
-def main(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    rules = [MINIMAL, *(args.rules or biograd.list_rules())]
+def summary(times: dict[str, list[float]], depth: int) -> dict[str, dict[str, float]]:
+    """{rule: {"us": median µs per call, "extra_us": median extra over native per layer,
+    "of_minimal" and "of_learned": medians of the rounds' extra over the minimal Function's,
+    without and with a learned B}}."""
+    native = times[NATIVE]
+
+    def extra(r: str) -> list[float]:
+        return [a - b for a, b in zip(times[r], native, strict=True)]
+
+    def of(r: str, floor: str) -> float:
+        return statistics.median(e / f for e, f in zip(extra(r), extra(floor), strict=True))
+
+    return {r: {"us": statistics.median(ts), "extra_us": statistics.median(extra(r)) / depth,
+                "of_minimal": of(r, MINIMAL), "of_learned": of(r, LEARNED)}
+            for r, ts in times.items()}
+
+
+def table(record: dict) -> str:
+    """The markdown tables of a record: per layer, alone and per layer of the stack."""
+    depth = record["depth"]
     lines = []
-    for name, (factory, shape) in LAYERS.items():
-        times = measure(factory, shape, rules, args.rounds, args.calls)
-        native = statistics.median(times[NATIVE])
-        lines += [f"{name}: native {native:.1f} µs per forward + backward", "",
-                  "| rule | µs per call | over native (µs) |", "| --- | ---: | ---: |"]
-        for r in rules:
-            over = statistics.median(a - b for a, b in zip(times[r], times[NATIVE],
-                                                          strict=True))
-            lines.append(f"| {r} | {statistics.median(times[r]):.1f} | {over:+.1f} |")
+    for name, kinds in record["layers"].items():
+        alone, stack = kinds["alone"], kinds["stack"]
+        lines += [f"{name}: native {alone[NATIVE]['us']:.1f} µs per forward + backward alone, "
+                  f"{stack[NATIVE]['us'] / depth:.1f} per layer in a stack of {depth}", "",
+                  f"| rule | alone: µs per call | extra over native (µs) | of the minimal's "
+                  f"extra | stack of {depth}: extra per layer (µs) | of the minimal's extra |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in alone:
+            if r == NATIVE:
+                continue
+            a, s = alone[r], stack[r]
+            lines.append(f"| {r} | {a['us']:.1f} | {a['extra_us']:+.1f} | {a['of_minimal']:.2f} "
+                         f"| {s['extra_us']:+.1f} | {s['of_minimal']:.2f} |")
+        if "kp" in alone:
+            lines += ["", f"kp over the minimal Function with a learned B: "
+                          f"{alone['kp']['of_learned']:.2f} alone, "
+                          f"{stack['kp']['of_learned']:.2f} in the stack"]
         lines.append("")
-    lines += [f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}; "
-              f"{args.rounds} rounds × {args.calls} calls",
-              "command: `python " + shlex.join(sys.argv) + "`"]
-    print("\n".join(lines))
+    lines += [f"machine: {record['machine']}, torch {record['torch']}, threads "
+              f"{record['threads']}; {record['rounds']} rounds × {record['calls']} calls alone, "
+              f"{record['stack_calls']} in the stack", f"command: `{record['command']}`"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rules = args.rules or biograd.list_rules()
+    stack_calls = max(1, args.calls // args.depth * 2)
+    record = {"depth": args.depth, "rounds": args.rounds, "calls": args.calls,
+              "stack_calls": stack_calls, "threads": args.threads, "machine": cpu_name(),
+              "torch": torch.__version__,
+              "command": "python " + shlex.join(["benchmarks/layer_cost.py", *(
+                  sys.argv[1:] if argv is None else argv)]), "layers": {}}
+    for name, (factory, shape) in LAYERS.items():
+        record["layers"][name] = {
+            "alone": summary(measure(factory, shape, rules, args.rounds, args.calls), 1),
+            "stack": summary(measure(factory, shape, rules, args.rounds, stack_calls,
+                                     args.depth), args.depth)}
+    print(table(record))
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rules", nargs="+", default=None)
+    p.add_argument("--rules", nargs="+", default=None, choices=biograd.list_rules())
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--depth", type=int, default=8, help="layers in the stacked variant")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write the record here")
     return p
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main()

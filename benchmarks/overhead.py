@@ -3,7 +3,7 @@
 A whole training step is too noisy on a shared machine to resolve a few percent; the parts a
 rule adds are small, fixed and can be timed many times over:
 
-  make: forming every layer's B as the backward does (`rule.bind(layer).make(W)`), per step.
+  make: forming every layer's B as the backward does (`rule.bind(layer).of(W)`), per step.
   after_step: `biograd.after_step(model)` (wm's mirror pass, sign_fixed's clamp).
   optimiser: the SGD step (momentum 0.9, wd 1e-4) over the model's parameters, above native's
       (kp's B is a parameter the optimiser updates too).
@@ -48,7 +48,7 @@ def cpu_ms(fn, repeats: int) -> list[float]:
 def make_all(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for _, layer in biograd.feedback_layers(model):
-            layer.learning_rule.bind_current(layer).make(layer.weight)
+            layer.learning_rule.bind_current(layer).of(layer.weight)
 
 
 def grad_copy(model: torch.nn.Module) -> None:

@@ -5,8 +5,10 @@ SGD (momentum 0.9, weight decay 1e-4) step and `biograd.after_step`. Every rule 
 layers of the model (the classifier included): by default a torchvision resnet18 with
 --classes outputs (1000); `--model resnet18-unshared` the same with every Conv2d unshared
 (biograd.unshare at the one --sizes given; its native step runs the unshared model on plain
-autograd); `--model vit` a small torchvision VisionTransformer (patch 4, 4 layers of width
-192, 3 heads; native: torch's own MultiheadAttention). Steps are interleaved: each round
+autograd); `--model resnet18-narrow` ResNet-18's layers at 1/8 of its widths (8 to 64
+channels), a step bound by the layers' host cost; `--model vit` a small torchvision
+VisionTransformer (patch 4, 4 layers of width 192, 3 heads; native: torch's own
+MultiheadAttention). Steps are interleaved: each round
 runs native, two rules, native, two rules, ..., native (one step each, the rule order rotated
 every round); warm-up rounds are dropped. A rule step's ratio is its time over the mean of
 the native steps just before and after its pair, so a stall of a shared machine that spans
@@ -57,7 +59,27 @@ CLOCKS = ("wall", "cpu")
 MiB = 2**20
 
 
-MODELS = ("resnet18", "resnet18-unshared", "vit")
+MODELS = ("resnet18", "resnet18-narrow", "resnet18-unshared", "vit")
+#: the first stage's width of resnet18-narrow (torchvision's resnet18: 64)
+NARROW = 8
+
+
+def narrow_resnet18(classes: int, width: int = NARROW) -> torch.nn.Module:
+    """torchvision's ResNet-18, its 21 convolutions and classifier, at stage widths w, 2w, 4w,
+    8w (w = 64 is resnet18 itself): the same layers and kernel calls per step with 1/64 of the
+    weights at w = 8, so that a step's time is the layers' host cost, not passes over W."""
+    block = torchvision.models.resnet.BasicBlock
+    net = torchvision.models.resnet18(weights=None, num_classes=classes)
+    net.inplanes = width
+    net.conv1 = torch.nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    net.bn1 = torch.nn.BatchNorm2d(width)
+    for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        setattr(net, name, net._make_layer(block, width * 2**i, 2, stride=1 if i == 0 else 2))
+    net.fc = torch.nn.Linear(width * 8, classes)
+    for m in net.modules():  # torchvision's initialisation
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 def build(rule: str, seed: int = 0, model: str = "resnet18", classes: int = 1000,
@@ -65,7 +87,9 @@ def build(rule: str, seed: int = 0, model: str = "resnet18", classes: int = 1000
     """`model` (random weights, `classes` outputs, for size×size inputs), on `rule`
     everywhere; NATIVE: untouched."""
     torch.manual_seed(seed)
-    if model == "vit":
+    if model == "resnet18-narrow":
+        net = narrow_resnet18(classes)
+    elif model == "vit":
         net = torchvision.models.VisionTransformer(
             image_size=size, patch_size=4, num_layers=4, num_heads=3, hidden_dim=192,
             mlp_dim=768, num_classes=classes)
@@ -284,7 +308,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="input heights = widths (default: 64 96)")
     p.add_argument("--batch", type=at_least(1), default=32)
     p.add_argument("--model", choices=MODELS, default="resnet18",
-                   help="resnet18 (default), resnet18-unshared or vit (one --sizes for these)")
+                   help="resnet18 (default), resnet18-narrow (widths 8 to 64: the layers' host "
+                   "cost), resnet18-unshared or vit (one --sizes for these two)")
     p.add_argument("--classes", type=at_least(1), default=1000,
                    help="the model's outputs (default 1000; dfa's projection scales with it)")
     p.add_argument("--repeats", type=at_least(1), default=9, help="timed rounds per size")
@@ -320,7 +345,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.rss_child:
         rss_child(args.rss_child, max(args.sizes), args.batch, 3, args.model, args.classes)
         return {}
-    if args.model != "resnet18" and len(args.sizes) != 1:
+    if args.model in ("resnet18-unshared", "vit") and len(args.sizes) != 1:
         raise SystemExit(f"--model {args.model} is built for one input size: give one --sizes")
     device = torch.device(args.device)
     rules = args.rules or biograd.list_rules()

@@ -24,6 +24,7 @@ from biograd.convert import (
     unconvert,
 )
 from biograd.dale import dale
+from biograd.nn.functional import double_backward
 from biograd.rules import Rule, get_rule, list_rules, register
 from biograd.rules.dfa import error_source
 from biograd.rules.drtp import targets
@@ -40,6 +41,7 @@ __all__ = [
     "convert",
     "cross_entropy_loss",
     "dale",
+    "double_backward",
     "error_source",
     "exclude_feedback_from_ddp",
     "feedback_buffers",

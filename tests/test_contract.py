@@ -16,6 +16,7 @@ cuDNN's conv3d and replicate-padding backward did), "bit for bit" becomes "withi
 assert_close's tolerance" for that case, and gradcheck allows 1e-12 of non-reentrance.
 """
 
+import contextlib
 import copy
 import io
 import os
@@ -101,11 +102,13 @@ def make(factory, rule, dtype=torch.float32):
     return reference, layer
 
 
-def run(layer, x, grad_out, **autocast):
-    """Forward and backward; returns (output, x.grad, {param name: grad})."""
+def run(layer, x, grad_out, functions=False, **autocast):
+    """Forward and backward; returns (output, x.grad, {param name: grad}). `functions`: the
+    forward within biograd.double_backward(), where every layer runs its autograd Function."""
     x = x.detach().clone().requires_grad_()
     layer.zero_grad(set_to_none=True)
-    with torch.autocast(DEVICE.type, **(autocast or {"enabled": False})):
+    with torch.autocast(DEVICE.type, **(autocast or {"enabled": False})), \
+            (biograd.double_backward() if functions else contextlib.nullcontext()):
         y = layer(x)
     y.backward(grad_out.to(y.dtype))
     grads = {n: p.grad for n, p in layer.named_parameters()}
@@ -125,8 +128,39 @@ def test_forward_is_torch_bit_for_bit(case, rule):
     assert torch.equal(layer(x), reference(x))
 
 
+def through_torch_op(layer) -> bool:
+    """Whether `layer`'s forward runs torch's own op with B saved in W's place (a convolution
+    whose rule has neither a learned B nor a direct δx) rather than biograd's Function."""
+    feedback = layer.learning_rule.bind(layer)
+    return not isinstance(layer, nn.Linear) and not layer.learning_rule.transports_weights \
+        and feedback.learned is None and feedback.direct is None
+
+
+# Both ways a layer runs: as it runs by default, and within biograd.double_backward() (its
+# Function, for every layer): the identities hold for each.
+PATHS = pytest.mark.parametrize("functions", [False, True], ids=["default", "functions"])
+
+
+@pytest.mark.parametrize("rule", ["fa", "ss", "kp", "dfa"])
+def test_each_path_runs_what_it_says(rule):
+    """A convolution whose B is fixed or made from W runs torch's own op (its backward
+    torch's node), within double_backward() biograd's Function; a Linear, and a learned or
+    direct rule's layer, always the Function."""
+    for factory, shape in ((lambda: nn.Conv2d(3, 4, 3), (2, 3, 5, 5)),
+                           (lambda: nn.Linear(6, 5), (3, 6))):
+        _, layer = make(factory, rule)
+        x = torch.randn(shape, requires_grad=True)
+        with biograd.double_backward():
+            assert type(layer(x).grad_fn).__name__ in ("_ConvBackward", "_LinearBackward")
+        torch_op = isinstance(layer, nn.Conv2d) and rule in ("fa", "ss")
+        assert through_torch_op(layer) == torch_op
+        assert (type(layer(x).grad_fn).__name__ == "ConvolutionBackward0") == torch_op
+
+
+@PATHS
 @pytest.mark.parametrize("rule", TRANSPOSED)
-def test_with_feedback_equal_to_weight_gradients_are_backprop(case, rule, monkeypatch):
+def test_with_feedback_equal_to_weight_gradients_are_backprop(case, rule, functions,
+                                                                monkeypatch):
     _, factory, shape = case
     reference, layer = make(factory, rule)
     bind = layer.learning_rule.bind
@@ -137,19 +171,20 @@ def test_with_feedback_equal_to_weight_gradients_are_backprop(case, rule, monkey
     grad_out = torch.randn(reference(x).shape)
     y_ref, gx_ref, g_ref = run(reference, x, grad_out)
     _, gx_again, g_again = run(reference, x, grad_out)
-    y, gx, g = run(layer, x, grad_out)
+    y, gx, g = run(layer, x, grad_out, functions)
     assert torch.equal(y, y_ref)
     assert_as_torch([gx, *(g[n] for n in g_ref)], [gx_ref, *g_ref.values()],
                     [gx_again, *g_again.values()])
 
 
+@PATHS
 @pytest.mark.parametrize("rule", RULES)
-def test_input_gradient_is_transposed_op_with_rule_feedback(case, rule):
+def test_input_gradient_is_transposed_op_with_rule_feedback(case, rule, functions):
     _, factory, shape = case
     reference, layer = make(factory, rule)
     x = torch.randn(shape)
     grad_out = torch.randn(reference(x).shape)
-    _y, gx, grads = run(layer, x, grad_out)
+    _y, gx, grads = run(layer, x, grad_out, functions)
     b = layer.feedback_weight()  # for brsf: the draw of that forward pass
     if layer.learning_rule.direct:  # δx = B e, e = δy flattened per sample (here in float64)
         signal = grad_out.flatten(1)  # drtp: δx = B y*, the targets in place of e
@@ -325,7 +360,8 @@ def test_double_backward_differentiates_the_rules_backward(case, rule, monkeypat
     params = (layer.weight,) + ((layer.bias,) if layer.bias is not None else ())
 
     def f(x, *ps):
-        return layer(x)
+        with biograd.double_backward():
+            return layer(x)
 
     if rule != "brsf":  # brsf draws a new B at every forward: no function to differentiate
         assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True,
@@ -337,7 +373,26 @@ def test_double_backward_differentiates_the_rules_backward(case, rule, monkeypat
     assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True, nondet_tol=NONDET_TOL)
 
 
-# (layers on bp and dfa_blocks run torch's own op, which the transforms take)
+@pytest.mark.parametrize("rule", TRANSPOSED)
+@pytest.mark.parametrize("case", SECOND_ORDER, ids=[c[0] for c in SECOND_ORDER])
+def test_double_backward_outside_the_block_raises_where_torchs_op_ran(case, rule):
+    """A create_graph backward through a layer that ran torch's own op with B in W's place
+    raises, saying what to do; through any other layer it runs (gradgradcheck above)."""
+    _, factory, shape = case
+    _, layer = make(factory, rule, torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    grad = lambda: torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)  # noqa: E731
+    if through_torch_op(layer):
+        with pytest.raises(RuntimeError, match=r"within `with biograd.double_backward\(\):`"):
+            grad()
+    else:
+        grad()
+
+
+# (layers on bp and dfa_blocks run torch's own op, which the transforms take; so does, for
+# vmap and jvp, which need no backward, a convolution that runs torch's op, see
+# through_torch_op)
 @pytest.mark.parametrize("rule", [r for r in RULES if not biograd.get_rule(r).transports_weights])
 @pytest.mark.parametrize("transform", ["vmap", "grad", "jvp"])
 def test_torch_func_transforms_are_refused_naming_layer_and_rule(rule, transform):
@@ -345,10 +400,14 @@ def test_torch_func_transforms_are_refused_naming_layer_and_rule(rule, transform
 
     layer = DROP_INS[nn.Conv2d](3, 4, 3, rule=rule)
     x = torch.randn(2, 3, 5, 5)
-    calls = {"vmap": lambda: func.vmap(layer)(x),
-             "grad": lambda: func.grad(lambda x: layer(x).sum())(x),
-             "jvp": lambda: func.jvp(layer, (x,), (x,))}
-    with pytest.raises(RuntimeError, match=rf"Conv2d on rule {rule}.*torch.func transforms"):
-        calls[transform]()
+    calls = {"vmap": lambda m: func.vmap(m)(x),
+             "grad": lambda m: func.grad(lambda x: m(x).sum())(x),
+             "jvp": lambda m: func.jvp(m, (x,), (x,))}
+    if transform != "grad" and through_torch_op(layer):
+        torch.testing.assert_close(calls[transform](layer), calls[transform](layer.to_torch()),
+                                   rtol=0, atol=0)
+    else:
+        with pytest.raises(RuntimeError, match=rf"Conv2d on rule {rule}.*torch.func transforms"):
+            calls[transform](layer)
     params = dict(layer.named_parameters())  # functional_call alone is fine
     assert torch.equal(func.functional_call(layer, params, (x,)), layer(x))

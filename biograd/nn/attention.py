@@ -34,7 +34,7 @@ def _rows(feedback: Feedback, weight: Tensor, start: int, stop: int) -> Feedback
     if feedback.direct is not None:  # dfa: the projection onto each input, whatever the rows
         return feedback
     learned = None if feedback.learned is None else feedback.learned[start:stop]
-    return Feedback(make=lambda w: feedback.make(weight)[start:stop], learned=learned,
+    return Feedback(make=lambda w: feedback.of(weight)[start:stop], learned=learned,
                     align=feedback.align)
 
 

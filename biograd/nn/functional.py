@@ -10,12 +10,13 @@ and bias gradients are the true local ones; only the input gradient uses B,
 
 computed for convolutions in ONE aten.convolution_backward call with B in W's place (the
 weight gradient does not read the weight's values). B is made in the backward, and only when
-the input needs a gradient (a network's stem does not), by the rule's `make`. A direct rule
-(dfa) gives δx itself instead, from the model's output error (`Feedback.direct`), and δy
-only serves the weight and bias gradients. A learned B (`Feedback.learned`) gets W's gradient
-(kp), or the gradient of a local rule of its own (`Feedback.align`, the alignment family),
-computed in the backward from the input the forward saved: `LinearMap`, `ConvMap` and
-`LocalMap` give a rule the layer's linear map and its two adjoints on that input.
+the input needs a gradient (a network's stem does not), from the Feedback its rule binds
+(`Feedback.of`). A direct rule (dfa) gives δx itself instead, from the model's output error
+(`Feedback.direct`), and δy only serves the weight and bias gradients. A learned B
+(`Feedback.learned`) gets W's gradient (kp), or the gradient of a local rule of its own
+(`Feedback.align`, the alignment family), computed in the backward from the input the forward
+saved: `LinearMap`, `ConvMap` and `LocalMap` give a rule the layer's linear map and its two
+adjoints on that input.
 
 Under torch.autocast the inputs are cast as torch's own conv/linear would cast them, and the
 gradients come back in each input's dtype.
@@ -23,7 +24,9 @@ gradients come back in each input's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -32,9 +35,9 @@ from biograd.rules.base import Feedback
 
 
 def _autocast_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype torch's conv/linear would compute in under autocast, or None (at once, with
-    no device look-up, where no autocast is on: the common case costs one C call)."""
-    if not _any_autocast() or not x.is_floating_point():
+    """The dtype torch's conv/linear would compute in under autocast, or None; called only
+    where `_any_autocast()` (the common case, none on, costs that one C call)."""
+    if not x.is_floating_point():
         return None
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
@@ -61,8 +64,8 @@ def _save(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedbac
     Under autocast they are cast as torch's own op casts them and ctx.dtypes holds the dtypes
     the gradients go back in (x's, W's, b's); without (the common case, where every gradient
     comes out in its input's dtype) ctx.dtypes is None and the backward casts nothing."""
-    dtype = _autocast_dtype(x)
     ctx.feedback = feedback
+    dtype = _autocast_dtype(x) if _any_autocast() else None
     if dtype is None:
         ctx.dtypes = None
         ctx.save_for_backward(x, weight)
@@ -75,10 +78,16 @@ def _save(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedbac
 
 def _cast_back(ctx, grad_x, grad_w, grad_b):
     """The gradients in their inputs' dtypes (under autocast they come in the op's)."""
-    if ctx.dtypes is None:
-        return grad_x, grad_w, grad_b
     x_dtype, w_dtype, b_dtype = ctx.dtypes
     return _as(grad_x, x_dtype), _as(grad_w, w_dtype), _as(grad_b, b_dtype)
+
+
+def _b(feedback: Feedback, weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """B in `dtype`: `Feedback.of`, with the fixed B (fa, kp, wm) read without a call."""
+    b = feedback.fixed
+    if b is None:
+        b = feedback.of(weight)
+    return b if b.dtype == dtype else b.to(dtype)
 
 
 # Resolved once: calling the packet torch.ops.aten.convolution_backward picks the overload at
@@ -169,15 +178,17 @@ class LocalMap:
         return g.permute(2, 0, 1).bmm(m).permute(1, 2, 0)  # (P, N, K) -> (N, K, P)
 
 
-def _learned_grad(ctx, layer_map, weight: Tensor, grad_w: Tensor | None) -> Tensor | None:
+def _learned_grad(ctx, layer_map: Callable[[], object], weight: Tensor,
+                  grad_w: Tensor | None) -> Tensor | None:
     """The gradient of a learned B: W's (kp; none where W is frozen, B's increment being W's),
-    or its own rule's `align(map, W, B, W's gradient)` from the input the forward saved."""
+    or its own rule's `align(map, W, B, W's gradient)` from the input the forward saved,
+    `layer_map()` (made only for such a rule)."""
     align = ctx.feedback.align
     if align is None:
         return grad_w
     with torch.no_grad():
         b = ctx.feedback.learned
-        return _as(align(layer_map, weight, b, grad_w), b.dtype)
+        return _as(align(layer_map(), weight, b, grad_w), b.dtype)
 
 
 class _Linear(torch.autograd.Function):
@@ -190,28 +201,33 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # grad: (n, out)
         x, weight = ctx.saved_tensors  # x: (n, in), weight: (out, in)
-        need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
+        need_x, need_w, need_b, need_learned, _, _ = ctx.needs_input_grad
         feedback = ctx.feedback
         grad_x = grad_w = grad_b = grad_learned = None
         if need_x:
-            grad_x = grad @ _as(feedback.make(weight), grad.dtype) if feedback.direct is None \
-                else feedback.direct(x.shape)
+            direct = feedback.direct
+            grad_x = grad @ _b(feedback, weight, grad.dtype) if direct is None \
+                else direct(x.shape)
         if need_w:
             grad_w = grad.T @ x  # (out, in)
         if need_b:
             grad_b = grad.sum(0)
-        grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
+        if ctx.dtypes is not None:
+            grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
         if need_learned:
-            samples = ctx.samples or x.shape[0]  # 0: every row a sample
-            grad_learned = _learned_grad(ctx, LinearMap(x, samples), weight, grad_w)
+            # samples 0: every row a sample
+            grad_learned = _learned_grad(
+                ctx, lambda: LinearMap(x, ctx.samples or x.shape[0]), weight, grad_w)
         return grad_x, grad_w, grad_b, grad_learned, None, None
 
 
 class _Conv(torch.autograd.Function):
+    # args: (stride, padding, dilation, groups, transposed, output_padding), one tuple: each
+    # argument of apply is host time
     @staticmethod
-    def forward(ctx, x, weight, bias, learned, feedback, stride, padding, dilation, groups,
-                transposed, output_padding):
-        ctx.args = (stride, padding, dilation, groups, transposed, output_padding)
+    def forward(ctx, x, weight, bias, learned, feedback, args):
+        ctx.args = args
+        stride, padding, dilation, groups, transposed, output_padding = args
         xc, wc, bc = _save(ctx, x, weight, bias, feedback)
         return torch.convolution(xc, wc, bc, stride, padding, dilation, transposed,
                                  output_padding, groups)
@@ -219,24 +235,25 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # grad: (N, C_out, *spatial)
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b, need_learned = ctx.needs_input_grad[:4]
+        need_x, need_w, need_b, need_learned, _, _ = ctx.needs_input_grad
         stride, padding, dilation, groups, transposed, output_padding = ctx.args
         feedback = ctx.feedback
         # The weight gradient reads only the weight's shape, so B can stand in W's place.
         direct = feedback.direct if need_x else None
-        b = feedback.make(weight) if need_x and direct is None else weight
+        from_b = need_x and direct is None
         grad_x, grad_w, grad_b = _convolution_backward(
-            grad, x, _as(b, grad.dtype), [grad.shape[1]] if need_b else None, stride, padding,
-            dilation, transposed, output_padding, groups, [need_x and direct is None, need_w,
-                                                           need_b])
+            grad, x, _b(feedback, weight, grad.dtype) if from_b else weight,
+            [grad.shape[1]] if need_b else None, stride, padding, dilation, transposed,
+            output_padding, groups, [from_b, need_w, need_b])
         if direct is not None:
             grad_x = direct(x.shape)
-        # aten may return a weight gradient it was not asked for (CPU, mkldnn): dropped here
-        grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w if need_w else None, grad_b)
-        grad_learned = _learned_grad(ctx, ConvMap(x, weight, ctx.args), weight, grad_w) \
-            if need_learned else None
-        return (grad_x, grad_w, grad_b, grad_learned,
-                None, None, None, None, None, None, None)
+        if not need_w:  # aten may return a weight gradient it was not asked for (CPU, mkldnn)
+            grad_w = None
+        if ctx.dtypes is not None:
+            grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
+        grad_learned = _learned_grad(ctx, lambda: ConvMap(x, weight, ctx.args), weight,
+                                     grad_w) if need_learned else None
+        return grad_x, grad_w, grad_b, grad_learned, None, None
 
 
 def local_product(cols: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -276,16 +293,17 @@ class _Local(torch.autograd.Function):
         grad_x = grad_w = grad_b = grad_learned = None
         g = grad.permute(2, 0, 1).contiguous()  # (P, N, C_out)
         if need_x and ctx.feedback.direct is None:  # δcols[:, :, p] = δy[:, :, p] B[p]
-            b = _as(ctx.feedback.make(weight), grad.dtype)
+            b = _b(ctx.feedback, weight, grad.dtype)
             grad_x = g.bmm(b).permute(1, 2, 0)  # (P, N, K) -> (N, K, P)
         if need_w:  # δW[p] = δy[:, :, p]ᵀ cols[:, :, p]
             grad_w = g.transpose(1, 2).bmm(_by_position(cols))  # (P, C_out, K)
         if need_b:
             grad_b = g.sum(1).T  # (C_out, P)
-        grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
+        if ctx.dtypes is not None:
+            grad_x, grad_w, grad_b = _cast_back(ctx, grad_x, grad_w, grad_b)
         # (a direct rule's δx reaches the layer's input through `project_input`, not cols)
         if need_learned:
-            grad_learned = _learned_grad(ctx, LocalMap(cols), weight, grad_w)
+            grad_learned = _learned_grad(ctx, lambda: LocalMap(cols), weight, grad_w)
         return grad_x, grad_w, grad_b, grad_learned, None
 
 
@@ -314,7 +332,7 @@ def project_input(x: Tensor, direct: Callable[[torch.Size], Tensor]) -> Tensor:
 
 def feedback_local(cols: Tensor, weight: Tensor, bias: Tensor | None,
                    feedback: Feedback) -> Tensor:
-    """`local_product` with δcols = δy B per position, for B = feedback.make(W) (W's shape).
+    """`local_product` with δcols = δy B per position, for B = feedback.of(W) (W's shape).
 
     cols: (N, C_in·kh·kw, P) (F.unfold's), weight: (P, C_out, C_in·kh·kw), bias: (C_out, P)
     or None; returns (N, C_out, P). The weight and bias gradients are the true local ones.
@@ -322,8 +340,141 @@ def feedback_local(cols: Tensor, weight: Tensor, bias: Tensor | None,
     return _Local.apply(cols, weight, bias, feedback.learned, feedback)
 
 
+# --- B in W's place among the tensors torch's own op saves ----------------------------------
+#
+# Where B comes from `Feedback.of` (no learned B, no direct δx), a convolution needs no
+# Function: it runs torch's own op under a saved-tensor hook that saves B where the op saves
+# W. torch's backward then computes δx through B, and the weight and bias gradients as it
+# always does (they do not read W's values): no Python runs in the backward but the unpack
+# hook, and aten's convolution_backward is called from C++, not through Python's argument
+# parsing (most of a convolution Function's cost). A Linear keeps its Function: its backward's
+# products are cheap to call from Python, and the hooks cost more than it (layer_cost.py).
+
+_push_hooks = torch._C._autograd._push_saved_tensors_default_hooks
+_pop_hooks = torch._C._autograd._pop_saved_tensors_default_hooks
+_top_hooks = torch._C._autograd._top_saved_tensors_default_hooks
+_hooks_enabled = torch._C._autograd._saved_tensors_hooks_is_enabled
+
+
+#: True within `double_backward()`: every layer runs its autograd Function.
+_FUNCTIONS: ContextVar[bool] = ContextVar("biograd_functions", default=False)
+
+
+@contextmanager
+def double_backward() -> Iterator[None]:
+    """Run the forwards within this block so that their backward can be differentiated
+    (create_graph=True: gradient penalties, Hessian-vector products, meta-learning).
+
+    A convolution on a rule whose B is fixed or made from W (fa, ss, frsf, brsf, sign_fixed,
+    wm) otherwise runs torch's own op, its backward torch's with B saved in W's place; torch's
+    second derivatives of that backward would treat B as W (they reach W's gradient), so a
+    create_graph backward through it raises. Within this block it runs biograd's autograd
+    Function instead, whose backward is differentiated as written (with B = W, backprop's own
+    second derivatives): the same gradients, at a Function's host cost per layer.
+
+        with biograd.double_backward():
+            loss = F.cross_entropy(model(x), y)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    """
+    token = _FUNCTIONS.set(True)
+    try:
+        yield
+    finally:
+        _FUNCTIONS.reset(token)
+
+
+def _substitutable(feedback: Feedback) -> bool:
+    """Whether B can stand in W's place among the tensors torch's op saves: B from
+    `Feedback.of`, eagerly, outside autocast (which saves a cast copy of W, not W),
+    `double_backward` and any saved-tensor hooks of the caller's (checkpointing, offloading:
+    they would not see this layer's tensors; torch.func, which disables such hooks)."""
+    return (not torch.compiler.is_compiling() and feedback.learned is None
+            and feedback.direct is None and not _any_autocast() and not _FUNCTIONS.get()
+            and _top_hooks(False) is None and _hooks_enabled())
+
+
+class _Saving:
+    """The pack hook of one call of an op: W, or a view of it, becomes B (`_FromW`); every
+    other tensor is kept with its version, which the unpack checks as autograd checks what it
+    saves itself (hooks replace that check)."""
+
+    __slots__ = ("feedback", "swapped", "weight")
+
+    def __init__(self, weight: Tensor, feedback: Feedback) -> None:
+        self.weight, self.feedback, self.swapped = weight, feedback, False
+
+    def pack(self, t: Tensor) -> object:
+        weight = self.weight
+        if t is weight or t._base is weight:
+            self.swapped = True
+            return _FromW(self.feedback, weight, t)
+        return t, t._version
+
+
+class _FromW:
+    """B for the saved W: made at unpack, in the backward, from W as the forward saw it (its
+    version checked), laid out as the op saved W (`saved`: W, or the view of it it saved)."""
+
+    __slots__ = ("feedback", "saved", "version", "weight")
+
+    def __init__(self, feedback: Feedback, weight: Tensor, saved: Tensor) -> None:
+        self.feedback, self.weight, self.saved = feedback, weight, saved
+        self.version = weight._version
+
+    def b(self) -> Tensor:
+        w, saved = self.weight, self.saved
+        if w._version != self.version:
+            raise _modified(w, self.version)
+        if torch.is_grad_enabled():  # a backward with create_graph=True
+            raise RuntimeError(
+                "a backward with create_graph=True reached a convolution that ran torch's own "
+                "op with B saved in W's place, whose second derivatives would treat B as W: "
+                "run its forward within `with biograd.double_backward():`")
+        b = self.feedback.of(w)
+        if b.dtype != w.dtype:
+            b = b.to(w.dtype)
+        if saved is w and b.shape == w.shape:
+            return b
+        if b.stride() != w.stride():  # B laid out as W, for the view of W the op saved
+            b = torch.empty_strided(w.shape, w.stride(), dtype=b.dtype, device=b.device).copy_(b)
+        return b.as_strided(saved.shape, saved.stride(),
+                            b.storage_offset() + saved.storage_offset() - w.storage_offset())
+
+
+def _unpack(saved: object) -> Tensor:
+    if saved.__class__ is _FromW:
+        return saved.b()
+    t, version = saved
+    if t._version != version:
+        raise _modified(t, version)
+    return t
+
+
+def _modified(t: Tensor, version: int) -> RuntimeError:
+    return RuntimeError(
+        f"one of the variables needed for gradient computation has been modified by an "
+        f"inplace operation: [{t.type()} {list(t.shape)}], saved by a biograd layer, is at "
+        f"version {t._version}; expected version {version} instead. Modify a copy "
+        f"(x = x.clone()), or do it after the backward")
+
+
+def _through_b(op: Callable[..., Tensor], args: tuple, x: Tensor, weight: Tensor,
+               feedback: Feedback) -> Tensor | None:
+    """op(*args), torch's own op on x and W, with B saved where it saves W; None where the op
+    saved no W (a kernel that saved a copy of it: the caller then runs its Function)."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return op(*args)  # no δx to send: torch's op as it is
+    saving = _Saving(weight, feedback)
+    _push_hooks(saving.pack, _unpack)
+    try:
+        y = op(*args)
+    finally:
+        _pop_hooks()
+    return y if saving.swapped else None
+
+
 def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Feedback) -> Tensor:
-    """y = x Wᵀ + b, with δx = δy B for B = feedback.make(W).
+    """y = x Wᵀ + b, with δx = δy B for B = feedback.of(W).
 
     x: (..., in), weight: (out, in), bias: (out,) or None; returns (..., out).
     """
@@ -371,8 +522,14 @@ def feedback_conv(
     # per call is host time on every step
     if output_padding is None:
         output_padding = _ZEROS[len(stride)]
-    return _Conv.apply(x, weight, bias, feedback.learned, feedback, stride, padding, dilation,
-                       groups, transposed, output_padding)
+    if _substitutable(feedback):
+        y = _through_b(torch.convolution, (x, weight, bias, stride, padding, dilation,
+                                           transposed, output_padding, groups),
+                       x, weight, feedback)
+        if y is not None:
+            return y
+    return _Conv.apply(x, weight, bias, feedback.learned, feedback,
+                       (stride, padding, dilation, groups, transposed, output_padding))
 
 
 _ZEROS = {n: (0,) * n for n in (1, 2, 3)}

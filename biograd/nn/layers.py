@@ -175,6 +175,7 @@ class FeedbackLayer(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
+        self.__dict__.pop("_sign_scale", None)  # ss's s in W's dtype, which may have changed
         step = self._buffers.get("feedback_step")
         if step is not None and step.device.type != "cpu":  # .to(), .cuda(): it stays
             self._buffers["feedback_step"] = step.cpu()

@@ -135,7 +135,7 @@ class Alignment(Rule):
                               f"biograd.attach(optimizer, model, scaler=scaler)", stacklevel=2)
             return g + grad_w if self.tied and grad_w is not None else g
 
-        return Feedback(make=lambda w: b, learned=b, align=align)
+        return Feedback(learned=b, align=align, fixed=b)
 
     @torch.no_grad()
     def after_step(self, layer) -> None:

@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 
 class Feedback(NamedTuple):
-    """What one forward pass hands to the backward.
+    """What one forward pass hands to the backward: how B is got (one of `fixed`,
+    `magnitude`, `make`; or, for a direct rule, `direct`), and what a learned B needs.
 
     make: W -> B, called in the backward, only when the input gradient is needed, so a rule
-        that derives B from W (ss) keeps no tensor between forward and backward.
+        that derives B from W keeps no tensor between forward and backward.
     learned: a Parameter B that learns through its .grad: exactly W's gradient (kp), or
         `align`'s, or None.
     direct: for a rule whose input gradient is not Bᵀδy but a projection of a signal taken at
@@ -40,12 +41,27 @@ class Feedback(NamedTuple):
     align: for a learned B with a local rule of its own (the alignment family): (map, W, B,
         W's gradient or None) -> B's gradient, called in the backward with `map`, the layer's
         linear map on the input the forward saw (biograd.nn.functional.LinearMap and kin).
+    fixed: B itself, where it does not depend on W (fa, kp, wm, sign_fixed): read as it is.
+    magnitude: B = copysign(magnitude, W), W's signs with these magnitudes (ss: s, a 0-d
+        tensor in W's dtype; frsf and brsf: |M|, W's shape), made in the backward.
+    The two last are what `make` would do, given as data: the backward then makes B with no
+    Python call, a bind with no closure (host time per layer per step).
     """
 
-    make: Callable[[Tensor], Tensor] | None
+    make: Callable[[Tensor], Tensor] | None = None
     learned: Tensor | None = None
     direct: Callable[[torch.Size], Tensor] | None = None
     align: Callable[[Any, Tensor, Tensor, Tensor | None], Tensor] | None = None
+    fixed: Tensor | None = None
+    magnitude: Tensor | None = None
+
+    def of(self, weight: Tensor) -> Tensor:
+        """B for the forward weight W, as the backward makes it (not for a direct rule)."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.magnitude is not None:
+            return torch.copysign(self.magnitude, weight)
+        return self.make(weight)
 
 
 def option(default: Any, *, choices: tuple[str, ...] | None = None,
@@ -149,7 +165,7 @@ class Rule:
     def feedback_weight(self, layer: FeedbackLayer) -> Tensor:
         """The B the backward uses (for per-step rules, the one of the latest forward pass)."""
         with torch.no_grad():
-            return self.bind_current(layer).make(layer.weight_now()).detach()
+            return self.bind_current(layer).of(layer.weight_now()).detach()
 
     def bind_current(self, layer: FeedbackLayer) -> Feedback:
         """Like `bind`, but without advancing any per-step state."""

@@ -77,38 +77,45 @@ class BRSF(Rule):
             pool = random_feedback(w, generator, self.scale, size=(w.numel() + SLACK,), s=s)
             layer.put_state("feedback_pool", pool.abs_())
 
-    def _make(self, layer):
-        """B's make for the current step: eager, a view of the pool at a Python offset (free);
-        under torch.compile, the same window gathered at a tensor offset (no recompiling)."""
-        step = layer._buffers["feedback_step"]  # on the CPU, see FeedbackLayer
+    def bind(self, layer) -> Feedback:
+        """Eager: |M_t| a view of the pool at a Python offset (free); under torch.compile, the
+        same window gathered at a tensor offset (no recompiling); fresh="full": drawn."""
+        buffers = layer._buffers
+        step = buffers["feedback_step"]  # on the CPU, see FeedbackLayer
         if self.fresh == "full":
-            seed = mix(layer.feedback_seed, "brsf", int(step))
-            scale, shape_of = self.scale, layer.scale_shape
-            out_channels = getattr(layer, "out_channels", None)
-            return lambda w: torch.copysign(random_feedback(
-                w, generator(seed, w.device), scale,
-                s=sign_scale(shape_of(w.shape), out_channels)).abs_(), w)
-        pool = layer._buffers["feedback_pool"]
-        n = pool.numel() - SLACK
+            return Feedback(self._full(layer, int(step)))
+        pool = buffers["feedback_pool"]
         if torch.compiler.is_compiling():
-            stride, shift = window_walk(layer.feedback_seed)
-            start = (step * stride + shift).remainder(SLACK + 1).to(pool.device)
-            return lambda w: torch.copysign(
-                pool.index_select(0, torch.arange(n, device=pool.device) + start).view_as(w), w)
-        # the window of this step, cut once: the step counter's version moves with every
-        # after_step (and load), so a step's forwards reuse it (host time per layer)
+            return Feedback(self._gathered(layer, step, pool))
+        # the window of this step, cut once in W's shape: the step counter's version moves
+        # with every after_step (and load), so a step's forwards reuse it (host time per layer)
         cached = layer.__dict__.get("_cached_window")
         if cached is None or cached[0] is not step or cached[1] != step._version \
                 or cached[2] is not pool:
             stride, shift = window_walk(layer.feedback_seed)
             start = (int(step) * stride + shift) % (SLACK + 1)
-            cached = (step, step._version, pool, pool[start : start + n])
+            window = pool[start : start + pool.numel() - SLACK].view(layer.weight_now().shape)
+            cached = (step, step._version, pool, window)
             layer.__dict__["_cached_window"] = cached
-        window = cached[3]
-        return lambda w: torch.copysign(window.view_as(w), w)
+        return Feedback(magnitude=cached[3])
 
-    def bind(self, layer) -> Feedback:
-        return Feedback(self._make(layer))
+    def _full(self, layer, step: int):
+        """make for fresh="full": |M_t| drawn whole from the layer's seed and t."""
+        seed = mix(layer.feedback_seed, "brsf", step)
+        scale, shape_of = self.scale, layer.scale_shape
+        out_channels = getattr(layer, "out_channels", None)
+        return lambda w: torch.copysign(random_feedback(
+            w, generator(seed, w.device), scale,
+            s=sign_scale(shape_of(w.shape), out_channels)).abs_(), w)
+
+    @staticmethod
+    def _gathered(layer, step: torch.Tensor, pool: torch.Tensor):
+        """make under torch.compile: the step's window gathered at a tensor offset."""
+        n = pool.numel() - SLACK
+        stride, shift = window_walk(layer.feedback_seed)
+        start = (step * stride + shift).remainder(SLACK + 1).to(pool.device)
+        return lambda w: torch.copysign(
+            pool.index_select(0, torch.arange(n, device=pool.device) + start).view_as(w), w)
 
     @torch.no_grad()
     def after_step(self, layer) -> None:

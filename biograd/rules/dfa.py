@@ -154,11 +154,12 @@ class ErrorSource:
         self.current, self.pending = _Pass(self.pending), None
 
     def capture(self, module: nn.Module, args: Any, output: Any) -> None:
-        y = self.pick(output)
-        shape = self.sample_shape(y)
+        y = output if self.output is None and isinstance(output, Tensor) else self.pick(output)
         current = self.current
-        if current is not None and current.given is not None:
-            current.targets, current.given = _as_targets(current.given, shape, y), None
+        if self.time_dim is not None or (current is not None and current.given is not None):
+            shape = self.sample_shape(y)  # (checks time_dim)
+            if current is not None and current.given is not None:
+                current.targets, current.given = _as_targets(current.given, shape, y), None
         if y.requires_grad and current is not None:
             if current.taken:
                 raise RuntimeError(
@@ -168,18 +169,7 @@ class ErrorSource:
                     f"biograd.error_source(model, output=1, time_dim=0) for a net returning "
                     f"(spikes, membrane) records stacked over time, (T, N, K)")
             current.taken = True
-            like, time_dim = y.detach(), self.time_dim
-
-            def store(grad: Tensor | None) -> None:  # None: an undefined gradient, e = 0
-                grad = torch.zeros_like(like) if grad is None else grad.detach()
-                if time_dim is not None:
-                    grad = grad.sum(time_dim)
-                # contiguous: the error of a sum or mean is an expanded view (strides 0), which
-                # every layer's product B e would otherwise copy (host time per layer)
-                current.error = grad.reshape(grad.shape[0], math.prod(grad.shape[1:])) \
-                    .contiguous()
-
-            y.register_hook(store)
+            _store_error(y, current, self.time_dim)
 
     def _named(self) -> str:
         return f"its module {self.source!r}" if self.source else "the model"
@@ -256,6 +246,33 @@ class ErrorSource:
         self.handles = []
         self.clear_points()
         self.tables.clear()
+
+
+def _store_error(y: Tensor, run: _Pass, time_dim: int | None) -> None:
+    """Have the backward put e = ∂L/∂ŷ, (N, K), on `run` when it passes ŷ: summed over
+    `time_dim` if given, flattened per sample, contiguous (the error of a sum or mean is an
+    expanded view, strides 0, which every layer's product B e would otherwise copy)."""
+    shape, dtype, device = y.shape, y.dtype, y.device
+
+    def store(grad: Tensor | None) -> None:  # None: an undefined gradient, e = 0
+        if grad is None:
+            grad = torch.zeros(shape, dtype=dtype, device=device)
+        elif grad.requires_grad:  # a backward with create_graph
+            grad = grad.detach()
+        if time_dim is not None:
+            grad = grad.sum(time_dim)
+        if grad.dim() != 2 or not grad.is_contiguous():
+            grad = grad.reshape(grad.shape[0], math.prod(grad.shape[1:])).contiguous()
+        run.error = grad
+
+    node = y.grad_fn
+    if node is None:  # ŷ a leaf
+        y.register_hook(store)
+        return
+    # on ŷ's node, not the tensor: Tensor.register_hook's Python (its handle, a dict) is host
+    # time on every forward; the node's hook gets the gradients of all its outputs
+    index = y.output_nr
+    node.register_prehook(lambda grads: store(grads[index]))
 
 
 def _as_targets(y: Tensor, shape: tuple[int, ...], output: Tensor) -> Tensor:
@@ -441,17 +458,18 @@ def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
         raise RuntimeError(f"{type(layer).__name__} on {rule.name} ran outside a forward of the "
                            f"model it was converted in: call the model, not the layer alone")
     s = rule.signal(layer, run)
-    # What the last call worked out for this input shape, signal shape, seed and table (the
-    # window of B, its scale, x's shape per sample), so that every call after the first skips
-    # the checks and the window's cut (host time per layer, in the backward). Eager only;
-    # dropped from copies (`_cached_`) and by `release`, and cut anew where the table grew.
+    # What the last call worked out for this input shape, signal shape, seed and table: the
+    # window of B, its scale, x's shape per sample (None: the product's own), so that every
+    # call after the first skips the checks and the window's cut (host time per layer, in the
+    # backward). Eager only; dropped from copies (`_cached_`) and by `release`, and cut anew
+    # where the table grew.
     key = (shape, s.shape, steps, layer.feedback_seed)
     cached = None if torch.compiler.is_compiling() else layer.__dict__.get("_cached_projection")
     if cached is not None and cached[1] == key and \
             cached[0] is source.tables.get((s.device, s.dtype)):
-        b, alpha, one = cached[2]
-        delta = torch.addmm(_zero(s.device, s.dtype), s, b, beta=0, alpha=alpha).view(one)
-        return every_step(delta, shape)
+        zero, b, alpha, one = cached[2]
+        delta = torch.addmm(zero, s, b, beta=0, alpha=alpha)
+        return delta if one is None else every_step(delta.view(one), shape)
     one = per_sample(shape, s.shape[0], steps)
     if one is None:
         raise RuntimeError(
@@ -466,8 +484,10 @@ def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
     one = torch.Size(one)
     b = window(source, layer.feedback_seed, s.shape[1], d, s.device, s.dtype)
     if not torch.compiler.is_compiling():
-        layer.__dict__["_cached_projection"] = (source.tables[(s.device, s.dtype)], key,
-                                                (b, 1.0 / math.sqrt(d), one))
+        as_is = one == shape and len(one) == 2  # the product (N, d) is δx itself
+        layer.__dict__["_cached_projection"] = (
+            source.tables[(s.device, s.dtype)], key,
+            (_zero(s.device, s.dtype), b, 1.0 / math.sqrt(d), None if as_is else one))
     return every_step(project(source, layer.feedback_seed, s, one), shape)
 
 

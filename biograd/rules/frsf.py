@@ -6,8 +6,6 @@ Only |M| is stored; B is formed in the backward in one pass (copysign).
 
 from dataclasses import dataclass
 
-import torch
-
 from biograd.rules.base import Feedback, Rule, random_feedback, register, scale_option, seed_scale
 
 
@@ -35,4 +33,4 @@ class FRSF(Rule):
 
     def bind(self, layer) -> Feedback:
         m = layer._buffers["feedback_magnitude"]
-        return Feedback(lambda w: torch.copysign(m, w))
+        return Feedback(magnitude=m)

@@ -45,7 +45,7 @@ class SignFixed(Rule):
 
     def bind(self, layer) -> Feedback:
         b = layer._buffers["feedback"]  # (not __getattr__'s search: host time per layer)
-        return Feedback(lambda w: b)
+        return Feedback(fixed=b)
 
     def after_step(self, layer) -> None:
         hold_sign_(layer.weight, torch.sign(layer.feedback), self.eps)

@@ -2,8 +2,8 @@
 
 B = s · sign(W), recomputed from the current W in the backward, with the seed's per-layer
 magnitude s (`sign_scale`). It keeps no state (s, which W's shape sets, is worked out at the
-first forward and kept on the layer) and saves no tensor beyond what the
-torch layer saves: B exists only while the backward runs.
+first forward and kept on the layer as a 0-d tensor in W's dtype) and saves no tensor beyond
+what the torch layer saves: B exists only while the backward runs.
 """
 
 import functools
@@ -43,9 +43,9 @@ class SS(Rule):
     def bind(self, layer) -> Feedback:
         if self.scale == "weight":
             return Feedback(make=lambda w: torch.copysign(w.detach().square().mean().sqrt(), w))
-        s = layer.__dict__.get("_sign_scale")
-        if s is None:  # s from W's shape, once per layer (not while torch.compile traces)
-            s = seed_scale(layer)
+        m = layer.__dict__.get("_sign_scale")
+        if m is None:  # s from W's shape, once per layer (not while torch.compile traces)
+            m = _scalar(seed_scale(layer), layer.weight_now().dtype)
             if not torch.compiler.is_compiling():
-                layer.__dict__["_sign_scale"] = s
-        return Feedback(lambda w: torch.copysign(_scalar(s, w.dtype), w))
+                layer.__dict__["_sign_scale"] = m  # dropped when the layer's dtype may change
+        return Feedback(magnitude=m)

@@ -87,7 +87,7 @@ class WM(Rule):
 
     def bind(self, layer) -> Feedback:
         b = layer._buffers["feedback"]  # (not __getattr__'s search: host time per layer)
-        return Feedback(lambda w: b)
+        return Feedback(fixed=b)
 
     @torch.no_grad()
     def after_step(self, layer) -> None:
