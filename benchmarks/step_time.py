@@ -55,6 +55,8 @@ import biograd
 from biograd._machine import cpu_name
 
 NATIVE = "native"
+#: the variant --floor adds: native with every layer under a minimal autograd Function
+FLOOR = "minimal Function"
 CLOCKS = ("wall", "cpu")
 MiB = 2**20
 
@@ -97,9 +99,24 @@ def build(rule: str, seed: int = 0, model: str = "resnet18", classes: int = 1000
         net = torchvision.models.resnet18(weights=None, num_classes=classes)
     if model == "resnet18-unshared":
         biograd.unshare(net, torch.zeros(1, 3, size, size))
-    if rule != NATIVE:
+    if rule == FLOOR:
+        minimal(net)
+    elif rule != NATIVE:
         biograd.convert(net, rule, seed=seed)
     return net
+
+
+def minimal(net: torch.nn.Module) -> None:
+    """In place: every Conv2d and Linear of `net` under layer_cost.py's minimal autograd
+    Function (torch's op forward, one backward call with W): the floor of a rule's layer
+    written as a Function."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from layer_cost import Minimal
+
+    for module in list(net.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)):
+                setattr(module, name, Minimal(child))
 
 
 class Variant:
@@ -319,6 +336,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", nargs="+", default=None, choices=biograd.list_rules(),
                    metavar="RULE",
                    help=f"default: all registered ({' '.join(biograd.list_rules())})")
+    p.add_argument("--floor", action="store_true",
+                   help=f"time a variant '{FLOOR}' too: native with every Conv2d and Linear "
+                   f"under a minimal autograd Function (layer_cost.py's), a Function's floor")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); on a shared CPU, 1 avoids the "
@@ -348,10 +368,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.model in ("resnet18-unshared", "vit") and len(args.sizes) != 1:
         raise SystemExit(f"--model {args.model} is built for one input size: give one --sizes")
     device = torch.device(args.device)
-    rules = args.rules or biograd.list_rules()
+    rules = (args.rules or biograd.list_rules()) + ([FLOOR] if args.floor else [])
     command = "python " + shlex.join(sys.argv)
     if args.compile:
-        broken = [r for r in rules if biograd.rules.get_rule(r).compile_note]
+        broken = [r for r in rules if r != FLOOR and biograd.rules.get_rule(r).compile_note]
         if broken and len(rules) > 1:
             # dynamo looks a code object's compiled entries up newest first, and an entry of a
             # model whose graph breaks at its first layer guards only what precedes the

@@ -347,8 +347,10 @@ def feedback_local(cols: Tensor, weight: Tensor, bias: Tensor | None,
 # W. torch's backward then computes δx through B, and the weight and bias gradients as it
 # always does (they do not read W's values): no Python runs in the backward but the unpack
 # hook, and aten's convolution_backward is called from C++, not through Python's argument
-# parsing (most of a convolution Function's cost). A Linear keeps its Function: its backward's
-# products are cheap to call from Python, and the hooks cost more than it (layer_cost.py).
+# parsing (most of a convolution Function's cost). A Linear keeps its Function: its
+# backward's products are cheap to call from Python, and the hooks cost more than it
+# (layer_cost.py). kp's learned B keeps it too: B's gradient through W + (B - B), a zero
+# that reads B, cost as much as the Function (measured).
 
 _push_hooks = torch._C._autograd._push_saved_tensors_default_hooks
 _pop_hooks = torch._C._autograd._pop_saved_tensors_default_hooks
@@ -383,13 +385,12 @@ def double_backward() -> Iterator[None]:
         _FUNCTIONS.reset(token)
 
 
-def _substitutable(feedback: Feedback) -> bool:
-    """Whether B can stand in W's place among the tensors torch's op saves: B from
-    `Feedback.of`, eagerly, outside autocast (which saves a cast copy of W, not W),
+def _substitutable() -> bool:
+    """Whether B (from `Feedback.of`) can stand in W's place among the tensors torch's op
+    saves: eagerly, outside autocast (which saves a cast copy of W, not W),
     `double_backward` and any saved-tensor hooks of the caller's (checkpointing, offloading:
     they would not see this layer's tensors; torch.func, which disables such hooks)."""
-    return (not torch.compiler.is_compiling() and feedback.learned is None
-            and feedback.direct is None and not _any_autocast() and not _FUNCTIONS.get()
+    return (not torch.compiler.is_compiling() and not _any_autocast() and not _FUNCTIONS.get()
             and _top_hooks(False) is None and _hooks_enabled())
 
 
@@ -430,10 +431,10 @@ class _FromW:
                 "a backward with create_graph=True reached a convolution that ran torch's own "
                 "op with B saved in W's place, whose second derivatives would treat B as W: "
                 "run its forward within `with biograd.double_backward():`")
-        b = self.feedback.of(w)
-        if b.dtype != w.dtype:
+        b = self.feedback.of(w)  # W's shape
+        if b.dtype is not w.dtype:
             b = b.to(w.dtype)
-        if saved is w and b.shape == w.shape:
+        if saved is w:
             return b
         if b.stride() != w.stride():  # B laid out as W, for the view of W the op saved
             b = torch.empty_strided(w.shape, w.stride(), dtype=b.dtype, device=b.device).copy_(b)
@@ -458,12 +459,10 @@ def _modified(t: Tensor, version: int) -> RuntimeError:
         f"(x = x.clone()), or do it after the backward")
 
 
-def _through_b(op: Callable[..., Tensor], args: tuple, x: Tensor, weight: Tensor,
+def _through_b(op: Callable[..., Tensor], args: tuple, weight: Tensor,
                feedback: Feedback) -> Tensor | None:
     """op(*args), torch's own op on x and W, with B saved where it saves W; None where the op
     saved no W (a kernel that saved a copy of it: the caller then runs its Function)."""
-    if not (x.requires_grad and torch.is_grad_enabled()):
-        return op(*args)  # no δx to send: torch's op as it is
     saving = _Saving(weight, feedback)
     _push_hooks(saving.pack, _unpack)
     try:
@@ -522,12 +521,14 @@ def feedback_conv(
     # per call is host time on every step
     if output_padding is None:
         output_padding = _ZEROS[len(stride)]
-    if _substitutable(feedback):
-        y = _through_b(torch.convolution, (x, weight, bias, stride, padding, dilation,
-                                           transposed, output_padding, groups),
-                       x, weight, feedback)
-        if y is not None:
-            return y
+    if feedback.learned is None and feedback.direct is None:  # B from Feedback.of
+        args = (x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return torch.convolution(*args)  # no δx to send: torch's op as it is
+        if _substitutable():
+            y = _through_b(torch.convolution, args, weight, feedback)
+            if y is not None:
+                return y
     return _Conv.apply(x, weight, bias, feedback.learned, feedback,
                        (stride, padding, dilation, groups, transposed, output_padding))
 

@@ -269,7 +269,11 @@ class _ConvMixin(FeedbackLayer):
         rule = self.learning_rule
         if rule.transports_weights:
             return self._conv_forward(input, self.weight, self.bias)
-        x, padding, pads = self._pad(input)
+        padding = self.padding
+        if self.padding_mode == "zeros" and padding.__class__ is not str:
+            x, pads = input, ()  # the common case: the convolution pads with zeros
+        else:
+            x, padding, pads = self._pad(input)
         feedback = rule.bind(self)
         if pads and feedback.direct is not None:
             feedback = feedback._replace(direct=_unpadded(feedback.direct, input.shape, pads))
