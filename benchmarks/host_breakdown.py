@@ -95,8 +95,9 @@ def parts(factory, shape, rule: str) -> dict[str, object]:
     bare_function = Bound(lay, bound)
     out["function"] = lambda: step(bare_function)
     out["bind"] = lambda: rule_obj.bind(lay)
-    if not rule_obj.direct:  # without grad, as the backward makes B
-        out["make"] = torch.no_grad()(lambda: bound.of(w))
+    if not rule_obj.direct:  # of W without grad, as the backward makes B
+        w_now = w.detach()
+        out["make"] = lambda: bound.of(w_now)
     if rule_obj.direct:
         source = lay.__dict__["error_source"]
         e = source.current.error

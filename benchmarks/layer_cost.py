@@ -158,9 +158,10 @@ def table(record: dict) -> str:
         for r in alone:
             if r == NATIVE:
                 continue
-            a, s = alone[r], stack[r]
+            a, s = alone[r], stack.get(r)
             lines.append(f"| {r} | {a['us']:.1f} | {a['extra_us']:+.1f} | {a['of_minimal']:.2f} "
-                         f"| {s['extra_us']:+.1f} | {s['of_minimal']:.2f} |")
+                         + (f"| {s['extra_us']:+.1f} | {s['of_minimal']:.2f} |" if s else
+                            "| — | — |"))
         if "kp" in alone:
             lines += ["", f"kp over the minimal Function with a learned B: "
                           f"{alone['kp']['of_learned']:.2f} alone, "
@@ -182,10 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
               "torch": torch.__version__,
               "command": "python " + shlex.join(["benchmarks/layer_cost.py", *(
                   sys.argv[1:] if argv is None else argv)]), "layers": {}}
+    # (a rule that some models cannot take, dfa_blocks with no block in a Sequential, is
+    # timed alone only)
+    stacked = [r for r in rules if biograd.get_rule(r).every_model]
     for name, (factory, shape) in LAYERS.items():
         record["layers"][name] = {
             "alone": summary(measure(factory, shape, rules, args.rounds, args.calls), 1),
-            "stack": summary(measure(factory, shape, rules, args.rounds, stack_calls,
+            "stack": summary(measure(factory, shape, stacked, args.rounds, stack_calls,
                                      args.depth), args.depth)}
     print(table(record))
     if args.json:

@@ -476,10 +476,32 @@ def after_step(model: nn.Module) -> None:
     Layers under Dale's law (biograd.dale), on any rule or none, are held to their units'
     signs first, so that wm mirrors the W that will be used.
     """
-    hold_dale_(model)
-    for _, layer in feedback_layers(model):
-        if type(layer.learning_rule).after_step is not Rule.after_step:
-            layer.after_step()
+    dale, work = [], {}
+    for module in _each_module(model):
+        if DALE_SIGN in module._buffers:
+            dale.append(module)
+        if isinstance(module, FeedbackLayer):
+            rule = module.learning_rule
+            kind = type(rule)
+            if kind.after_step is not Rule.after_step or kind.after_steps is not Rule.after_steps:
+                work.setdefault(rule, []).append(module)
+    if dale:
+        hold_dale_(model, dale)
+    for rule, layers in work.items():  # a rule's layers at once (Rule.after_steps)
+        rule.after_steps(layers)
+
+
+def _each_module(model: nn.Module) -> Iterator[nn.Module]:
+    """model.modules() without the qualified names it builds (this runs at every step):
+    every module once, in the same order."""
+    seen, stack = set(), [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield module
+        stack.extend(m for m in reversed(module._modules.values()) if m is not None)
 
 
 def attach(optimizer: torch.optim.Optimizer, model: nn.Module,

@@ -165,10 +165,11 @@ def dale_buffers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def hold_dale_(model: nn.Module) -> None:
+def hold_dale_(model: nn.Module, layers: list[nn.Module] | None = None) -> None:
     """In place: hold every Dale layer's weights to their units' signs,
-    W ← s · max(s · W, eps). `biograd.after_step` calls it after every optimiser step."""
-    for layer in model.modules():  # no names built: this runs at every step
+    W ← s · max(s · W, eps). `biograd.after_step` calls it after every optimiser step, with
+    `layers`, the model's modules that hold Dale signs, found in its one walk of the model."""
+    for layer in model.modules() if layers is None else layers:
         if DALE_SIGN not in layer._buffers:
             continue
         weight, why = _held(layer)

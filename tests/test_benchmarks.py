@@ -154,16 +154,24 @@ def test_performance_doc_quotes_the_round_three_record():
 
 
 def test_performance_doc_quotes_the_host_bound_record():
-    """docs/performance.md's ResNet-18 ratios at batch 2 are the CPU-time ratios of
-    benchmarks/results_host_bound.json."""
+    """docs/performance.md's ResNet-18 ratios at batch 2 and 32² are the CPU-time ratios of
+    benchmarks/results_host_bound_torch_op.json, and those it gives for the round before
+    benchmarks/results_host_bound.json's."""
     doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
-    (size,) = json.loads((ROOT / "benchmarks" / "results_host_bound.json").read_text()
-                         )["sizes"].values()
-    part = doc.split("11.7 M weights (")[1].split(").")[0]  # "ss 1.17, ..., fa and dfa 1.07"
-    for rule in ("ss", "frsf", "sign_fixed", "kp", "wm"):
-        assert f"{rule} {size[rule]['cpu']['ratio']:.2f}" in part, rule
-    for rule in ("fa", "dfa"):
-        assert f"{size[rule]['cpu']['ratio']:.2f}" in part.split("fa and dfa")[1], rule
+
+    def ratios(name: str) -> dict:
+        (size,) = json.loads((ROOT / "benchmarks" / name).read_text())["sizes"].values()
+        return {rule: f"{v['cpu']['ratio']:.2f}" for rule, v in size.items()}
+
+    now = ratios("results_host_bound_torch_op.json")
+    part = doc.split("a GPU's bandwidth makes small: ")[1].split(". ")[0]
+    quoted = dict(re.findall(r"([a-z_]+|minimal Function) (\d\.\d\d)", part))
+    assert quoted == {rule: r for rule, r in now.items() if rule != "native"}
+    before = ratios("results_host_bound.json")
+    part = doc.split("`benchmarks/results_host_bound.json`: ")[1].split(".)")[0]
+    for rule in ("ss", "sign_fixed", "kp", "wm"):
+        assert f"{rule} {before[rule]}" in part, rule
+    assert f"fa and dfa {before['fa']}" in part and before["fa"] == before["dfa"]
 
 
 def test_beyond_doc_quotes_the_lstm_cost_record():
@@ -248,3 +256,71 @@ def test_step_time_compiles_a_graph_breaking_rule_only_alone(rule):
     with pytest.raises(SystemExit, match=refusal):
         step_time.main(step_time.get_args_parser().parse_args(
             ["--compile", "--rules", "fa", rule, "--sizes", "32"]))
+
+
+def test_layer_cost_times_each_layer_alone_and_in_a_stack(one_thread, capsys):
+    """benchmarks/layer_cost.py: every rule named, both floors (a minimal Function, and one
+    with a learned B), alone and per layer of a stack, each extra over native with its ratio
+    to the minimal Function's; kp's ratio to the learned-B floor is printed."""
+    layer_cost = load_benchmark("layer_cost")
+    record = layer_cost.main(["--rules", "fa", "kp", "--rounds", "1", "--calls", "4",
+                              "--depth", "2"])
+    out = capsys.readouterr().out
+    assert "kp over the minimal Function with a learned B" in out
+    for kinds in record["layers"].values():
+        for kind in ("alone", "stack"):
+            rows = kinds[kind]
+            assert set(rows) == {"native", layer_cost.MINIMAL, layer_cost.LEARNED, "fa", "kp"}
+            assert rows[layer_cost.MINIMAL]["of_minimal"] == 1.0
+            assert rows[layer_cost.LEARNED]["of_learned"] == 1.0
+            assert all(math.isfinite(r["extra_us"]) for r in rows.values())
+
+
+def test_step_time_floor_and_narrow_resnet(one_thread):
+    """step_time.py --model resnet18-narrow: ResNet-18's 21 convolutions and classifier at
+    1/8 of its widths; --floor adds native under a minimal autograd Function, layer by layer,
+    timed beside the rules."""
+    step_time = load_step_time()
+    net = step_time.build("native", model="resnet18-narrow")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 20 and max(c.out_channels for c in convs) == 8 * step_time.NARROW
+    floor = step_time.build(step_time.FLOOR, model="resnet18-narrow")
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(floor(x), net(x))  # the same forward, through the Function
+    assert not any(isinstance(m, torch.nn.Conv2d) and type(m) is torch.nn.Conv2d
+                   and m in set(floor.modules()) - {c.module for c in floor.modules()
+                                                   if hasattr(c, "module")}
+                   for m in floor.modules())
+    args = step_time.get_args_parser().parse_args(
+        ["--model", "resnet18-narrow", "--sizes", "16", "--batch", "2", "--repeats", "1",
+         "--warmup", "0", "--rules", "fa", "--floor"])
+    timed = step_time.main(args)["sizes"][16]
+    assert set(timed) == {"native", "fa", step_time.FLOOR}
+
+
+def test_performance_doc_quotes_the_layer_cost_record():
+    """docs/performance.md and benchmarks/RESULTS.md hold layer_cost.py's tables of
+    benchmarks/results_layer_cost.json, row for row."""
+    layer_cost = load_benchmark("layer_cost")
+    record = json.loads((ROOT / "benchmarks" / "results_layer_cost.json").read_text())
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    rows = [line for line in layer_cost.table(record).splitlines()
+            if line.startswith("| ") or line.startswith("kp over")]
+    assert len(rows) == 2 * (2 + len(record["layers"]["Linear 8→8, 2×8 input"]["alone"]))
+    for row in rows:
+        assert row in doc, row
+        assert row in results, row
+
+
+def test_performance_doc_quotes_the_narrow_host_bound_record():
+    """docs/performance.md's ratios of the narrow ResNet-18's step per rule are the CPU-time
+    ratios of benchmarks/results_host_bound_narrow.json."""
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    (size,) = json.loads((ROOT / "benchmarks" / "results_host_bound_narrow.json").read_text()
+                         )["sizes"].values()
+    part = doc.split("its step over native's: ")[1].split(". ")[0]
+    quoted = dict(re.findall(r"([a-z_]+|minimal Function) (\d\.\d\d)", part))
+    assert set(quoted) == set(size) - {"native"}
+    for rule, ratio in quoted.items():
+        assert ratio == f"{size[rule]['cpu']['ratio']:.2f}", rule

@@ -299,3 +299,44 @@ def test_kp_b_takes_the_gradient_w_gets_through_its_own_layer():
         model.head.weight.detach())
     torch.testing.assert_close(model.head.feedback.grad, own)
     assert not torch.allclose(model.head.weight.grad, own)
+
+
+def test_after_step_on_a_model_is_each_layers_after_step():
+    """biograd.after_step runs each rule's work over all its layers at once (sign_fixed's
+    clamp and brsf's counter as one call for the model): bit for bit what each layer's own
+    after_step does, once per layer, for a layer the model holds twice too."""
+    def model():
+        torch.manual_seed(0)
+        shared = nn.Linear(5, 5)
+        net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5), shared,
+                            nn.ReLU(), shared, nn.Linear(5, 4))
+        biograd.convert(net, "sign_fixed", seed=3, include=["0", "2", "3"])
+        return biograd.convert(net, "brsf", seed=3, include=["6"])
+
+    a, b = model(), model()
+    for net in (a, b):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in net.parameters():  # weights pushed across their signs, as a step would
+                p.add_(torch.randn_like(p))
+    biograd.after_step(a)
+    for _, layer in biograd.feedback_layers(b):
+        layer.after_step()
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert int(a[6].feedback_step) == 1
+
+
+def test_sign_fixed_grouped_hold_is_each_layers_hold():
+    """sign_fixed's clamp over a GPU's layers at once (torch._foreach_*, `hold_signs_`),
+    run here on CPU tensors: bit for bit each layer's own `hold_sign_`."""
+    from biograd.rules.sign_fixed import hold_signs_
+    from biograd.signs import floor, hold_sign_
+
+    torch.manual_seed(0)
+    ws = [torch.randn(4, 3), torch.randn(2, 3, 3, 3), torch.full((5,), 1e-12)]
+    bs = [torch.randn_like(w).sign() * 0.1 for w in ws]
+    grouped = [w.clone() for w in ws]
+    hold_signs_(grouped, bs, floor(1e-10, torch.float32))
+    for w, b, g in zip(ws, bs, grouped, strict=True):
+        assert torch.equal(hold_sign_(w.clone(), torch.sign(b), 1e-10), g)

@@ -156,6 +156,14 @@ class Rule:
     def after_step(self, layer: FeedbackLayer) -> None:
         """Called once after each optimiser step (see `biograd.after_step`)."""
 
+    def after_steps(self, layers: list[FeedbackLayer]) -> None:
+        """`after_step` for every layer of a model on this rule at once (`biograd.after_step`
+        calls this): by default each layer in turn; a rule whose work is the same few tensor
+        ops on every layer runs them once over all of them (torch._foreach_*), not a Python
+        call and its ops per layer per step."""
+        for layer in layers:
+            self.after_step(layer)
+
     def weight_decays(self, layer: FeedbackLayer) -> dict[str, float]:
         """{parameter name: weight decay} for the layer's parameters whose weight decay the
         rule sets itself (kp's `decay`; an aligning B's 0), for `biograd.weight_decay_groups`;

@@ -121,6 +121,10 @@ class BRSF(Rule):
     def after_step(self, layer) -> None:
         layer.feedback_step.add_(1)  # the next step's draw
 
+    @torch.no_grad()
+    def after_steps(self, layers) -> None:
+        torch._foreach_add_([layer._buffers["feedback_step"] for layer in layers], 1)
+
 
 @functools.lru_cache(maxsize=4096)
 def window_walk(seed: int) -> tuple[int, int]:
