@@ -411,3 +411,34 @@ def test_torch_func_transforms_are_refused_naming_layer_and_rule(rule, transform
             calls[transform](layer)
     params = dict(layer.named_parameters())  # functional_call alone is fine
     assert torch.equal(func.functional_call(layer, params, (x,)), layer(x))
+
+
+@pytest.mark.parametrize("wrap", ["checkpoint", "save_on_cpu"])
+@pytest.mark.parametrize("rule", ["fa", "ss", "brsf"])
+def test_saved_tensor_hooks_of_the_callers_get_the_rules_gradients(rule, wrap):
+    """Under saved-tensor hooks of the caller's own (activation checkpointing, offloading), a
+    convolution runs its Function (its own hook would hide the caller's): the gradients are
+    those of the same forward without them, B included."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    net = biograd.convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                        nn.Conv2d(4, 2, 3, padding=1)), rule, seed=5)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+
+    def grads(forward):
+        net.zero_grad(set_to_none=True)
+        x.grad = None
+        forward().square().sum().backward()
+        return [x.grad, *(p.grad for p in net.parameters())]
+
+    plain = grads(lambda: net(x))
+    if wrap == "checkpoint":
+        wrapped = grads(lambda: checkpoint(net, x, use_reentrant=False))
+    else:
+        def offloaded():
+            with torch.autograd.graph.save_on_cpu():
+                return net(x)
+        wrapped = grads(offloaded)
+    for a, b in zip(plain, wrapped, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -92,10 +92,12 @@ class BRSF(Rule):
         cached = layer.__dict__.get("_cached_window")
         if cached is None or cached[0] is not step or cached[1] != step._version \
                 or cached[2] is not pool:
+            # W's shape and strides kept from the last cut: one as_strided per step
+            shape = layer.weight_now().shape if cached is None else cached[4]
             stride, shift = window_walk(layer.feedback_seed)
             start = (int(step) * stride + shift) % (SLACK + 1)
-            window = pool[start : start + pool.numel() - SLACK].view(layer.weight_now().shape)
-            cached = (step, step._version, pool, window)
+            window = pool.as_strided(shape, _contiguous(shape), pool.storage_offset() + start)
+            cached = (step, step._version, pool, window, shape)
             layer.__dict__["_cached_window"] = cached
         return Feedback(magnitude=cached[3])
 
@@ -124,6 +126,12 @@ class BRSF(Rule):
     @torch.no_grad()
     def after_steps(self, layers) -> None:
         torch._foreach_add_([layer._buffers["feedback_step"] for layer in layers], 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _contiguous(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of `shape`."""
+    return tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
 
 
 @functools.lru_cache(maxsize=4096)

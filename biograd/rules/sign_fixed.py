@@ -48,7 +48,7 @@ class SignFixed(Rule):
         return Feedback(fixed=b)
 
     def after_step(self, layer) -> None:
-        hold_sign_(layer.weight, torch.sign(layer.feedback), self.eps)
+        hold_sign_(layer.weight, torch.sign(layer._buffers["feedback"]), self.eps)
 
     @torch.no_grad()
     def after_steps(self, layers) -> None:
