@@ -340,9 +340,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--floor", action="store_true",
                    help=f"time a variant '{FLOOR}' too: native with every Conv2d and Linear "
                    f"under a minimal autograd Function (layer_cost.py's), a Function's floor")
-    p.add_argument("--each", action="store_true",
-                   help="time every rule in a process of its own beside native (short steps: "
-                   "many models in one process bias the ratios)")
+    p.add_argument("--each", type=at_least(1), nargs="?", const=1, default=0, metavar="N",
+                   help="time every rule in processes of its own beside native, N of them "
+                   "(default 1), reporting the process of median ratio (short steps: many "
+                   "models in one process bias the ratios, and processes differ)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's); on a shared CPU, 1 avoids the "
@@ -439,10 +440,12 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def each_alone(args: argparse.Namespace, rules: list[str], command: str) -> dict:
-    """--each: every rule timed in a process of its own beside native (the floor beside bp),
-    merged into one result. A process that holds many models biases short steps: on
-    resnet18-narrow at 2×16², 17 variants in one process read bp 1.05 against 1.00 alone,
-    the native model, run every other step, staying the warmer in the caches."""
+    """--each N: every rule timed in N processes of its own beside native (the floor beside
+    bp), merged into one result: per rule the process of median CPU-time ratio, with every
+    process's ratio in "process_ratios". A process that holds many models biases short steps:
+    on resnet18-narrow at 2×16², 17 variants in one process read bp 1.05 against 1.00 alone,
+    the native model, run every other step, staying the warmer in the caches; and processes
+    of the same code differ by a few hundredths there."""
     base = ["--sizes", *map(str, args.sizes), "--batch", str(args.batch), "--model", args.model,
             "--classes", str(args.classes), "--repeats", str(args.repeats), "--warmup",
             str(args.warmup), "--group", str(args.group), "--device", args.device, "--amp",
@@ -453,19 +456,24 @@ def each_alone(args: argparse.Namespace, rules: list[str], command: str) -> dict
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in rules:
-            print(f"{rule}, in a process of its own", file=sys.stderr)
-            out = Path(tmp) / "one.json"
-            alone = ["--rules", "bp", "--floor"] if rule == FLOOR else ["--rules", rule]
-            subprocess.run([sys.executable, __file__, *base, *alone, "--json", str(out)],
-                           check=True)
-            one = json.loads(out.read_text())
+            runs = []
+            for k in range(args.each):
+                print(f"{rule}, process {k + 1} of {args.each}", file=sys.stderr)
+                out = Path(tmp) / "one.json"
+                alone = ["--rules", "bp", "--floor"] if rule == FLOOR else ["--rules", rule]
+                subprocess.run([sys.executable, __file__, *base, *alone, "--json", str(out)],
+                               check=True)
+                runs.append(json.loads(out.read_text()))
             if not result:
-                result = {**one, "command": command, "sizes": {}, "memory": {
-                    NATIVE: one["memory"][NATIVE]}, "each": True}
-            for size, timed in one["sizes"].items():
-                got = result["sizes"].setdefault(int(size), {NATIVE: timed[NATIVE]})
-                got[rule] = timed[rule]
-            result["memory"][rule] = one["memory"][rule]
+                result = {**runs[0], "command": command, "sizes": {}, "memory": {
+                    NATIVE: runs[0]["memory"][NATIVE]}, "each": args.each}
+            for size in runs[0]["sizes"]:
+                ranked = sorted(runs, key=lambda r: r["sizes"][size][rule]["cpu"]["ratio"])
+                median = ranked[(len(ranked) - 1) // 2]["sizes"][size]
+                got = result["sizes"].setdefault(int(size), {NATIVE: median[NATIVE]})
+                got[rule] = {**median[rule], "process_ratios": [
+                    r["sizes"][size][rule]["cpu"]["ratio"] for r in runs]}
+            result["memory"][rule] = runs[0]["memory"][rule]
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

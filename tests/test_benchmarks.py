@@ -324,3 +324,17 @@ def test_performance_doc_quotes_the_narrow_host_bound_record():
     assert set(quoted) == set(size) - {"native"}
     for rule, ratio in quoted.items():
         assert ratio == f"{size[rule]['cpu']['ratio']:.2f}", rule
+
+
+def test_step_time_each_times_every_rule_in_processes_of_its_own(one_thread):
+    """step_time.py --each N: each rule (and the floor) in N processes of its own, the
+    process of median ratio reported, every process's ratio kept."""
+    step_time = load_step_time()
+    args = step_time.get_args_parser().parse_args(
+        ["--model", "resnet18-narrow", "--sizes", "16", "--batch", "2", "--repeats", "1",
+         "--warmup", "0", "--threads", "1", "--rules", "fa", "--floor", "--each", "2"])
+    timed = step_time.main(args)["sizes"][16]
+    assert set(timed) == {"native", "fa", step_time.FLOOR}
+    for rule in ("fa", step_time.FLOOR):
+        ratios = timed[rule]["process_ratios"]
+        assert len(ratios) == 2 and timed[rule]["cpu"]["ratio"] == min(ratios)

@@ -442,3 +442,19 @@ def test_saved_tensor_hooks_of_the_callers_get_the_rules_gradients(rule, wrap):
         wrapped = grads(offloaded)
     for a, b in zip(plain, wrapped, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["fa", "ss", "frsf"])
+def test_channels_last_convolution_gets_the_functions_gradients(rule):
+    """A channels_last convolution (W, B and x in that layout) on torch's op with B saved in
+    W's place gives the gradients its Function gives (within double_backward())."""
+    torch.manual_seed(0)
+    layer = DROP_INS[nn.Conv2d](3, 4, 3, padding=1, rule=rule, seed=2).to(
+        memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 4, 6, 6)
+    _, gx, g = run(layer, x, grad_out)
+    _, gx_f, g_f = run(layer, x, grad_out, functions=True)
+    torch.testing.assert_close(gx, gx_f, rtol=1e-6, atol=1e-7)
+    for name in g:
+        torch.testing.assert_close(g[name], g_f[name], rtol=1e-6, atol=1e-7)
