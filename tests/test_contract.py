@@ -458,3 +458,35 @@ def test_channels_last_convolution_gets_the_functions_gradients(rule):
     torch.testing.assert_close(gx, gx_f, rtol=1e-6, atol=1e-7)
     for name in g:
         torch.testing.assert_close(g[name], g_f[name], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("modified", ["weight", "input"])
+def test_in_place_change_of_a_saved_tensor_is_caught_on_torchs_op(modified):
+    """On torch's op with B in W's place, the saved-tensor hook stands in for autograd's own
+    version check: W or x changed in place between forward and backward raises, as torch's
+    layer does, instead of a backward with other values."""
+    layer = DROP_INS[nn.Conv2d](3, 4, 3, rule="ss", seed=1)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    x_in = x * 1  # a non-leaf input, which may be changed in place
+    y = layer(x_in)
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    with torch.no_grad():
+        (layer.weight if modified == "weight" else x_in).add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_an_op_that_saves_no_w_falls_back_to_the_function(monkeypatch):
+    """Where torch's op saves no W (a kernel that saves a copy of it), the convolution runs
+    its Function instead, whose gradients are the rule's."""
+    from biograd.nn import functional
+
+    _, layer = make(lambda: nn.Conv2d(3, 4, 3, padding=1), "fa")
+    x, grad_out = torch.randn(2, 3, 5, 5), torch.randn(2, 4, 5, 5)
+    _, gx, g = run(layer, x, grad_out)
+    monkeypatch.setattr(functional._Saving, "pack", lambda self, t: (t, t._version))
+    y, gx_fallback, g_fallback = run(layer, x, grad_out)
+    assert type(y.grad_fn).__name__ == "_ConvBackward"
+    torch.testing.assert_close(gx_fallback, gx, rtol=1e-6, atol=1e-7)
+    for name in g:
+        torch.testing.assert_close(g_fallback[name], g[name], rtol=1e-6, atol=1e-7)
