@@ -101,14 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=at_least(2), default=28, help="image side (default 28)")
     p.add_argument("--steps", type=at_least(1), default=4, help="T of the rules' model")
     p.add_argument("--width", type=at_least(1), default=32)
-    p.add_argument("--repeats", type=at_least(1), default=9, help="timed rounds")
-    p.add_argument("--warmup", type=at_least(0), default=1, help="discarded rounds")
-    p.add_argument("--rules", nargs="+", default=None, choices=biograd.list_rules(),
-                   metavar="RULE", help="default: all registered")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared "
-                   "CPU: CPU-time ratios are then immune to being descheduled)")
-    p.add_argument("--json", type=Path, default=None, help="write all results here")
-    return p
+    return step_time.timing_args(p, repeats=9)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -319,6 +319,19 @@ def at_least(low: int):
     return parse
 
 
+def timing_args(p: argparse.ArgumentParser, repeats: int) -> argparse.ArgumentParser:
+    """The options a benchmark of interleaved rounds over the rules shares (sequence_cost.py,
+    spiking_cost.py): --repeats, --warmup, --rules, --threads, --json. Returns `p`."""
+    p.add_argument("--repeats", type=at_least(1), default=repeats, help="timed rounds")
+    p.add_argument("--warmup", type=at_least(0), default=1, help="discarded rounds")
+    p.add_argument("--rules", nargs="+", default=None, choices=biograd.list_rules(),
+                   metavar="RULE", help="default: all registered")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared "
+                   "CPU: CPU-time ratios are then immune to being descheduled)")
+    p.add_argument("--json", type=Path, default=None, help="write all results here")
+    return p
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

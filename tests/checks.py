@@ -1,6 +1,9 @@
 """Checks shared by the test files that train converted models a step."""
 
 import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,40 @@ def assert_every_layer_learnt(converted: dict, ran: set, params: dict[str, torch
     assert not no_grad, f"no gradient: {no_grad}"
     bad = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradient: {bad}"
+
+
+def two_steps_every_layer_learns(model: torch.nn.Module, modules: dict, x: torch.Tensor,
+                                 y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Two SGD steps of `model` on (x, y), the way a loop runs them (biograd.attach, targets
+    before each forward), checking after each backward that every module of `modules` ran
+    and every parameter got a finite gradient. Returns the parameters from before."""
+    import torch.nn.functional as F
+
+    import biograd
+
+    ran: set[str] = set()
+    for key, module in modules.items():
+        module.register_forward_hook(lambda *_, key=key: ran.add(key))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    biograd.attach(opt, model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(2):
+        opt.zero_grad()
+        biograd.targets(model, y)
+        F.cross_entropy(model(x), y).backward()
+        assert_every_layer_learnt(modules, ran, dict(model.named_parameters()))
+        opt.step()
+    return before
+
+
+@contextmanager
+def experiments_importable() -> Iterator[None]:
+    """Within the block, experiments/ is on sys.path: its scripts import one another."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
 
 
 def stop_in_epoch(monkeypatch, epoch: int):

@@ -15,7 +15,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import assert_every_layer_learnt, assert_resumes_exactly, load_benchmark, sweep_rule
+from checks import (
+    assert_resumes_exactly,
+    load_benchmark,
+    sweep_rule,
+    two_steps_every_layer_learns,
+)
 from torch import nn
 
 import biograd
@@ -106,19 +111,7 @@ def test_every_rule_trains_a_step_and_every_layer_learns(name, rule):
     model = biograd.convert(tiny(name), sweep_rule(rule, "encoder"), seed=0)
     assert {n for n, _ in biograd.feedback_layers(model)} == set(LAYERS)
     modules = {"encoder.rnn": model.encoder.rnn, "fc": model.fc}  # what runs the layers
-    ran: set[str] = set()
-    for key, module in modules.items():
-        module.register_forward_hook(lambda *_, key=key: ran.add(key))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    biograd.attach(opt, model)
-    x, y = images(), torch.arange(N) % K
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for _ in range(2):
-        opt.zero_grad()
-        biograd.targets(model, y)
-        F.cross_entropy(model(x), y).backward()
-        assert_every_layer_learnt(modules, ran, dict(model.named_parameters()))
-        opt.step()
+    before = two_steps_every_layer_learns(model, modules, images(), torch.arange(N) % K)
     weights = [n for n in before if "weight" in n and "feedback" not in n]
     assert len(weights) == 3
     assert all(not torch.equal(dict(model.named_parameters())[n], before[n]) for n in weights)

@@ -14,7 +14,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import assert_every_layer_learnt, assert_resumes_exactly, load_benchmark, sweep_rule
+from checks import (
+    assert_resumes_exactly,
+    load_benchmark,
+    sweep_rule,
+    two_steps_every_layer_learns,
+)
 from torch import nn
 
 import biograd
@@ -206,20 +211,8 @@ def test_gradient_angles_see_the_same_spikes_in_both_passes(monkeypatch):
 def test_every_rule_trains_a_step_with_the_error_at_the_output(rule):
     model = tiny(encoding="poisson")
     biograd.convert(model, sweep_rule(rule, "features.unit*"), last="bp", seed=0)
-    converted = dict(biograd.feedback_layers(model))
-    ran: set[str] = set()
-    for name, module in converted.items():
-        module.register_forward_hook(lambda *_, name=name: ran.add(name))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    biograd.attach(opt, model)
-    x, y = images(), torch.arange(N) % K
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for _ in range(2):
-        opt.zero_grad()
-        biograd.targets(model, y)
-        F.cross_entropy(model(x), y).backward()
-        assert_every_layer_learnt(converted, ran, dict(model.named_parameters()))
-        opt.step()
+    before = two_steps_every_layer_learns(model, dict(biograd.feedback_layers(model)), images(),
+                                          torch.arange(N) % K)
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters()
                if n.startswith("features") and n.endswith("0.weight"))  # every convolution
 

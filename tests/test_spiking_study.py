@@ -4,11 +4,11 @@ verdict is known beforehand."""
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from checks import experiments_importable
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [f"features.unit{i}.0" for i in (1, 2, 3, 4)]
@@ -18,12 +18,9 @@ BP_RATES = [0.10, 0.05, 0.06, 0.04]
 
 @pytest.fixture(scope="module")
 def study():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
+    with experiments_importable():
         import spiking_study
         yield spiking_study
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
 
 
 def write_run(folder: Path, rule: str, seed: int, error: float, rates: list[float],

@@ -4,11 +4,11 @@ verdict is known beforehand, and e-prop's memory read from the benchmark's recor
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from checks import experiments_importable
 
 ROOT = Path(__file__).resolve().parents[1]
 IH, HH = "encoder.rnn.per_weight.weight_ih_l0", "encoder.rnn.per_weight.weight_hh_l0"
@@ -16,12 +16,9 @@ IH, HH = "encoder.rnn.per_weight.weight_ih_l0", "encoder.rnn.per_weight.weight_h
 
 @pytest.fixture(scope="module")
 def study():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
+    with experiments_importable():
         import time_study
         yield time_study
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
 
 
 def write_run(folder: Path, rule: str, seed: int, error: float, angles: dict[str, float],

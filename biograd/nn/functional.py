@@ -83,10 +83,8 @@ def _cast_back(ctx, grad_x, grad_w, grad_b):
 
 
 def _b(feedback: Feedback, weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """B in `dtype`: `Feedback.of`, with the fixed B (fa, kp, wm) read without a call."""
-    b = feedback.fixed
-    if b is None:
-        b = feedback.of(weight)
+    """B (`Feedback.of`) in `dtype`."""
+    b = feedback.of(weight)
     return b if b.dtype == dtype else b.to(dtype)
 
 
