@@ -55,13 +55,20 @@ def outputs_of(model, names):
     return seen
 
 
+@pytest.mark.parametrize("warm", [False, True])
 @pytest.mark.parametrize("which", MODELS)
-def test_inside_a_block_gradients_are_backprops_given_the_projected_error(which):
+def test_inside_a_block_gradients_are_backprops_given_the_projected_error(which, warm):
+    """warm: the backward checked is the third, after one of another batch size and one of
+    this: each point's B as it kept it from the last backward of these shapes."""
     build, shape, stem, blocks = MODELS[which]
     model = biograd.convert(build(), "dfa_blocks", seed=3)
     reference = build()  # the same weights, plain torch
     assert list(points(model)) == blocks
     x, y = torch.randn(shape), torch.randint(0, 5, (shape[0],))
+    if warm:
+        for n in (2, shape[0]):
+            F.cross_entropy(model(torch.randn(n, *shape[1:])), y[:n]).backward()
+        model.zero_grad()
     out = model(x)
     out.retain_grad()
     F.cross_entropy(out, y).backward()

@@ -328,8 +328,8 @@ def test_after_step_on_a_model_is_each_layers_after_step():
 
 
 def test_sign_fixed_grouped_hold_is_each_layers_hold():
-    """sign_fixed's clamp over a GPU's layers at once (torch._foreach_*, `hold_signs_`),
-    run here on CPU tensors: bit for bit each layer's own `hold_sign_`."""
+    """sign_fixed's clamp over many layers at once (torch._foreach_*, `hold_signs_`): bit for
+    bit each layer's own `hold_sign_`."""
     from biograd.rules.sign_fixed import hold_signs_
     from biograd.signs import floor, hold_sign_
 
@@ -337,6 +337,35 @@ def test_sign_fixed_grouped_hold_is_each_layers_hold():
     ws = [torch.randn(4, 3), torch.randn(2, 3, 3, 3), torch.full((5,), 1e-12)]
     bs = [torch.randn_like(w).sign() * 0.1 for w in ws]
     grouped = [w.clone() for w in ws]
-    hold_signs_(grouped, bs, floor(1e-10, torch.float32))
+    hold_signs_(grouped, [torch.sign(b) for b in bs], floor(1e-10, torch.float32))
     for w, b, g in zip(ws, bs, grouped, strict=True):
         assert torch.equal(hold_sign_(w.clone(), torch.sign(b), 1e-10), g)
+
+
+@pytest.mark.parametrize("width", [4, 300])  # kept signs, and made at each step
+def test_sign_fixed_holds_to_a_loaded_b(width):
+    """sign_fixed keeps sign(B) of a small layer between steps: a B written in place (a
+    loaded checkpoint's) or replaced is what the next after_step holds W to, on a layer
+    small enough to keep its signs (4×4) and one too large to (300×300)."""
+    layer = biograd.convert(nn.Linear(width, width), "sign_fixed", seed=0)
+    biograd.after_step(layer)  # its signs kept, where it keeps them
+    state = layer.state_dict()
+    state["feedback"] = -state["feedback"]
+    layer.load_state_dict(state)
+    biograd.after_step(layer)
+    assert torch.equal(torch.sign(layer.weight), torch.sign(layer.feedback))
+    layer.feedback = layer.feedback.neg()  # a new tensor in its place
+    biograd.after_step(layer)
+    assert torch.equal(torch.sign(layer.weight), torch.sign(layer.feedback))
+
+
+def test_the_step_walk_is_modules():
+    """after_step's walk of a model (`_each_module`) gives model.modules(): every module once,
+    in its order, a module held twice once, an empty slot (None) skipped."""
+    from biograd.convert import _each_module
+
+    shared = nn.Linear(3, 3)
+    net = nn.Sequential(nn.Sequential(shared, nn.ReLU()), shared, nn.Identity())
+    net.register_module("empty", None)
+    net[0].add_module("again", net[0])  # a module that holds itself: walked once
+    assert [id(m) for m in _each_module(net)] == [id(m) for m in net.modules()]

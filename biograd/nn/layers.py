@@ -71,7 +71,7 @@ class FeedbackLayer(nn.Module):
             base for base in type(self).__mro__ if base in DROP_INS)
         plain = copy_module(self, rebase(self, cls),
                             skip={"learning_rule", "feedback_seed", "torch_class", "_sign_scale",
-                                  "_cached_window", "_cached_projection"})
+                                  "_cached_window", "_cached_projection", "_cached_signs"})
         for name in self.learning_rule.state:
             plain._parameters.pop(name, None)
             plain._buffers.pop(name, None)
@@ -101,8 +101,8 @@ class FeedbackLayer(nn.Module):
         if seed is None:
             seed = _default_seed(self.weight_now())
         self.__dict__.pop("_sign_scale", None)  # ss's s and brsf's window: the old rule's
-        self.__dict__.pop("_cached_window", None)
-        self.__dict__.pop("_cached_projection", None)
+        for key in [key for key in self.__dict__ if key.startswith("_cached_")]:
+            del self.__dict__[key]  # brsf's window, dfa's projection, sign_fixed's signs
         self.learning_rule, self.feedback_seed = new, int(seed)
         new.setup(self, generator(mix(seed, "setup")))
 

@@ -47,6 +47,7 @@ from biograd.rules.dfa import (
     ErrorSource,
     _Pass,
     _rule_of,
+    _zero,
     every_step,
     per_sample,
     project,
@@ -125,12 +126,20 @@ class Point:
         self.source, self.name, self.layers = source, name, tuple(layers)
         self.feedback_shape: tuple[int, ...] | None = None  # (K, *h's shape per sample)
         self.like: tuple[torch.device, torch.dtype] | None = None  # e's, at the last backward
+        # the block's modules that may step over time (spikingjelly's), found once: at every
+        # forward only their mode is read, not the block's every module (host time per block)
+        self.stepped = tuple(m for m in block.modules() if _may_step(m))
+        self._seed: tuple[int, int] | None = None  # (the first layer's seed, mix of it)
+        self._cached: tuple | None = None  # (table, key, (zero, b, alpha)): see `project`
         self.handle = block.register_forward_hook(self.hook)
 
     @property
     def seed(self) -> int:
         """mix(the seed of the block's first converted layer, the block's name)."""
-        return mix(self.layers[0].feedback_seed, self.name)
+        first = self.layers[0].feedback_seed
+        if self._seed is None or self._seed[0] != first:
+            self._seed = (first, mix(first, self.name))
+        return self._seed[1]
 
     def active(self) -> bool:
         return any(isinstance(layer.learning_rule, DFABlocks) for layer in self.layers)
@@ -144,8 +153,23 @@ class Point:
                             f"output is one tensor (the option blocks)")
         run = self.source.current
         if run is not None and output.requires_grad:
-            steps = _steps(module, output)
-            output.register_hook(lambda grad: self.project(run, grad, steps))
+            steps = _steps(self.stepped, output)
+            node = output.grad_fn
+            if node is None:  # h a leaf
+                output.register_hook(lambda grad: self.project(run, grad, steps))
+                return
+            # on h's node, as dfa's error is taken: Tensor.register_hook's Python is host
+            # time at every block of every forward
+            index = output.output_nr
+
+            def replace(grads: tuple) -> tuple | None:
+                if grads[index] is None:  # no gradient reached h: none to replace
+                    return None
+                grads = list(grads)
+                grads[index] = self.project(run, grads[index], steps)
+                return tuple(grads)
+
+            node.register_prehook(replace)
 
     def project(self, run: _Pass, grad: Tensor, steps: int = 1) -> Tensor:
         """B e in place of `grad`, the gradient from above at the block's output (B e of each
@@ -156,6 +180,15 @@ class Point:
                 f"dfa_blocks: the backward reached block {self.name!r} before the output error "
                 f"was taken: a block must lie below the model's output (not be its last "
                 f"module), and the loss be computed from that output, not modified in place")
+        # What the last backward worked out for these shapes and this table and seed (the
+        # window of B, its scale): every backward after the first skips the checks and the cut
+        key = (grad.shape, e.shape, steps, self.layers[0].feedback_seed, grad.dtype)
+        cached = self._cached
+        if cached is not None and cached[1] == key and \
+                cached[0] is self.source.tables.get((e.device, e.dtype)):
+            zero, b, alpha = cached[2]
+            delta = torch.addmm(zero, e, b, beta=0, alpha=alpha)
+            return every_step(delta.view(cached[3]), grad.shape).to(grad.dtype)
         one = per_sample(grad.shape, e.shape[0], steps)
         if one is None:
             raise RuntimeError(
@@ -163,9 +196,14 @@ class Point:
                 f"model's output has {e.shape[0]} samples: dfa_blocks needs the batch first "
                 f"in every block's output (time first, (T, N, ...), only in spikingjelly's "
                 f"multi-step mode)")
-        if e.numel() and math.prod(one[1:]):
+        one = torch.Size(one)
+        d = math.prod(one[1:])
+        if e.numel() and d:
             self.feedback_shape, self.like = (e.shape[1], *one[1:]), (e.device, e.dtype)
-        delta = project(self.source, self.seed, e, torch.Size(one))
+            b = window(self.source, self.seed, e.shape[1], d, e.device, e.dtype)
+            self._cached = (self.source.tables[(e.device, e.dtype)], key,
+                            (_zero(e.device, e.dtype), b, 1.0 / math.sqrt(d)), one)
+        delta = project(self.source, self.seed, e, one)
         return every_step(delta, grad.shape).to(grad.dtype)
 
     def feedback_weight(self) -> Tensor:
@@ -182,14 +220,19 @@ class Point:
         self.handle.remove()
 
 
-def _steps(block: nn.Module, output: Tensor) -> int:
-    """T where `block`'s output holds T time steps first: a block in spikingjelly's
-    multi-step mode ((T, N, ...): a module inside it has step_mode 'm', or takes only that,
-    as its SeqToANNContainer), or one inside a module that folds time into the batch
-    (`folded_steps`); else 1."""
-    if output.dim() > 1 and any(_multi_step(m) for m in block.modules()):
+def _steps(stepped: tuple[nn.Module, ...], output: Tensor) -> int:
+    """T where a block's output holds T time steps first: a block in spikingjelly's
+    multi-step mode ((T, N, ...): a module inside it, among `stepped`, has step_mode 'm', or
+    takes only that, as its SeqToANNContainer), or one inside a module that folds time into
+    the batch (`folded_steps`); else 1."""
+    if stepped and output.dim() > 1 and any(_multi_step(m) for m in stepped):
         return output.shape[0]
     return STEPS.get()
+
+
+def _may_step(module: nn.Module) -> bool:
+    """Whether `module` has a step mode (spikingjelly's layers and containers)."""
+    return hasattr(module, "step_mode") or callable(getattr(module, "supported_step_mode", None))
 
 
 def _multi_step(module: nn.Module) -> bool:
