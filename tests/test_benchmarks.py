@@ -326,6 +326,31 @@ def test_performance_doc_quotes_the_narrow_host_bound_record():
         assert ratio == f"{size[rule]['cpu']['ratio']:.2f}", rule
 
 
+def test_performance_doc_quotes_the_before_and_after_record():
+    """docs/performance.md's before-and-after ranges of the narrow step are the least and
+    greatest of the three alternate runs of each commit in
+    benchmarks/results_host_bound_narrow_ab.json, for every rule that record times."""
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    record = json.loads((ROOT / "benchmarks" / "results_host_bound_narrow_ab.json").read_text())
+    quoted = {rule: rest for rule, *rest in re.findall(
+        r"([a-z_]+) (\d\.\d\d) to (\d\.\d\d) before, (\d\.\d\d) to (\d\.\d\d) after", doc)}
+    assert set(quoted) == set(record["runs"][0]["ratio"])
+    for rule, got in quoted.items():
+        want = []
+        for commit in (record["before"], record["after"]):
+            ratios = [run["ratio"][rule] for run in record["runs"] if run["commit"] == commit]
+            assert len(ratios) == 3
+            want += [f"{min(ratios):.2f}", f"{max(ratios):.2f}"]
+        assert got == want, rule
+
+
+def test_results_hold_the_narrow_host_bound_record():
+    """benchmarks/RESULTS.md shows the narrow step's record as step_time.py printed it."""
+    record = json.loads((ROOT / "benchmarks" / "results_host_bound_narrow.json").read_text())
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    assert load_step_time().table(record) in results
+
+
 def test_step_time_each_times_every_rule_in_processes_of_its_own(one_thread):
     """step_time.py --each N: each rule (and the floor) in N processes of its own, the
     process of median ratio reported, every process's ratio kept."""
