@@ -1,7 +1,8 @@
 """Training-step time and memory of a model on each learning rule, against native torch.
 
 One step is what a training loop does per batch: zero_grad, forward, cross-entropy, backward,
-SGD (momentum 0.9, weight decay 1e-4) step and `biograd.after_step`. Every rule converts all
+SGD (momentum 0.9, weight decay 1e-4; torch's default foreach form, or with --fused its fused
+one) step and `biograd.after_step`. Every rule converts all
 layers of the model (the classifier included): by default a torchvision resnet18 with
 --classes outputs (1000); `--model resnet18-unshared` the same with every Conv2d unshared
 (biograd.unshare at the one --sizes given; its native step runs the unshared model on plain
@@ -126,7 +127,7 @@ class Variant:
     def __init__(self, rule: str, device: torch.device, amp: str = "none",
                  channels_last: bool = False, compile: bool = False,
                  compile_mode: str = "default", model: str = "resnet18", classes: int = 1000,
-                 size: int = 64):
+                 size: int = 64, fused: bool = False):
         self.rule = rule
         self.device = device
         self.amp = amp
@@ -135,8 +136,9 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the step runs the compiled model; memory is read from the eager one
         self.runner = torch.compile(self.model, mode=compile_mode) if compile else self.model
+        # torch's default SGD is its foreach form; fused=True its one-call form
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
-                                   weight_decay=1e-4)
+                                   weight_decay=1e-4, **({"fused": True} if fused else {}))
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -370,6 +372,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", default="default",
                    choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile's mode (reduce-overhead: CUDA graphs)")
+    p.add_argument("--fused", action="store_true",
+                   help="SGD(fused=True) for every variant, torch's one-call optimiser step, "
+                        "in place of its default foreach form (on the CPU a loop over the "
+                        "tensors, op by op)")
     p.add_argument("--rss", action="store_true",
                    help="CPU: also the peak RSS of a fresh process per rule (largest size)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
@@ -409,13 +415,15 @@ def main(args: argparse.Namespace) -> dict:
         torch._dynamo.config.recompile_limit = 64
         torch._dynamo.config.fail_on_recompile_limit_hit = True
     variants = [Variant(r, device, args.amp, args.channels_last, args.compile,
-                        args.compile_mode, args.model, args.classes, max(args.sizes))
+                        args.compile_mode, args.model, args.classes, max(args.sizes),
+                        args.fused)
                 for r in [NATIVE, *rules]]
 
     result: dict = {"machine": machine(), "command": command, "batch": args.batch,
                     "model": args.model, "classes": args.classes,
                     "amp": args.amp, "channels_last": args.channels_last,
                     "compile": args.compile and args.compile_mode,
+                    "optimizer": "SGD fused" if args.fused else "SGD foreach",
                     "sizes": {}, "memory": {}}
     for size in args.sizes:
         x, y = batch(size, args.batch, device, args.channels_last, args.classes)
@@ -465,7 +473,8 @@ def each_alone(args: argparse.Namespace, rules: list[str], command: str) -> dict
             args.amp, "--compile-mode", args.compile_mode,
             *(["--threads", str(args.threads)] if args.threads else []),
             *[flag for flag, on in (("--channels-last", args.channels_last),
-                                    ("--compile", args.compile), ("--rss", args.rss)) if on]]
+                                    ("--compile", args.compile), ("--rss", args.rss),
+                                    ("--fused", args.fused)) if on]]
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in rules:
@@ -529,7 +538,8 @@ def table(result: dict) -> str:
               f"model: {result.get('model', 'resnet18')}, {result.get('classes', 1000)} "
               f"classes; autocast {result.get('amp', 'none')}, "
               f"channels_last {result.get('channels_last', False)}, "
-              f"torch.compile {result.get('compile', False)}",
+              f"torch.compile {result.get('compile', False)}"
+              + (f"; {result['optimizer']}" if "optimizer" in result else ""),
               "ratio: median over timed rounds of (rule step / mean of the native steps around "
               "it); IQR: its quartiles; [of medians]: median rule step / median native step. "
               "CPU time: this process's (time.process_time), immune to being descheduled "

@@ -313,13 +313,18 @@ def test_performance_doc_quotes_the_layer_cost_record():
         assert row in results, row
 
 
-def test_performance_doc_quotes_the_narrow_host_bound_record():
+@pytest.mark.parametrize("record, phrase", [
+    ("results_host_bound_narrow.json", "its step over native's: "),
+    ("results_host_bound_narrow_fused.json", "the fused step over native's: ")])
+def test_performance_doc_quotes_the_narrow_host_bound_record(record, phrase):
     """docs/performance.md's ratios of the narrow ResNet-18's step per rule are the CPU-time
-    ratios of benchmarks/results_host_bound_narrow.json."""
+    ratios of benchmarks/results_host_bound_narrow.json, and with fused SGD of
+    results_host_bound_narrow_fused.json."""
     doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
-    (size,) = json.loads((ROOT / "benchmarks" / "results_host_bound_narrow.json").read_text()
-                         )["sizes"].values()
-    part = doc.split("its step over native's: ")[1].split(". ")[0]
+    result = json.loads((ROOT / "benchmarks" / record).read_text())
+    (size,) = result["sizes"].values()
+    assert (result.get("optimizer") == "SGD fused") == ("fused" in record)
+    part = doc.split(phrase)[1].split(". ")[0]
     quoted = dict(re.findall(r"([a-z_]+|minimal Function) (\d\.\d\d)", part))
     assert set(quoted) == set(size) - {"native"}
     for rule, ratio in quoted.items():
@@ -344,11 +349,34 @@ def test_performance_doc_quotes_the_before_and_after_record():
         assert got == want, rule
 
 
-def test_results_hold_the_narrow_host_bound_record():
-    """benchmarks/RESULTS.md shows the narrow step's record as step_time.py printed it."""
-    record = json.loads((ROOT / "benchmarks" / "results_host_bound_narrow.json").read_text())
+@pytest.mark.parametrize("name", ["results_host_bound_narrow.json",
+                                  "results_host_bound_narrow_fused.json"])
+def test_results_hold_the_narrow_host_bound_record(name):
+    """benchmarks/RESULTS.md shows the narrow step's records as step_time.py printed them."""
+    record = json.loads((ROOT / "benchmarks" / name).read_text())
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert load_step_time().table(record) in results
+
+
+def test_step_time_fused_steps_every_variant_with_fused_sgd(one_thread):
+    """step_time.py --fused: every variant's optimiser is SGD(fused=True), which steps as the
+    default SGD does, and the record says which ran."""
+    step_time = load_step_time()
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    variants = {fused: step_time.Variant("kp", torch.device("cpu"), model="resnet18-narrow",
+                                         size=16, fused=fused) for fused in (False, True)}
+    assert [v.opt.defaults["fused"] for v in variants.values()] == [None, True]
+    for v in variants.values():
+        v.step(x, y)
+    for a, b in zip(variants[False].model.parameters(), variants[True].model.parameters(),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+    args = step_time.get_args_parser().parse_args(
+        ["--model", "resnet18-narrow", "--sizes", "16", "--batch", "2", "--repeats", "1",
+         "--warmup", "0", "--rules", "kp", "--fused"])
+    result = step_time.main(args)
+    assert result["optimizer"] == "SGD fused"
+    assert "SGD fused" in step_time.table(result)
 
 
 def test_step_time_each_times_every_rule_in_processes_of_its_own(one_thread):
