@@ -119,7 +119,7 @@ class Alignment(Rule):
         return {"feedback": 0.0}  # B's decay is the `decay` term
 
     def bind(self, layer) -> Feedback:
-        b = layer.feedback
+        b = layer._parameters["feedback"]  # (not __getattr__'s search: host time per layer)
         seed = None
         if self.noise != "none":
             seed = mix(layer.feedback_seed, "align", int(layer.feedback_step))
