@@ -111,26 +111,6 @@ def test_brsf_draws_a_new_feedback_each_optimiser_step(fresh):
     assert torch.equal(again.feedback_weight(), draws[0])
 
 
-def test_brsf_window_cut_after_the_step_is_the_one_its_forward_would_cut():
-    """biograd.after_step cuts each brsf layer's next window itself (not its next forward):
-    δx is bit for bit that of a layer whose forward cuts it, step after step."""
-    early = Conv2d(4, 8, 3, rule="brsf", seed=5)
-    late = Conv2d(4, 8, 3, rule="brsf", seed=5)
-    late.load_state_dict(early.state_dict())  # the same W too
-    x = torch.randn(2, 4, 6, 6, requires_grad=True)
-    for _ in range(3):
-        grads = []
-        for layer in (early, late):
-            x.grad = None
-            layer(x).sum().backward()
-            grads.append(x.grad)
-        assert torch.equal(*grads)
-        biograd.after_step(early)  # the counter moved and the next window cut, here
-        late.after_step()  # the counter moved; its next forward cuts the window
-        step = early.feedback_step
-        assert early.__dict__["_cached_window"][:2] == (step, step._version)
-
-
 def test_brsf_visits_every_window_before_repeating_one():
     from biograd.rules.brsf import SLACK, window_walk
 
