@@ -350,3 +350,19 @@ def test_on_a_pre_norm_vit_the_residual_stream_grows_without_bound():
             opt.zero_grad()
         grown[rule] = norms[-1] / norms[0]
     assert grown["bp"] < 1.5 and grown["dfa_blocks"] > 100
+
+
+def test_a_retained_gradient_at_a_block_output_is_the_projected_error():
+    """h.retain_grad() at a block's output shows B e, the gradient the block's backward is
+    given, not the one that arrived from above."""
+    model = biograd.convert(resnet18(), "dfa_blocks", seed=3)
+    seen = outputs_of(model, RESNET18)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    out = model(x)
+    out.retain_grad()
+    for h in seen.values():
+        h.retain_grad()
+    F.cross_entropy(out, y).backward()
+    for name, h in seen.items():
+        point = points(model)[name]
+        assert torch.equal(h.grad, project(point.source, point.seed, out.grad, h.shape)), name

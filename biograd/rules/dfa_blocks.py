@@ -154,22 +154,9 @@ class Point:
         run = self.source.current
         if run is not None and output.requires_grad:
             steps = _steps(self.stepped, output)
-            node = output.grad_fn
-            if node is None:  # h a leaf
-                output.register_hook(lambda grad: self.project(run, grad, steps))
-                return
-            # on h's node, as dfa's error is taken: Tensor.register_hook's Python is host
-            # time at every block of every forward
-            index = output.output_nr
-
-            def replace(grads: tuple) -> tuple | None:
-                if grads[index] is None:  # no gradient reached h: none to replace
-                    return None
-                grads = list(grads)
-                grads[index] = self.project(run, grads[index], steps)
-                return tuple(grads)
-
-            node.register_prehook(replace)
+            # a tensor hook, not one on h's node: it runs before h.retain_grad()'s, so that
+            # h.grad shows B e, what the block's backward is given
+            output.register_hook(lambda grad: self.project(run, grad, steps))
 
     def project(self, run: _Pass, grad: Tensor, steps: int = 1) -> Tensor:
         """B e in place of `grad`, the gradient from above at the block's output (B e of each
