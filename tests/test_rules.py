@@ -303,14 +303,18 @@ def test_kp_b_takes_the_gradient_w_gets_through_its_own_layer():
 
 def test_after_step_on_a_model_is_each_layers_after_step():
     """biograd.after_step runs each rule's work over all its layers at once (sign_fixed's
-    clamp and brsf's counter as one call for the model): bit for bit what each layer's own
-    after_step does, once per layer, for a layer the model holds twice too."""
+    clamp, brsf's and the alignment family's noise counters as one call for the model): bit
+    for bit what each layer's own after_step does, once per layer, for a layer the model holds
+    twice too."""
     def model():
         torch.manual_seed(0)
         shared = nn.Linear(5, 5)
         net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5), shared,
-                            nn.ReLU(), shared, nn.Linear(5, 4))
+                            nn.ReLU(), shared, nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 4))
         biograd.convert(net, "sign_fixed", seed=3, include=["0", "2", "3"])
+        biograd.convert(net, biograd.get_rule("alignment", amp=1e-3, noise="normal"), seed=3,
+                        include=["7"])
+        biograd.convert(net, "sa", seed=3, include=["8"])
         return biograd.convert(net, "brsf", seed=3, include=["6"])
 
     a, b = model(), model()
@@ -324,7 +328,7 @@ def test_after_step_on_a_model_is_each_layers_after_step():
         layer.after_step()
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
-    assert int(a[6].feedback_step) == 1
+    assert int(a[6].feedback_step) == 1 and int(a[7].feedback_step) == 1
 
 
 def test_sign_fixed_grouped_hold_is_each_layers_hold():

@@ -142,6 +142,13 @@ class Alignment(Rule):
         if self.noise != "none":
             layer.feedback_step.add_(1)  # the next step's noise
 
+    @torch.no_grad()
+    def after_steps(self, layers) -> None:
+        """Every layer's counter moved in one call; nothing, without noise (not a call per
+        layer that does nothing: 60 µs a step on ResNet-18 at 1/8 width)."""
+        if self.noise != "none":
+            torch._foreach_add_([layer._buffers["feedback_step"] for layer in layers], 1)
+
     def gradient(self, layer_map, w: Tensor, b: Tensor, seed: int | None = None) -> Tensor:
         """∂R/∂B on the input of `layer_map` (noise drawn from `seed` in its place, if given),
         in the input's dtype. w, b: W and B of one shape."""
