@@ -136,20 +136,23 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the step runs the compiled model; memory is read from the eager one
         self.runner = torch.compile(self.model, mode=compile_mode) if compile else self.model
-        # torch's default SGD is its foreach form; fused=True its one-call form
+        # torch's default SGD (fused None) is its foreach form; fused=True its one-call form
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
-                                   weight_decay=1e-4, **({"fused": True} if fused else {}))
+                                   weight_decay=1e-4, fused=fused or None)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.amp == "bf16")
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A step's first part: zero_grad, then the forward and its loss."""
         self.opt.zero_grad(set_to_none=True)
         biograd.targets(self.runner, y)  # drtp's; a no-op for every other rule
         with self.autocast():
-            loss = F.cross_entropy(self.runner(x), y)
-        loss.backward()
+            return F.cross_entropy(self.runner(x), y)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss(x, y).backward()
         self.opt.step()
         biograd.after_step(self.model)
 

@@ -71,7 +71,7 @@ class FeedbackLayer(nn.Module):
             base for base in type(self).__mro__ if base in DROP_INS)
         plain = copy_module(self, rebase(self, cls),
                             skip={"learning_rule", "feedback_seed", "torch_class", "_sign_scale",
-                                  "_cached_window", "_cached_projection", "_cached_signs"})
+                                  *(k for k in self.__dict__ if k.startswith("_cached_"))})
         for name in self.learning_rule.state:
             plain._parameters.pop(name, None)
             plain._buffers.pop(name, None)

@@ -464,12 +464,10 @@ def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
     # backward). Eager only; dropped from copies (`_cached_`) and by `release`, and cut anew
     # where the table grew.
     key = (shape, s.shape, steps, layer.feedback_seed)
-    cached = None if torch.compiler.is_compiling() else layer.__dict__.get("_cached_projection")
-    if cached is not None and cached[1] == key and \
-            cached[0] is source.tables.get((s.device, s.dtype)):
-        zero, b, alpha, one = cached[2]
-        delta = torch.addmm(zero, s, b, beta=0, alpha=alpha)
-        return delta if one is None else every_step(delta.view(one), shape)
+    if not torch.compiler.is_compiling():
+        delta = reuse(layer.__dict__.get("_cached_projection"), key, source, s)
+        if delta is not None:
+            return every_step(delta, shape)
     one = per_sample(shape, s.shape[0], steps)
     if one is None:
         raise RuntimeError(
@@ -485,10 +483,28 @@ def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
     b = window(source, layer.feedback_seed, s.shape[1], d, s.device, s.dtype)
     if not torch.compiler.is_compiling():
         as_is = one == shape and len(one) == 2  # the product (N, d) is δx itself
-        layer.__dict__["_cached_projection"] = (
-            source.tables[(s.device, s.dtype)], key,
-            (_zero(s.device, s.dtype), b, 1.0 / math.sqrt(d), None if as_is else one))
+        layer.__dict__["_cached_projection"] = kept(source, key, s, b, None if as_is else one)
     return every_step(project(source, layer.feedback_seed, s, one), shape)
+
+
+def kept(source: ErrorSource, key: tuple, s: Tensor, b: Tensor,
+         one: torch.Size | None) -> tuple:
+    """What a projection keeps for `reuse`: the table B was cut from, `key` (what it was
+    worked out for), and the addmm's inputs: B (K, d) unscaled, its scale 1/√d, and the
+    shape per sample to view the product as (None: as it is)."""
+    return (source.tables[(s.device, s.dtype)], key,
+            (_zero(s.device, s.dtype), b, 1.0 / math.sqrt(b.shape[1]), one))
+
+
+def reuse(held: tuple | None, key: tuple, source: ErrorSource, s: Tensor) -> Tensor | None:
+    """B s from `held` (what `kept` made), if it was made for `key` from the source's table as
+    it is (one that grew is a new tensor); else None. Skips the checks and the window's cut:
+    host time per layer (dfa, drtp) or block (dfa_blocks) in every backward."""
+    if held is None or held[1] != key or held[0] is not source.tables.get((s.device, s.dtype)):
+        return None
+    zero, b, alpha, one = held[2]
+    delta = torch.addmm(zero, s, b, beta=0, alpha=alpha)
+    return delta if one is None else delta.view(one)
 
 
 @dataclass(frozen=True)

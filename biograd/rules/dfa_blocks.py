@@ -47,10 +47,11 @@ from biograd.rules.dfa import (
     ErrorSource,
     _Pass,
     _rule_of,
-    _zero,
     every_step,
+    kept,
     per_sample,
     project,
+    reuse,
     window,
 )
 
@@ -130,7 +131,7 @@ class Point:
         # forward only their mode is read, not the block's every module (host time per block)
         self.stepped = tuple(m for m in block.modules() if _may_step(m))
         self._seed: tuple[int, int] | None = None  # (the first layer's seed, mix of it)
-        self._cached: tuple | None = None  # (table, key, (zero, b, alpha)): see `project`
+        self._kept: tuple | None = None  # dfa's `kept`, for `project`
         self.handle = block.register_forward_hook(self.hook)
 
     @property
@@ -167,15 +168,11 @@ class Point:
                 f"dfa_blocks: the backward reached block {self.name!r} before the output error "
                 f"was taken: a block must lie below the model's output (not be its last "
                 f"module), and the loss be computed from that output, not modified in place")
-        # What the last backward worked out for these shapes and this table and seed (the
-        # window of B, its scale): every backward after the first skips the checks and the cut
-        key = (grad.shape, e.shape, steps, self.layers[0].feedback_seed, grad.dtype)
-        cached = self._cached
-        if cached is not None and cached[1] == key and \
-                cached[0] is self.source.tables.get((e.device, e.dtype)):
-            zero, b, alpha = cached[2]
-            delta = torch.addmm(zero, e, b, beta=0, alpha=alpha)
-            return every_step(delta.view(cached[3]), grad.shape).to(grad.dtype)
+        # what the last backward worked out for these shapes and this seed (dfa's `kept`)
+        key = (grad.shape, e.shape, steps, self.layers[0].feedback_seed)
+        delta = reuse(self._kept, key, self.source, e)
+        if delta is not None:
+            return every_step(delta, grad.shape).to(grad.dtype)
         one = per_sample(grad.shape, e.shape[0], steps)
         if one is None:
             raise RuntimeError(
@@ -188,8 +185,7 @@ class Point:
         if e.numel() and d:
             self.feedback_shape, self.like = (e.shape[1], *one[1:]), (e.device, e.dtype)
             b = window(self.source, self.seed, e.shape[1], d, e.device, e.dtype)
-            self._cached = (self.source.tables[(e.device, e.dtype)], key,
-                            (_zero(e.device, e.dtype), b, 1.0 / math.sqrt(d)), one)
+            self._kept = kept(self.source, key, e, b, one)
         delta = project(self.source, self.seed, e, one)
         return every_step(delta, grad.shape).to(grad.dtype)
 
