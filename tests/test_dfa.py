@@ -60,6 +60,35 @@ def test_hidden_layers_learn_from_the_projected_output_error_exactly(last):
     assert torch.equal(model[0].bias.grad, (sent["2"] * (a1 > 0)).sum(0))
 
 
+def convs():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1))
+
+
+@pytest.mark.parametrize("end", ["a dfa Linear", "a dfa Conv2d", "an op after the last layer"])
+def test_each_backward_of_one_graph_sends_its_own_losss_b_e(end):
+    """e is taken where the backward passes ŷ: in the backward of the dfa layer whose output
+    ŷ is, or by a hook on ŷ's node; either way each backward through a kept graph sends the B e
+    of its own loss."""
+    model, x = (convs(), torch.randn(2, 2, 5, 5)) if end == "a dfa Conv2d" else (mlp(),
+                                                                                torch.randn(5, 6))
+    if end == "an op after the last layer":
+        model = nn.Sequential(*model, nn.Tanh())
+    model = biograd.convert(model, "dfa", last="dfa", seed=3)
+    seen, _ = inputs_of(model, ["2"])
+    out = model(x)
+    out.retain_grad()
+    for i in range(2):
+        g = torch.randn(out.shape)
+        seen["2"].grad = out.grad = None
+        (out * g).sum().backward(retain_graph=i == 0)
+        e = out.grad.flatten(1)
+        assert torch.equal(e, g.flatten(1))
+        b = model[2].feedback_weight().flatten(1)
+        torch.testing.assert_close(seen["2"].grad, (e @ b).view(seen["2"].shape), rtol=1e-6,
+                                   atol=1e-7)
+
+
 def test_the_weights_above_do_not_change_what_a_layer_learns():
     x, g = torch.randn(5, 6), torch.randn(5, 4)
     grads = {}

@@ -134,6 +134,18 @@ def test_targets_reach_the_model_through_its_wrappers(wrap):
         torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=name)
 
 
+def test_no_output_error_is_kept_until_a_layer_reads_it():
+    model = biograd.convert(mlp(), "drtp", seed=0)
+    x, y = torch.randn(5, 6), torch.randint(0, 4, (5,))
+    step(model, x, y)
+    assert model._biograd_error_source.current.error is None  # no drtp layer reads e
+    model[2].set_rule("dfa")  # one that does
+    seen = inputs_of(model, ["2"])
+    out = step(model, x, y)
+    torch.testing.assert_close(seen["2"].grad, out.grad @ model[2].feedback_weight(), rtol=1e-6,
+                               atol=1e-7)
+
+
 def test_each_forward_takes_the_targets_given_before_it():
     model = biograd.convert(mlp(), "drtp", seed=3)
     x, y = torch.randn(5, 6), torch.tensor([0, 3, 1, 1, 2])

@@ -189,6 +189,24 @@ def _learned_grad(ctx, layer_map: Callable[[], object], weight: Tensor,
         return _as(align(layer_map(), weight, b, grad_w), b.dtype)
 
 
+def keep_error_at(node: object, store: Callable[[Tensor], None]) -> bool:
+    """Have `node`'s backward call store(δy) before it sends δx, if `node` is the backward of
+    a layer here on a direct rule (its output then ŷ, its δy the output error, which its own
+    δx reads); returns whether it will. In place of a hook on the node: a hook's Python, set
+    at every forward and called in every backward, costs more than the layer's Function."""
+    if type(node) not in _KEEPERS or node.feedback.direct is None:
+        return False
+    node.keep_error = store
+    return True
+
+
+def _keep_error(ctx, grad: Tensor) -> None:
+    """Store the output error, where ctx's output is ŷ (`keep_error_at`)."""
+    store = getattr(ctx, "keep_error", None)
+    if store is not None:
+        store(grad)
+
+
 class _Linear(torch.autograd.Function):
     # x: (n, in), 2-d (feedback_linear flattens what comes with more dimensions)
     @staticmethod
@@ -204,8 +222,11 @@ class _Linear(torch.autograd.Function):
         grad_x = grad_w = grad_b = grad_learned = None
         if need_x:
             direct = feedback.direct
-            grad_x = grad @ _b(feedback, weight, grad.dtype) if direct is None \
-                else direct(x.shape)
+            if direct is None:
+                grad_x = grad @ _b(feedback, weight, grad.dtype)
+            else:
+                _keep_error(ctx, grad)
+                grad_x = direct(x.shape)
         if need_w:
             grad_w = grad.T @ x  # (out, in)
         if need_b:
@@ -244,6 +265,7 @@ class _Conv(torch.autograd.Function):
             [grad.shape[1]] if need_b else None, stride, padding, dilation, transposed,
             output_padding, groups, [from_b, need_w, need_b])
         if direct is not None:
+            _keep_error(ctx, grad)
             grad_x = direct(x.shape)
         if not need_w:  # aten may return a weight gradient it was not asked for (CPU, mkldnn)
             grad_w = None
@@ -252,6 +274,9 @@ class _Conv(torch.autograd.Function):
         grad_learned = _learned_grad(ctx, lambda: ConvMap(x, weight, ctx.args), weight,
                                      grad_w) if need_learned else None
         return grad_x, grad_w, grad_b, grad_learned, None, None
+
+
+_KEEPERS = (_Linear._backward_cls, _Conv._backward_cls)
 
 
 def local_product(cols: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+import biograd.nn.functional as functional  # (partly imported here: read at call time)
 from biograd._seed import generator, mix
 from biograd.rules.base import Feedback, Rule, register
 
@@ -122,9 +123,10 @@ class ErrorSource:
     `_biograd_error_source`): a forward pre-hook on the model starts a pass, which its layers'
     forwards bind to, taking the targets given since the last pass (`pending`, set by
     `biograd.targets`); a forward hook on the source module (the model itself by default)
-    shapes them to (N, K) and registers a tensor hook on ŷ, the tensor of the output that
-    `output` picks, that stores e = ∂L/∂ŷ, summed over `time_dim` if given and reshaped to
-    (N, K), for that pass's backward. `points`: dfa_blocks' points, removed with the source.
+    shapes them to (N, K) and, where a layer reads the output error (dfa, dfa_blocks' points),
+    has the backward store e = ∂L/∂ŷ, summed over `time_dim` if given and reshaped to (N, K),
+    for that pass (`_store_error`), ŷ being the tensor of the output that `output` picks.
+    `points`: dfa_blocks' points, removed with the source.
     """
 
     def __init__(self, model: nn.Module, source: str = "", output: Pick = None,
@@ -134,6 +136,7 @@ class ErrorSource:
         self.current: _Pass | None = None
         self.pending: Tensor | None = None
         self.wants_targets = False  # a layer on a rule that projects the targets (drtp)
+        self.wants_error = False  # a layer on a rule that projects the error (dfa)
         self.points: list[Any] = []
         self.tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self.source, self.output, self.time_dim = source, output, time_dim
@@ -169,7 +172,8 @@ class ErrorSource:
                     f"biograd.error_source(model, output=1, time_dim=0) for a net returning "
                     f"(spikes, membrane) records stacked over time, (T, N, K)")
             current.taken = True
-            _store_error(y, current, self.time_dim)
+            if self.wants_error or self.points:  # (drtp alone reads no error)
+                _store_error(y, current, self.time_dim)
 
     def _named(self) -> str:
         return f"its module {self.source!r}" if self.source else "the model"
@@ -261,16 +265,22 @@ def _store_error(y: Tensor, run: _Pass, time_dim: int | None) -> None:
             grad = grad.detach()
         if time_dim is not None:
             grad = grad.sum(time_dim)
-        if grad.dim() != 2 or not grad.is_contiguous():
-            grad = grad.reshape(grad.shape[0], math.prod(grad.shape[1:])).contiguous()
+        if grad.dim() != 2:
+            grad = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
+        if not grad.is_contiguous():
+            grad = grad.contiguous()
         run.error = grad
 
     node = y.grad_fn
     if node is None:  # ŷ a leaf
         y.register_hook(store)
         return
-    # on ŷ's node, not the tensor: Tensor.register_hook's Python (its handle, a dict) is host
-    # time on every forward; the node's hook gets the gradients of all its outputs
+    # ŷ the output of a layer on dfa or drtp (a classifier): its own backward stores e, where
+    # a hook on its node would cost more than the layer's Function (set at every forward,
+    # called in every backward); else a hook on ŷ's node, not the tensor (Tensor.register_hook's
+    # Python, its handle and dict, is host time on every forward)
+    if time_dim is None and functional.keep_error_at(node, store):
+        return
     index = y.output_nr
     node.register_prehook(lambda grads: store(grads[index]))
 
@@ -378,7 +388,8 @@ def error_source(model: nn.Module, name: str = "", output: Pick = None,
     direct = [m for m in model.modules() if (r := _rule_of(m)) is not None and r.direct]
     for layer in direct:  # layers converted since the source was made too
         layer.__dict__["error_source"] = found
-    found.wants_targets = any(getattr(m.learning_rule, "wants_targets", False) for m in direct)
+    found.wants_targets = any(m.learning_rule.wants_targets for m in direct)
+    found.wants_error = any(m.learning_rule.wants_error for m in direct)
     return found
 
 
@@ -437,10 +448,29 @@ def project(source: ErrorSource, seed: int, s: Tensor, shape: torch.Size) -> Ten
     if s.numel() == 0 or d == 0:
         return s.new_zeros(shape)
     b = window(source, seed, s.shape[1], d, s.device, s.dtype)
-    # one addmm, the scale its alpha (beta 0: the zero is not read), in place of s @ b and a
-    # mul_: one op fewer per layer
-    return torch.addmm(_zero(s.device, s.dtype), s, b, beta=0,
-                       alpha=1.0 / math.sqrt(d)).view(shape)
+    return _times(s, _operands(b)).view(shape)
+
+
+#: a window of B of at most this many numbers is scaled as a copy (256 KB in float32; kept
+#: with the window, `kept`), so that B s is one mm: a tiny addmm with its scale as alpha costs
+#: twice a tiny mm's host time. A larger one is not copied: B s is one addmm, the scale its
+#: alpha (beta 0: the zero is not read), in place of s @ b and a mul_
+SCALED = 2**16
+
+
+def _operands(b: Tensor) -> tuple[Tensor | None, Tensor, float | None]:
+    """(zero, B, scale) for `_times`, from the window b (K, d): B scaled by 1/√d and no scale
+    where b is small, else a zero, the window itself and its scale 1/√d."""
+    alpha = 1.0 / math.sqrt(b.shape[1])
+    if b.numel() <= SCALED:
+        return None, b.mul(alpha), None
+    return _zero(b.device, b.dtype), b, alpha
+
+
+def _times(s: Tensor, operands: tuple[Tensor | None, Tensor, float | None]) -> Tensor:
+    """B s (N, d), from `_operands`."""
+    zero, b, alpha = operands
+    return torch.mm(s, b) if alpha is None else torch.addmm(zero, s, b, beta=0, alpha=alpha)
 
 
 @functools.lru_cache(maxsize=64)
@@ -483,17 +513,18 @@ def _project(layer: nn.Module, rule: Projection, source: ErrorSource | None,
     b = window(source, layer.feedback_seed, s.shape[1], d, s.device, s.dtype)
     if not torch.compiler.is_compiling():
         as_is = one == shape and len(one) == 2  # the product (N, d) is δx itself
-        layer.__dict__["_cached_projection"] = kept(source, key, s, b, None if as_is else one)
+        held = kept(source, key, s, b, None if as_is else one)
+        layer.__dict__["_cached_projection"] = held
+        return every_step(product(held, s), shape)
     return every_step(project(source, layer.feedback_seed, s, one), shape)
 
 
 def kept(source: ErrorSource, key: tuple, s: Tensor, b: Tensor,
          one: torch.Size | None) -> tuple:
     """What a projection keeps for `reuse`: the table B was cut from, `key` (what it was
-    worked out for), and the addmm's inputs: B (K, d) unscaled, its scale 1/√d, and the
-    shape per sample to view the product as (None: as it is)."""
-    return (source.tables[(s.device, s.dtype)], key,
-            (_zero(s.device, s.dtype), b, 1.0 / math.sqrt(b.shape[1]), one))
+    worked out for), the product's operands from the window b (`_operands`), and the shape
+    per sample to view the product as (None: as it is)."""
+    return source.tables[(s.device, s.dtype)], key, _operands(b), one
 
 
 def reuse(held: tuple | None, key: tuple, source: ErrorSource, s: Tensor) -> Tensor | None:
@@ -502,8 +533,12 @@ def reuse(held: tuple | None, key: tuple, source: ErrorSource, s: Tensor) -> Ten
     host time per layer (dfa, drtp) or block (dfa_blocks) in every backward."""
     if held is None or held[1] != key or held[0] is not source.tables.get((s.device, s.dtype)):
         return None
-    zero, b, alpha, one = held[2]
-    delta = torch.addmm(zero, s, b, beta=0, alpha=alpha)
+    return product(held, s)
+
+
+def product(held: tuple, s: Tensor) -> Tensor:
+    """B s from what `kept` made, viewed as it says: what `project` gives."""
+    delta, one = _times(s, held[2]), held[3]
     return delta if one is None else delta.view(one)
 
 
@@ -518,6 +553,8 @@ class Projection(Rule):
     reads_output = True
     #: True where s is the targets `biograd.targets` gives (the model's source then keeps them)
     wants_targets: ClassVar[bool] = False
+    #: True where s is the output error (the model's source then takes it in each backward)
+    wants_error: ClassVar[bool] = False
 
     def signal(self, layer, run: _Pass) -> Tensor:
         """s (N, K) of the forward pass `run`; a RuntimeError saying what to do if it has none."""
@@ -555,6 +592,13 @@ class DFA(Projection):
     compile_note = ("dfa's backward reads the output error, which exists only once the "
                     "backward has begun: torch.compile cannot trace it ahead and breaks the "
                     "graph at every dfa layer (the gradients stay right; the speed-up is small)")
+
+    wants_error = True
+
+    def setup(self, layer, generator: torch.Generator) -> None:
+        source = layer.__dict__.get("error_source")  # a layer of the model switched to dfa
+        if source is not None:
+            source.wants_error = True
 
     def signal(self, layer, run: _Pass) -> Tensor:
         """e = ∂L/∂ŷ (N, K), taken when the backward passed the model's output."""
