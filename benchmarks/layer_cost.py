@@ -173,6 +173,35 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def ab_table(record: dict) -> str:
+    """The markdown table of an A/B record (`benchmarks/results_layer_cost_ab.json`: runs of
+    this script on the code before a change and after it, alternated): per rule, its extra
+    over the minimal Function's in every run of each code, in run order, alone and per layer
+    of the stack; and native's µs alone, which shows how the machine moved between runs."""
+    runs = {code: [r["record"] for r in record["runs"] if r["code"] == code]
+            for code in ("before", "after")}
+    first = runs["before"][0]["layers"]
+    kinds = [(name, kind) for name in first for kind in ("alone", "stack")]
+    head = ["rule"] + [f"{name.split()[0]} {kind}: {code}" for name, kind in kinds
+                       for code in runs]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+
+    def row(label: str, value) -> str:
+        return f"| {label} | " + " | ".join(
+            ", ".join(value(rec, rec["layers"][name][kind], kind) for rec in runs[code])
+            for name, kind in kinds for code in runs) + " |"
+
+    def native(rec: dict, rows: dict, kind: str) -> str:
+        return f"{rows[NATIVE]['us'] / (rec['depth'] if kind == 'stack' else 1):.0f}"
+
+    lines.append(row("native (µs per layer)", native))
+    for rule in first[next(iter(first))]["alone"]:
+        if rule not in (NATIVE, MINIMAL, LEARNED):
+            lines.append(row(rule, lambda rec, rows, kind, rule=rule:
+                             f"{rows[rule]['of_minimal']:.2f}"))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(args.threads)

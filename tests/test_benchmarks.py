@@ -313,6 +313,23 @@ def test_performance_doc_quotes_the_layer_cost_record():
         assert row in results, row
 
 
+def test_the_layer_cost_ab_record_is_shown_and_quoted():
+    """benchmarks/results_layer_cost_ab.json alternates the code before and after, three runs
+    each; benchmarks/RESULTS.md holds its table, and docs/performance.md's dfa ratios alone,
+    before and after, are its runs'."""
+    layer_cost = load_benchmark("layer_cost")
+    record = json.loads((ROOT / "benchmarks" / "results_layer_cost_ab.json").read_text())
+    assert [run["code"] for run in record["runs"]] == ["before", "after"] * 3
+    assert layer_cost.ab_table(record) in (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    quoted = re.search(r"dfa alone read ([\d., ]+) before and ([\d., ]+) after on the Conv2d; "
+                       r"([\d., ]+) before and ([\d., ]+) after on the Linear", doc).groups()
+    expected = [", ".join(f"{run['record']['layers'][name]['alone']['dfa']['of_minimal']:.2f}"
+                          for run in record["runs"] if run["code"] == code)
+                for name in record["runs"][0]["record"]["layers"] for code in ("before", "after")]
+    assert [q.strip(" ,") for q in quoted] == expected
+
+
 @pytest.mark.parametrize("record, phrase", [
     ("results_host_bound_narrow.json", "its step over native's: "),
     ("results_host_bound_narrow_fused.json", "the fused step over native's: "),
