@@ -85,8 +85,8 @@ def test_each_backward_of_one_graph_sends_its_own_losss_b_e(end):
         e = out.grad.flatten(1)
         assert torch.equal(e, g.flatten(1))
         b = model[2].feedback_weight().flatten(1)
-        torch.testing.assert_close(seen["2"].grad, (e @ b).view(seen["2"].shape), rtol=1e-6,
-                                   atol=1e-7)
+        torch.testing.assert_close(seen["2"].grad, (e @ b).view(seen["2"].shape), rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_the_weights_above_do_not_change_what_a_layer_learns():

@@ -50,7 +50,6 @@ from biograd.rules.dfa import (
     every_step,
     kept,
     per_sample,
-    product,
     project,
     reuse,
     window,
@@ -187,9 +186,7 @@ class Point:
             self.feedback_shape, self.like = (e.shape[1], *one[1:]), (e.device, e.dtype)
             b = window(self.source, self.seed, e.shape[1], d, e.device, e.dtype)
             self._kept = kept(self.source, key, e, b, one)
-            delta = product(self._kept, e)
-        else:
-            delta = project(self.source, self.seed, e, one)
+        delta = project(self.source, self.seed, e, one)
         return every_step(delta, grad.shape).to(grad.dtype)
 
     def feedback_weight(self) -> Tensor:
