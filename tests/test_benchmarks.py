@@ -330,6 +330,26 @@ def test_the_layer_cost_ab_record_is_shown_and_quoted():
     assert [q.strip(" ,") for q in quoted] == expected
 
 
+def test_performance_doc_quotes_the_narrow_dfa_ab_record():
+    """docs/performance.md's narrow-step ratios of dfa and drtp before and after, and of the
+    floor and fa beside them, are benchmarks/results_host_bound_narrow_ab_dfa.json's runs."""
+    record = json.loads((ROOT / "benchmarks" / "results_host_bound_narrow_ab_dfa.json")
+                        .read_text())
+    doc = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    part = doc.split("(`benchmarks/results_host_bound_narrow_ab_dfa.json`")[1].split(". ")[0]
+
+    def ratios(rule, code):
+        return [f"{run['ratio'][rule]:.2f}" for run in record["runs"] if run["code"] == code]
+
+    for rule in ("dfa", "drtp"):
+        quoted = re.search(rf"{rule} ([\d.]+) and ([\d.]+) before, ([\d.]+) and ([\d.]+) after",
+                           part).groups()
+        assert list(quoted) == ratios(rule, "before") + ratios(rule, "after"), rule
+    for rule in ("minimal Function", "fa"):
+        every = sorted(ratios(rule, "before") + ratios(rule, "after"))
+        assert f"{rule} {every[0]} to {every[-1]}" in part, rule
+
+
 @pytest.mark.parametrize("record, phrase", [
     ("results_host_bound_narrow.json", "its step over native's: "),
     ("results_host_bound_narrow_fused.json", "the fused step over native's: "),
