@@ -333,3 +333,22 @@ def pickle_round_trip(model):
     torch.save(model, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=False)
+
+
+def test_a_direct_rule_of_ones_own_sends_its_own_input_gradient():
+    """A rule that is `direct` without being one of biograd's projections (no targets, no
+    output error of its own to ask for) converts, and its layers send what it gives."""
+    from biograd.rules.base import Feedback, Rule
+
+    class Silent(Rule):
+        name = "silent_direct"
+        direct = True
+        reads_output = True
+
+        def bind(self, layer):
+            return Feedback(direct=lambda shape: torch.zeros(shape))
+
+    model = biograd.convert(mlp(), Silent(), seed=0)
+    F.cross_entropy(model(torch.randn(5, 6)), torch.randint(0, 4, (5,))).backward()
+    assert not model[0].weight.grad.any() and not model[2].weight.grad.any()  # zeros sent down
+    assert model[4].weight.grad.any()  # the last layer's own gradient, from the loss

@@ -388,8 +388,9 @@ def error_source(model: nn.Module, name: str = "", output: Pick = None,
     direct = [m for m in model.modules() if (r := _rule_of(m)) is not None and r.direct]
     for layer in direct:  # layers converted since the source was made too
         layer.__dict__["error_source"] = found
-    found.wants_targets = any(m.learning_rule.wants_targets for m in direct)
-    found.wants_error = any(m.learning_rule.wants_error for m in direct)
+    # (getattr: a direct rule of the user's own need not be a Projection)
+    found.wants_targets = any(getattr(m.learning_rule, "wants_targets", False) for m in direct)
+    found.wants_error = any(getattr(m.learning_rule, "wants_error", False) for m in direct)
     return found
 
 
@@ -449,10 +450,8 @@ def project(source: ErrorSource, seed: int, s: Tensor, shape: torch.Size) -> Ten
         return s.new_zeros(shape)
     b = window(source, seed, s.shape[1], d, s.device, s.dtype)
     # one addmm, the scale its alpha (beta 0: the zero is not read), in place of s @ b and a
-    # mul_: one op fewer per layer. B stays a window of the one table, not a scaled copy per
-    # layer: a tiny mm of a copy is half a tiny addmm's host time, but on ResNet-18 at 1/8
-    # width 15 layers' copies made the backward 0.05-0.13 ms slower (the windows all lie in
-    # the one table; the copies are 15 more buffers to read)
+    # mul_: one op fewer per layer (a scaled copy of each window, for one mm, made ResNet-18's
+    # backward slower: docs/performance.md)
     return torch.addmm(_zero(s.device, s.dtype), s, b, beta=0,
                        alpha=1.0 / math.sqrt(d)).view(shape)
 
